@@ -1,0 +1,3 @@
+from spec_exporter.cli import main
+
+raise SystemExit(main())

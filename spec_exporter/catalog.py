@@ -1,0 +1,226 @@
+"""Every metric the exporter emits: name, type, labels and HELP, in one place.
+
+The collector builds families from these entries, docs/metrics.md is generated from them, and the tests check
+that dashboards and rules only use names listed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ENGINE = ("target", "model_name", "engine")
+_FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_timestamp_seconds)."
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    type: Literal["gauge", "counter", "histogram"]
+    labels: tuple[str, ...]
+    help: str
+
+    @property
+    def exposed_name(self) -> str:
+        return self.name + "_total" if self.type == "counter" else self.name
+
+
+ENABLED = MetricSpec(
+    "spec_decode_enabled",
+    "gauge",
+    ENGINE,
+    "1 if the target exposes speculative-decoding series (vllm:spec_decode_*), 0 if it runs without. " + _FRESH,
+)
+ACCEPTANCE_RATE = MetricSpec(
+    "spec_decode_draft_acceptance_rate",
+    "gauge",
+    (*ENGINE, "window"),
+    "Accepted / proposed draft tokens over the window, from the increase of "
+    "vllm:spec_decode_num_accepted_tokens_total and vllm:spec_decode_num_draft_tokens_total "
+    '(window="lifetime": V0\'s vllm:spec_decode_draft_acceptance_rate gauge). ' + _FRESH,
+)
+MEAN_ACCEPTANCE_LENGTH = MetricSpec(
+    "spec_decode_mean_acceptance_length",
+    "gauge",
+    (*ENGINE, "window"),
+    "Tokens per verification step including the bonus token: 1 + accepted tokens / drafts over the window. " + _FRESH,
+)
+POSITION_ACCEPTANCE_RATE = MetricSpec(
+    "spec_decode_position_acceptance_rate",
+    "gauge",
+    (*ENGINE, "window", "position"),
+    "Share of drafts whose token at this position was accepted, over the window, from "
+    "vllm:spec_decode_num_accepted_tokens_per_pos_total / vllm:spec_decode_num_drafts_total. " + _FRESH,
+)
+WINDOW_DRAFT_TOKENS = MetricSpec(
+    "spec_decode_window_draft_tokens",
+    "gauge",
+    (*ENGINE, "window"),
+    "Draft tokens proposed over the window (denominator of the acceptance rate). " + _FRESH,
+)
+WINDOW_ACCEPTED_TOKENS = MetricSpec(
+    "spec_decode_window_accepted_tokens",
+    "gauge",
+    (*ENGINE, "window"),
+    "Draft tokens accepted over the window (numerator of the acceptance rate). " + _FRESH,
+)
+WINDOW_DRAFTS = MetricSpec(
+    "spec_decode_window_drafts",
+    "gauge",
+    (*ENGINE, "window"),
+    "Drafts (verification steps with at least one draft token) over the window. " + _FRESH,
+)
+WINDOW_POSITION_ACCEPTED = MetricSpec(
+    "spec_decode_window_position_accepted_tokens",
+    "gauge",
+    (*ENGINE, "window", "position"),
+    "Drafts whose token at this position was accepted, over the window. " + _FRESH,
+)
+DRAFT_TOKENS = MetricSpec(
+    "spec_decode_draft_tokens",
+    "counter",
+    ENGINE,
+    "Draft tokens proposed since the exporter first saw the engine, with vLLM restarts stitched out "
+    "(from vllm:spec_decode_num_draft_tokens_total). Use rate() on it across pods.",
+)
+ACCEPTED_TOKENS = MetricSpec(
+    "spec_decode_accepted_tokens",
+    "counter",
+    ENGINE,
+    "Draft tokens accepted since the exporter first saw the engine, with vLLM restarts stitched out "
+    "(from vllm:spec_decode_num_accepted_tokens_total).",
+)
+DRAFTS = MetricSpec(
+    "spec_decode_drafts",
+    "counter",
+    ENGINE,
+    "Drafts since the exporter first saw the engine, with vLLM restarts stitched out "
+    "(from vllm:spec_decode_num_drafts_total).",
+)
+POSITION_ACCEPTED = MetricSpec(
+    "spec_decode_position_accepted_tokens",
+    "counter",
+    (*ENGINE, "position"),
+    "Accepted draft tokens per position since the exporter first saw the engine "
+    "(from vllm:spec_decode_num_accepted_tokens_per_pos_total).",
+)
+NUM_SPECULATIVE_TOKENS = MetricSpec(
+    "spec_decode_num_speculative_tokens",
+    "gauge",
+    ENGINE,
+    "k, draft tokens proposed per step: the number of position series, or the configured value.",
+)
+LATENCY = MetricSpec(
+    "spec_decode_latency_seconds",
+    "gauge",
+    (*ENGINE, "window", "metric", "quantile"),
+    "Latency quantile over the window, computed from histogram bucket increases exactly as PromQL "
+    "histogram_quantile does. metric: ttft (vllm:time_to_first_token_seconds), itl "
+    "(vllm:inter_token_latency_seconds, one observation per engine step), tpot "
+    "(vllm:request_time_per_output_token_seconds, one per request), e2e (vllm:e2e_request_latency_seconds). " + _FRESH,
+)
+DIVERGENCE = MetricSpec(
+    "spec_decode_latency_divergence_ratio",
+    "gauge",
+    (*ENGINE, "window", "metric"),
+    "P99 / P50 latency over the window: widening after enabling speculative decoding means the tail pays "
+    "for the median. " + _FRESH,
+)
+GENERATION_TOKENS_RATE = MetricSpec(
+    "spec_decode_generation_tokens_per_second",
+    "gauge",
+    (*ENGINE, "window"),
+    "Generated tokens per second over the window (vllm:generation_tokens_total, accepted drafts included). " + _FRESH,
+)
+PREEMPTIONS_RATE = MetricSpec(
+    "spec_decode_preemptions_per_second",
+    "gauge",
+    (*ENGINE, "window"),
+    "Preemptions per second over the window (vllm:num_preemptions_total): the KV-cache squeeze. " + _FRESH,
+)
+REQUESTS_RUNNING = MetricSpec(
+    "spec_decode_requests_running",
+    "gauge",
+    ENGINE,
+    "Requests running on the engine at the last poll (vllm:num_requests_running). " + _FRESH,
+)
+REQUESTS_WAITING = MetricSpec(
+    "spec_decode_requests_waiting",
+    "gauge",
+    ENGINE,
+    "Requests waiting on the engine at the last poll (vllm:num_requests_waiting). " + _FRESH,
+)
+KV_CACHE_USAGE = MetricSpec(
+    "spec_decode_kv_cache_usage_ratio",
+    "gauge",
+    ENGINE,
+    "KV-cache usage 0..1 at the last poll (vllm:kv_cache_usage_perc, or vllm:gpu_cache_usage_perc). " + _FRESH,
+)
+VERDICT = MetricSpec(
+    "spec_decode_verdict",
+    "gauge",
+    (*ENGINE, "temperature_band", "verdict"),
+    "Stateset: 1 for the current verdict (disable < 0.5 <= break_even < 0.65 <= beneficial by default; "
+    'insufficient_data below the minimum draft tokens), over the verdict window. temperature_band="all" is '
+    "the engine's own counters. " + _FRESH,
+)
+BREAK_EVEN = MetricSpec(
+    "spec_decode_break_even_acceptance_rate",
+    "gauge",
+    ENGINE,
+    "Acceptance at which the speculative-sampling model (E = (1-a^(k+1))/(1-a), speedup = E/(1+k*c)) "
+    "breaks even, for this k and the configured draft cost ratio c.",
+)
+EXPECTED_SPEEDUP = MetricSpec(
+    "spec_decode_expected_speedup",
+    "gauge",
+    (*ENGINE, "window"),
+    "Speedup the speculative-sampling model predicts at the window's acceptance (ignores verification "
+    "overhead under load). " + _FRESH,
+)
+BASELINE_TPOT_SPEEDUP = MetricSpec(
+    "spec_decode_baseline_tpot_speedup_ratio",
+    "gauge",
+    ("target", "baseline", "window"),
+    "Measured speedup: baseline pool's TPOT p50 / this target's TPOT p50 over the window, all engines. " + _FRESH,
+)
+BASELINE_P99_RATIO = MetricSpec(
+    "spec_decode_baseline_p99_latency_ratio",
+    "gauge",
+    ("target", "baseline", "window", "metric"),
+    "This target's p99 / the baseline pool's p99 over the window, all engines; above 1 the tail is worse "
+    "with speculative decoding. " + _FRESH,
+)
+TARGET_UP = MetricSpec(
+    "spec_decode_exporter_target_up",
+    "gauge",
+    ("target",),
+    "1 if the last poll of the target's /metrics succeeded and parsed, else 0.",
+)
+POLL_DURATION = MetricSpec(
+    "spec_decode_exporter_poll_duration_seconds",
+    "gauge",
+    ("target",),
+    "Duration of the last poll of the target: fetch, parse and derive.",
+)
+LAST_SUCCESS = MetricSpec(
+    "spec_decode_exporter_last_success_timestamp_seconds",
+    "gauge",
+    ("target",),
+    "Unix time of the last successful poll of the target.",
+)
+POLL_ERRORS = MetricSpec(
+    "spec_decode_exporter_poll_errors",
+    "counter",
+    ("target", "reason"),
+    "Failed polls by reason: timeout, connection_error, http_status, body_too_large, truncated, "
+    "parse_error, unknown_layout.",
+)
+BUILD_INFO = MetricSpec(
+    "spec_decode_exporter_build_info",
+    "gauge",
+    ("version", "python_version"),
+    "Always 1; labels carry the exporter's version.",
+)
+
+ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))

@@ -1,0 +1,205 @@
+"""The exporter's configuration: strict pydantic models, YAML loading, and errors listed per field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+_DURATION_RE = re.compile(
+    r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
+)
+_SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+def parse_duration(value: Any) -> Any:
+    """Prometheus-style durations ("500ms", "5s", "1m", "1m30s", "2h"); a bare number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s or 1m")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a duration such as 5s or 1m")
+    m = _DURATION_RE.match(value.strip())
+    if m is None or not any(m.groups()):
+        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 5s, 1m, 1m30s)")
+    h, mins, s, ms = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + s + ms / 1000
+
+
+def parse_size(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 16MiB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value.strip())
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError(f"{value!r} is not a size (use e.g. 16MiB or a number of bytes)")
+
+
+def format_duration(seconds: float) -> str:
+    """The label form of a window: 1m, 5m, 90s, 1h."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{int(seconds * 1000)}ms"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+# A target name becomes the `target` label value: keep it short and printable.
+TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetConfig(Model):
+    """One vLLM server (or one pool behind a Service) to poll."""
+
+    name: TargetName
+    url: AnyHttpUrl
+    role: Literal["spec", "baseline"] = "spec"
+    metrics_path: str = Field(default="/metrics", pattern=r"^/")
+    baseline: TargetName | None = None
+    num_speculative_tokens: int | None = Field(default=None, ge=1, le=64)
+    draft_cost_ratio: float | None = Field(default=None, ge=0, le=10)
+
+    @property
+    def metrics_url(self) -> str:
+        return str(self.url).rstrip("/") + self.metrics_path
+
+
+class PollConfig(Model):
+    interval: Duration = 5.0
+    timeout: Duration = 4.0
+    max_body_bytes: ByteSize = 16 * 1024**2
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> PollConfig:
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not exceed interval")
+        return self
+
+
+class ThresholdsConfig(Model):
+    disable_below: float = Field(default=0.5, ge=0, le=1)
+    beneficial_at: float = Field(default=0.65, ge=0, le=1)
+    min_draft_tokens: int = Field(default=100, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdsConfig:
+        if self.beneficial_at < self.disable_below:
+            raise ValueError("beneficial_at must be >= disable_below")
+        return self
+
+
+class SpeculationConfig(Model):
+    """The speculative-sampling model behind break-even and expected speedup."""
+
+    num_speculative_tokens: int | None = Field(default=None, ge=1, le=64)
+    draft_cost_ratio: float = Field(default=0.1, ge=0, le=10)
+
+
+class Settings(Model):
+    targets: list[TargetConfig] = Field(min_length=1)
+    poll: PollConfig = PollConfig()
+    windows: list[Duration] = Field(default_factory=lambda: [60.0, 300.0], min_length=1, max_length=6)
+    verdict_window: Duration | None = None
+    thresholds: ThresholdsConfig = ThresholdsConfig()
+    speculation: SpeculationConfig = SpeculationConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [t.name for t in self.targets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"target names must be unique: {', '.join(duplicates)}")
+        baselines = {t.name for t in self.targets if t.role == "baseline"}
+        for t in self.targets:
+            if t.baseline is not None and t.baseline not in baselines:
+                raise ValueError(f"target {t.name!r}: baseline {t.baseline!r} is not a target with role baseline")
+        labels = [format_duration(w) for w in self.windows]
+        if len(set(labels)) != len(labels):
+            raise ValueError("windows must be unique")
+        if any(w < 2 * self.poll.interval for w in self.windows):
+            raise ValueError("every window must span at least two poll intervals")
+        if self.verdict_window is not None and self.verdict_window not in self.windows:
+            raise ValueError("verdict_window must be one of windows")
+        return self
+
+    @property
+    def verdict_window_seconds(self) -> float:
+        return self.verdict_window if self.verdict_window is not None else max(self.windows)
+
+    def baseline_for(self, target: TargetConfig) -> TargetConfig | None:
+        """The baseline a spec target is compared with: its own, or the only one configured."""
+        if target.role != "spec":
+            return None
+        baselines = [t for t in self.targets if t.role == "baseline"]
+        if target.baseline is not None:
+            return next(t for t in baselines if t.name == target.baseline)
+        return baselines[0] if len(baselines) == 1 else None
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `details` has one "location: problem" line per bad field."""
+
+    def __init__(self, details: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {d}" for d in details))
+        self.details = details
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        details = []
+        for err in e.errors():
+            location = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            details.append(f"{location}: {message}")
+        raise ConfigError(details) from None
+
+
+def load_config(path: Path | str) -> dict[str, Any]:
+    """Read a YAML config file into a mapping (validation happens once flags are merged in)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError([f"{path}: {e.strerror or e}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    return data
+
+
+def target_from_url(url: str, role: Literal["spec", "baseline"] = "spec") -> dict[str, Any]:
+    """A target entry for `--target URL`: named after its host and port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    name = parts.netloc or url
+    return {"name": name, "url": parts.geturl(), "role": role}

@@ -1,0 +1,1 @@
+"""Pure derivations: snapshots and deltas in, numbers out. No clock, no I/O, no logging here."""

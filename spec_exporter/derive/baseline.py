@@ -1,0 +1,37 @@
+"""Spec-decoding target against a baseline pool without it: measured speedup and tail ratio (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from spec_exporter.derive.health import TargetHealth
+from spec_exporter.snapshot import LatencyMetric
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    target: str
+    baseline: str
+    window: str
+    # Per-request TPOT only: ITL observations cover 1 + accepted tokens under speculation, so they don't compare.
+    tpot_speedup: float | None
+    p99_ratio: Mapping[LatencyMetric, float]
+
+
+def compare(target: str, spec: TargetHealth, baseline_name: str, baseline: TargetHealth) -> list[Comparison]:
+    """Per window: baseline TPOT p50 / spec TPOT p50, and spec p99 / baseline p99 per latency metric."""
+    out = []
+    for sw, bw in zip(spec.combined, baseline.combined, strict=True):
+        speedup = None
+        sp50 = sw.latency.get(LatencyMetric.TPOT, {}).get(0.5)
+        bp50 = bw.latency.get(LatencyMetric.TPOT, {}).get(0.5)
+        if sp50 is not None and bp50 is not None and sp50 > 0:
+            speedup = bp50 / sp50
+        ratios = {}
+        for metric, q in sw.latency.items():
+            sp99, bp99 = q.get(0.99), bw.latency.get(metric, {}).get(0.99)
+            if sp99 is not None and bp99 is not None and bp99 > 0:
+                ratios[metric] = sp99 / bp99
+        out.append(Comparison(target, baseline_name, sw.window.label, speedup, ratios))
+    return out

@@ -1,0 +1,222 @@
+"""Everything derived for one target from its latest point and its window deltas (pure)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from spec_exporter.derive.acceptance import Acceptance, acceptance
+from spec_exporter.derive.latency import divergence, merge, quantiles
+from spec_exporter.derive.verdict import (
+    Thresholds,
+    Verdict,
+    break_even_acceptance,
+    expected_speedup,
+    verdict,
+)
+from spec_exporter.snapshot import EngineGeneration, EngineKey, Histogram, LatencyMetric, SpecCounters
+from spec_exporter.window import EngineTotals, Point, WindowDelta
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A configured window: its label value and length."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeriveParams:
+    windows: tuple[Window, ...]
+    verdict_window: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    num_speculative_tokens: int | None = None
+    draft_cost_ratio: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowHealth:
+    window: Window
+    span_seconds: float
+    acceptance: Acceptance | None
+    latency: Mapping[LatencyMetric, Mapping[float, float]]
+    divergence: Mapping[LatencyMetric, float]
+    generation_tokens_per_second: float | None
+    preemptions_per_second: float | None
+    expected_speedup: float | None
+    verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    key: EngineKey
+    generation: EngineGeneration
+    spec_enabled: bool
+    num_speculative_tokens: int | None
+    break_even_acceptance: float | None
+    lifetime_acceptance: float | None
+    verdict: Verdict
+    windows: tuple[WindowHealth, ...]
+    totals: EngineTotals
+    requests_running: float | None
+    requests_waiting: float | None
+    kv_cache_usage: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHealth:
+    """Per engine, plus the target as a whole (engines summed) for baselines and the `check` report."""
+
+    generation: EngineGeneration
+    engines: Mapping[EngineKey, EngineHealth]
+    combined: tuple[WindowHealth, ...] = field(default=())
+    combined_verdict: Verdict = Verdict.INSUFFICIENT_DATA
+
+
+def _window_health(
+    window: Window,
+    span: float,
+    spec: SpecCounters | None,
+    histograms: Mapping[LatencyMetric, Histogram],
+    generation_tokens: float | None,
+    preemptions: float | None,
+    k: int | None,
+    params: DeriveParams,
+) -> WindowHealth:
+    acc = acceptance(spec) if spec is not None else None
+    latency = {m: q for m, h in histograms.items() if (q := quantiles(h))}
+    div = {}
+    for m, q in latency.items():
+        d = divergence(q.get(0.5), q.get(0.99))
+        if d is not None:
+            div[m] = d
+    rate = acc.rate if acc is not None else None
+    speedup = expected_speedup(rate, k, params.draft_cost_ratio) if rate is not None and k else None
+
+    def per_second(value: float | None) -> float | None:
+        return value / span if value is not None and span > 0 else None
+
+    return WindowHealth(
+        window=window,
+        span_seconds=span,
+        acceptance=acc,
+        latency=latency,
+        divergence=div,
+        generation_tokens_per_second=per_second(generation_tokens),
+        preemptions_per_second=per_second(preemptions),
+        expected_speedup=speedup,
+        verdict=verdict(rate, acc.draft_tokens if acc is not None else None, params.thresholds),
+    )
+
+
+def _empty_window(window: Window, params: DeriveParams) -> WindowHealth:
+    return WindowHealth(window, 0.0, None, {}, {}, None, None, None, Verdict.INSUFFICIENT_DATA)
+
+
+def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], params: DeriveParams) -> TargetHealth:
+    """Health of every engine of a target; `deltas` maps each window label to its delta (None: too early)."""
+    snapshot = latest.snapshot
+    engines: dict[EngineKey, EngineHealth] = {}
+    for key, sample in snapshot.engines.items():
+        v0 = snapshot.generation is EngineGeneration.V0
+        spec_enabled = sample.spec is not None or (v0 and sample.lifetime_acceptance is not None)
+        k = params.num_speculative_tokens
+        if k is None and sample.spec is not None and sample.spec.per_position:
+            k = len(sample.spec.per_position)
+        windows = []
+        for window in params.windows:
+            delta = deltas.get(window.label)
+            d = delta.engines.get(key) if delta is not None else None
+            if delta is None or d is None:
+                windows.append(_empty_window(window, params))
+                continue
+            windows.append(
+                _window_health(
+                    window,
+                    delta.span_seconds,
+                    d.spec if sample.spec is not None else None,
+                    d.histograms,
+                    d.generation_tokens if sample.generation_tokens is not None else None,
+                    d.preemptions if sample.preemptions is not None else None,
+                    k,
+                    params,
+                )
+            )
+        lifetime = sample.lifetime_acceptance
+        if v0:
+            # V0's counters are sums of running totals; its lifetime gauge is the only honest acceptance.
+            engine_verdict = verdict(
+                None if lifetime is None or math.isnan(lifetime) else lifetime, None, params.thresholds
+            )
+        else:
+            engine_verdict = next(
+                (w.verdict for w in windows if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA
+            )
+        engines[key] = EngineHealth(
+            key=key,
+            generation=snapshot.generation,
+            spec_enabled=spec_enabled,
+            num_speculative_tokens=k if spec_enabled else None,
+            break_even_acceptance=break_even_acceptance(k, params.draft_cost_ratio) if spec_enabled and k else None,
+            lifetime_acceptance=lifetime if v0 else None,
+            verdict=engine_verdict,
+            windows=tuple(windows),
+            totals=latest.totals[key],
+            requests_running=sample.requests_running,
+            requests_waiting=sample.requests_waiting,
+            kv_cache_usage=sample.kv_cache_usage,
+        )
+    combined = tuple(_combined_window(w, deltas.get(w.label), engines, params) for w in params.windows)
+    if snapshot.generation is EngineGeneration.V0:
+        combined_verdict = _v0_combined_verdict(engines.values())
+    else:
+        combined_verdict = next(
+            (w.verdict for w in combined if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA
+        )
+    return TargetHealth(snapshot.generation, engines, combined, combined_verdict)
+
+
+def _v0_combined_verdict(engines: Iterable[EngineHealth]) -> Verdict:
+    verdicts = [e.verdict for e in engines if e.spec_enabled]
+    return verdicts[0] if len(verdicts) == 1 else Verdict.INSUFFICIENT_DATA
+
+
+def _sum_spec(specs: list[SpecCounters]) -> SpecCounters | None:
+    if not specs:
+        return None
+    width = max(len(s.per_position) for s in specs)
+    return SpecCounters(
+        drafts=math.fsum(s.drafts for s in specs),
+        draft_tokens=math.fsum(s.draft_tokens for s in specs),
+        accepted_tokens=math.fsum(s.accepted_tokens for s in specs),
+        per_position=tuple(
+            math.fsum(s.per_position[i] for s in specs if i < len(s.per_position)) for i in range(width)
+        ),
+    )
+
+
+def _combined_window(
+    window: Window, delta: WindowDelta | None, engines: Mapping[EngineKey, EngineHealth], params: DeriveParams
+) -> WindowHealth:
+    if delta is None:
+        return _empty_window(window, params)
+    parts = [delta.engines[key] for key in engines if key in delta.engines]
+    specs = [p.spec for p in parts if p.spec is not None]
+    histograms = {}
+    for metric in LatencyMetric:
+        merged = merge(p.histograms[metric] for p in parts if metric in p.histograms)
+        if merged is not None:
+            histograms[metric] = merged
+    ks = {e.num_speculative_tokens for e in engines.values() if e.num_speculative_tokens}
+    return _window_health(
+        window,
+        delta.span_seconds,
+        _sum_spec(specs),
+        histograms,
+        math.fsum(p.generation_tokens for p in parts),
+        math.fsum(p.preemptions for p in parts),
+        ks.pop() if len(ks) == 1 else None,
+        params,
+    )

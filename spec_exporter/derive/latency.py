@@ -1,0 +1,98 @@
+"""Latency quantiles from histogram deltas, computed exactly as PromQL's `histogram_quantile` does."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from spec_exporter.snapshot import Histogram
+
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+
+
+def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
+    """PromQL `bucketQuantile` (Prometheus 2.x, classic histograms) on cumulative `counts` per upper bound.
+
+    Same rules, same order of floating-point operations: NaN without a +Inf bucket or without observations,
+    linear interpolation inside the bucket (from 0 for the first one when its bound is positive), the
+    second-highest bound when the rank falls in the +Inf bucket, buckets with equal bounds merged, and counts
+    forced monotonic.
+    """
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    pairs = sorted(zip(bounds, counts, strict=True), key=lambda bc: bc[0])
+    if not pairs or not math.isinf(pairs[-1][0]) or pairs[-1][0] < 0:
+        return math.nan
+    merged: list[list[float]] = []
+    for bound, count in pairs:
+        if merged and merged[-1][0] == bound:
+            merged[-1][1] += count
+        else:
+            merged.append([bound, count])
+    highest = -math.inf
+    for b in merged:
+        if b[1] > highest:
+            highest = b[1]
+        elif b[1] < highest:
+            b[1] = highest
+    if len(merged) < 2:
+        return math.nan
+    observations = merged[-1][1]
+    if observations == 0 or math.isnan(observations):
+        return math.nan
+    rank = q * observations
+    # sort.Search over all but the +Inf bucket: first index whose count reaches the rank.
+    index = len(merged) - 1
+    for i in range(len(merged) - 1):
+        if merged[i][1] >= rank:
+            index = i
+            break
+    if index == len(merged) - 1:
+        return merged[-2][0]
+    if index == 0 and merged[0][0] <= 0:
+        return merged[0][0]
+    bucket_start = 0.0
+    bucket_end = merged[index][0]
+    count = merged[index][1]
+    if index > 0:
+        bucket_start = merged[index - 1][0]
+        count -= merged[index - 1][1]
+        rank -= merged[index - 1][1]
+    return bucket_start + (bucket_end - bucket_start) * (rank / count)
+
+
+def quantiles(histogram: Histogram, qs: Iterable[float] = QUANTILES) -> dict[float, float]:
+    """Quantiles of a histogram delta; NaN ones (no observations) are left out."""
+    out = {}
+    for q in qs:
+        v = histogram_quantile(q, histogram.bounds, histogram.counts)
+        if not math.isnan(v):
+            out[q] = v
+    return out
+
+
+def divergence(p50: float | None, p99: float | None) -> float | None:
+    """P99/P50: how far the tail has drifted from the median. None when either is missing or P50 is 0."""
+    if p50 is None or p99 is None or p50 <= 0 or not math.isfinite(p50) or not math.isfinite(p99):
+        return None
+    return p99 / p50
+
+
+def merge(histograms: Iterable[Histogram]) -> Histogram | None:
+    """Sum histograms that share bounds (PromQL `sum by (le)`); None if there are none or bounds differ."""
+    items = list(histograms)
+    if not items:
+        return None
+    bounds = items[0].bounds
+    if any(h.bounds != bounds for h in items[1:]):
+        return None
+    return Histogram(
+        bounds=bounds,
+        counts=tuple(math.fsum(h.counts[i] for h in items) for i in range(len(bounds))),
+        count=math.fsum(h.count for h in items),
+        sum=math.fsum(h.sum for h in items),
+    )

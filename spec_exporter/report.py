@@ -1,0 +1,188 @@
+"""`spec-exporter check`: poll a target twice across a window and answer "is speculative decoding helping?"."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from spec_exporter.config import Settings, format_duration
+from spec_exporter.derive.health import EngineHealth, TargetHealth, WindowHealth
+from spec_exporter.derive.verdict import ADVICE, Verdict
+from spec_exporter.poller import Poller, new_store
+from spec_exporter.snapshot import LatencyMetric
+from spec_exporter.state import TargetState
+
+EXIT_CODES = {Verdict.BENEFICIAL: 0, Verdict.BREAK_EVEN: 1, Verdict.DISABLE: 2, Verdict.INSUFFICIENT_DATA: 3}
+EXIT_UNREACHABLE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    target: str
+    url: str
+    window_seconds: float
+    state: TargetState
+
+    @property
+    def health(self) -> TargetHealth | None:
+        return self.state.health
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.health.combined_verdict if self.health is not None else Verdict.INSUFFICIENT_DATA
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict] if self.health is not None else EXIT_UNREACHABLE
+
+
+async def run_check(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    clock: Callable[[], float],
+) -> CheckResult:
+    """Two polls `window` apart through the exporter's own poller; `settings` holds one target and one window."""
+    target = settings.targets[0]
+    window = settings.windows[0]
+    store = new_store(settings)
+    poller = Poller(settings, session, store, clock=clock, sleep=sleep)
+    await poller.poll_once()
+    if store.current().targets[target.name].up:
+        await sleep(window)
+        await poller.poll_once()
+    return CheckResult(target.name, target.metrics_url, window, store.current().targets[target.name])
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+_LATENCY_ROWS = (
+    (LatencyMetric.TTFT, "TTFT"),
+    (LatencyMetric.TPOT, "TPOT"),
+    (LatencyMetric.ITL, "ITL"),
+    (LatencyMetric.E2E, "E2E"),
+)
+
+
+def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str, str]]:
+    rows = []
+    a = w.acceptance
+    if engine is not None and engine.lifetime_acceptance is not None:
+        rows.append(("draft acceptance rate", f"{_fmt(engine.lifetime_acceptance)} (V0: since engine start)"))
+    elif a is None:
+        rows.append(("draft acceptance rate", "- (speculative decoding is not enabled)"))
+    else:
+        rows.append(
+            (
+                "draft acceptance rate",
+                f"{_fmt(a.rate)} ({a.accepted_tokens:g} of {a.draft_tokens:g} draft tokens accepted)",
+            )
+        )
+        rows.append(("mean acceptance length", _fmt(a.mean_length, 2)))
+        rows.append(("acceptance by position", "  ".join(_fmt(p, 2) for p in a.per_position) or "-"))
+    for metric, title in _LATENCY_ROWS:
+        q = w.latency.get(metric)
+        if q:
+            rows.append((f"{title} p50 / p99", f"{_ms(q.get(0.5))} / {_ms(q.get(0.99))}"))
+    if w.divergence:
+        rows.append(
+            (
+                "P99/P50 divergence",
+                "  ".join(f"{title} {w.divergence[m]:.2f}" for m, title in _LATENCY_ROWS if m in w.divergence),
+            )
+        )
+    if w.expected_speedup is not None:
+        rows.append(("expected speedup (model)", f"{w.expected_speedup:.2f}x"))
+    return rows
+
+
+def render_table(result: CheckResult) -> str:
+    head = f"spec-exporter check: {result.url} over {format_duration(result.window_seconds)}"
+    h = result.health
+    if h is None:
+        err = result.state.last_error.value if result.state.last_error else "unknown"
+        return f"{head}\n\nunreachable or unreadable ({err}): no verdict.\n"
+    engines = list(h.engines.values())
+    k = {e.num_speculative_tokens for e in engines if e.num_speculative_tokens}
+    be = {round(e.break_even_acceptance, 3) for e in engines if e.break_even_acceptance is not None}
+    lines = [
+        head,
+        f"vLLM engine {h.generation.value}, {len(engines)} engine(s)"
+        + (f", k={k.pop()}" if len(k) == 1 else "")
+        + (f", modelled break-even acceptance {be.pop()}" if len(be) == 1 else ""),
+        "",
+    ]
+    only = engines[0] if len(engines) == 1 else None
+    rows = _window_rows(h.combined[0], only)
+    if len(engines) > 1:
+        for e in engines:
+            rate = e.windows[0].acceptance.rate if e.windows[0].acceptance else e.lifetime_acceptance
+            rows.append((f"engine {e.key[0]}/{e.key[1]}", f"acceptance {_fmt(rate)}, verdict {e.verdict.value}"))
+    rows.append(("verdict", result.verdict.value.upper()))
+    width = max(len(r[0]) for r in rows) + 2
+    lines += [f"{title:<{width}}{value}" for title, value in rows]
+    lines += ["", "advice: " + ADVICE[result.verdict], ""]
+    return "\n".join(lines)
+
+
+def _window_json(w: WindowHealth) -> dict[str, Any]:
+    a = w.acceptance
+    return {
+        "span_seconds": w.span_seconds,
+        "acceptance": None
+        if a is None
+        else {
+            "rate": a.rate,
+            "mean_length": a.mean_length,
+            "per_position": list(a.per_position),
+            "accepted_tokens": a.accepted_tokens,
+            "draft_tokens": a.draft_tokens,
+            "drafts": a.drafts,
+        },
+        "latency_seconds": {m.value: {str(q): v for q, v in qs.items()} for m, qs in w.latency.items()},
+        "divergence": {m.value: v for m, v in w.divergence.items()},
+        "expected_speedup": w.expected_speedup,
+        "verdict": w.verdict.value,
+    }
+
+
+def render_json(result: CheckResult) -> str:
+    h = result.health
+    doc: dict[str, Any] = {
+        "target": result.target,
+        "url": result.url,
+        "window_seconds": result.window_seconds,
+        "verdict": result.verdict.value,
+        "advice": ADVICE[result.verdict],
+        "exit_code": result.exit_code,
+        "error": result.state.last_error.value if result.state.last_error else None,
+    }
+    if h is not None:
+        doc["engine_generation"] = h.generation.value
+        doc["all_engines"] = _window_json(h.combined[0])
+        doc["engines"] = [
+            {
+                "model_name": e.key[0],
+                "engine": e.key[1],
+                "spec_decode_enabled": e.spec_enabled,
+                "num_speculative_tokens": e.num_speculative_tokens,
+                "break_even_acceptance": e.break_even_acceptance,
+                "lifetime_acceptance": e.lifetime_acceptance,
+                "verdict": e.verdict.value,
+                **_window_json(e.windows[0]),
+            }
+            for e in h.engines.values()
+        ]
+    return json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n"

@@ -1,0 +1,1 @@
+"""Everything that knows vLLM's wire format: metric names and the parser."""
