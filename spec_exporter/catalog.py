@@ -16,7 +16,7 @@ _FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_t
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
     name: str
-    type: Literal["gauge", "counter", "histogram"]
+    type: Literal["gauge", "counter", "histogram", "summary"]
     labels: tuple[str, ...]
     help: str
 
@@ -112,12 +112,13 @@ NUM_SPECULATIVE_TOKENS = MetricSpec(
 )
 LATENCY = MetricSpec(
     "spec_decode_latency_seconds",
-    "gauge",
-    (*ENGINE, "window", "metric", "quantile"),
-    "Latency quantile over the window, computed from histogram bucket increases exactly as PromQL "
-    "histogram_quantile does. metric: ttft (vllm:time_to_first_token_seconds), itl "
-    "(vllm:inter_token_latency_seconds, one observation per engine step), tpot "
-    "(vllm:request_time_per_output_token_seconds, one per request), e2e (vllm:e2e_request_latency_seconds). " + _FRESH,
+    "summary",
+    (*ENGINE, "window", "metric"),
+    "Latency quantiles over the window, computed from histogram bucket increases exactly as PromQL "
+    "histogram_quantile does; _count and _sum are cumulative (restarts stitched out). metric: ttft "
+    "(vllm:time_to_first_token_seconds), itl (vllm:inter_token_latency_seconds, one observation per engine "
+    "step), tpot (vllm:request_time_per_output_token_seconds, one per request), e2e "
+    "(vllm:e2e_request_latency_seconds). " + _FRESH,
 )
 DIVERGENCE = MetricSpec(
     "spec_decode_latency_divergence_ratio",

@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spec_exporter import __version__, catalog
 from spec_exporter.catalog import MetricSpec
 from spec_exporter.derive.latency import QUANTILES
 from spec_exporter.derive.verdict import Verdict
+from spec_exporter.snapshot import Histogram
 from spec_exporter.state import ExporterState, PollError
 
 
-def _family(spec: MetricSpec) -> GaugeMetricFamily | CounterMetricFamily:
+def _family(spec: MetricSpec) -> Metric:
     if spec.type == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    if spec.type == "summary":
+        # Quantile samples are added by hand: the stock SummaryMetricFamily only takes count and sum.
+        return Metric(spec.name, spec.help, "summary")
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _add_summary(family: Metric, values: list[str], quantiles: Mapping[float, float], totals: Histogram) -> None:
+    labels = dict(zip(catalog.LATENCY.labels, values, strict=True))
+    for q in QUANTILES:
+        if q in quantiles:
+            family.add_sample(family.name, {**labels, "quantile": str(q)}, quantiles[q])
+    family.add_sample(family.name + "_count", labels, totals.count)
+    family.add_sample(family.name + "_sum", labels, totals.sum)
 
 
 class SpecDecodeCollector(Collector):
@@ -32,7 +45,7 @@ class SpecDecodeCollector(Collector):
     def __init__(self, state: Callable[[], ExporterState]) -> None:
         self._state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         state = self._state()
         fam = {spec.name: _family(spec) for spec in catalog.ALL}
 
@@ -60,8 +73,9 @@ class SpecDecodeCollector(Collector):
                     add(catalog.GENERATION_TOKENS_RATE, labels, w.generation_tokens_per_second)
                     add(catalog.PREEMPTIONS_RATE, labels, w.preemptions_per_second)
                     for metric, qs in sorted(w.latency.items()):
-                        for q in QUANTILES:
-                            add(catalog.LATENCY, [*labels, metric.value, str(q)], qs.get(q))
+                        totals = e.totals.histograms.get(metric)
+                        if totals is not None:
+                            _add_summary(fam[catalog.LATENCY.name], [*labels, metric.value], qs, totals)
                     for metric, ratio in sorted(w.divergence.items()):
                         add(catalog.DIVERGENCE, [*labels, metric.value], ratio)
                 if not e.spec_enabled:

@@ -94,6 +94,18 @@ class PollConfig(Model):
     timeout: Duration = 4.0
     max_body_bytes: ByteSize = 16 * 1024**2
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_timeout(cls, data: Any) -> Any:
+        # Like Prometheus' scrape_timeout: unset means the default, but never longer than the interval.
+        if isinstance(data, dict) and "timeout" not in data and "interval" in data:
+            try:
+                interval = parse_duration(data["interval"])
+            except ValueError:
+                return data
+            return {**data, "timeout": min(4.0, interval)}
+        return data
+
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> PollConfig:
         if self.timeout > self.interval:
