@@ -247,19 +247,18 @@ def _finish_histogram(metric: LatencyMetric, hb: _HistogramBuilder, key: EngineK
 
 
 def _parse_labels(text: str) -> dict[str, str]:
-    if "\\" not in text:
-        labels = {}
+    body = text[:-1] if text.endswith(",") else text
+    if "\\" not in body and body.endswith('"'):
         # Without escapes a value cannot contain `"`, so `",` only ever ends a label pair.
-        for pair in text.split('",'):
-            if not pair:
-                continue
+        labels = {}
+        for pair in body[:-1].split('",'):
             key, sep, value = pair.partition('="')
-            if not sep:
-                if pair.strip() in ("", ","):
-                    continue
-                raise ParseError("parse_error", f"malformed label {pair!r}")
-            labels[key.strip()] = value[:-1] if value.endswith('"') else value
-        return labels
+            if not sep or not key.isidentifier():
+                break
+            labels[key] = value
+        else:
+            return labels
+    # Escapes, blanks or something odd: the careful way, which also reports malformed sets.
     labels = {}
     pos = 0
     while pos < len(text):

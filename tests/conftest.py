@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from spec_exporter.config import Settings, settings_from_mapping
+from spec_exporter.poller import Poller, new_store
+from spec_exporter.state import StateStore
+from tests.standin import StandIn
+
+
+class FakeClock:
+    """A clock that moves only when told to; `sleep` advances it instead of waiting."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def wall_clock() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
+
+
+@pytest_asyncio.fixture
+async def standin(aiohttp_server: Any) -> AsyncIterator[tuple[StandIn, str]]:
+    s = StandIn()
+    server = await aiohttp_server(s.app())
+    yield s, str(server.make_url("")).rstrip("/")
+    s.released.set()
+
+
+@pytest_asyncio.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def make_settings(url: str, **overrides: Any) -> Settings:
+    data: dict[str, Any] = {"targets": [{"name": "vllm", "url": url}], "poll": {"interval": "5s", "timeout": "1s"}}
+    data.update(overrides)
+    return settings_from_mapping(data)
+
+
+@pytest.fixture
+def make_poller(
+    session: aiohttp.ClientSession, clock: FakeClock, wall_clock: FakeClock
+) -> Callable[[Settings], tuple[Poller, StateStore]]:
+    def make(settings: Settings) -> tuple[Poller, StateStore]:
+        store = new_store(settings)
+        return Poller(settings, session, store, clock=clock, wall_clock=wall_clock, sleep=clock.sleep), store
+
+    return make

@@ -1,0 +1,206 @@
+"""Derivations with hand-computed expectations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from spec_exporter.derive.acceptance import acceptance
+from spec_exporter.derive.baseline import compare
+from spec_exporter.derive.health import DeriveParams, Window, derive_target
+from spec_exporter.derive.latency import divergence, histogram_quantile, merge, quantiles
+from spec_exporter.derive.verdict import (
+    Thresholds,
+    Verdict,
+    break_even_acceptance,
+    expected_speedup,
+    expected_tokens_per_step,
+    verdict,
+)
+from spec_exporter.snapshot import EngineGeneration, LatencyMetric, SpecCounters
+from spec_exporter.vllm.parse import parse_exposition
+from spec_exporter.window import SnapshotRing, window_delta
+from tests.builders import KEY, engine, hist, snap
+from tests.standin import NVIDIA_NO_SPEC, V032_IDLE, V032_LOAD, V085_V0, sample, with_engines
+
+WINDOWS = (Window("1m", 60.0), Window("5m", 300.0))
+PARAMS = DeriveParams(windows=WINDOWS, verdict_window="5m")
+
+
+def test_acceptance_uses_vllms_formulas() -> None:
+    a = acceptance(SpecCounters(drafts=49, draft_tokens=147, accepted_tokens=55, per_position=(35, 10, 10)))
+    assert a.rate == 55 / 147
+    assert a.mean_length == 1 + 55 / 49
+    assert a.per_position == (35 / 49, 10 / 49, 10 / 49)
+    assert (a.drafts, a.draft_tokens, a.accepted_tokens) == (49, 147, 55)
+
+
+def test_an_idle_window_has_no_acceptance_rather_than_zero() -> None:
+    a = acceptance(SpecCounters(0, 0, 0, (0, 0, 0)))
+    assert a.rate is None and a.mean_length is None and a.per_position == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        (0.5, 0.15),  # rank 20 in (0.1, 0.2]: 0.1 + 0.1 * 10/20
+        (0.99, 0.2 + 0.2 * (9.6 / 10)),  # rank 39.6 in (0.2, 0.4]
+        (0.1, 0.1 * (4 / 10)),  # first bucket interpolates from 0
+        (0.0, 0.0),
+        (-1, -math.inf),
+        (2, math.inf),
+    ],
+)
+def test_histogram_quantile_by_hand(q: float, expected: float) -> None:
+    assert histogram_quantile(q, (0.1, 0.2, 0.4, math.inf), (10, 30, 40, 40)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_histogram_quantile_edge_cases_follow_promql() -> None:
+    inf = math.inf
+    # Rank in the +Inf bucket: the highest finite bound.
+    assert histogram_quantile(0.99, (0.1, 0.2, inf), (1, 2, 100)) == 0.2
+    # No +Inf bucket, or no observations: NaN.
+    assert math.isnan(histogram_quantile(0.5, (0.1, 0.2), (1, 2)))
+    assert math.isnan(histogram_quantile(0.5, (0.1, inf), (0, 0)))
+    # A first bucket at or below zero returns its bound.
+    assert histogram_quantile(0.1, (-1.0, 1.0, inf), (5, 10, 10)) == -1.0
+    # Non-monotonic counts are forced monotonic; equal bounds merge.
+    assert histogram_quantile(0.5, (0.1, 0.2, 0.4, inf), (10, 5, 20, 20)) == histogram_quantile(
+        0.5, (0.1, 0.2, 0.4, inf), (10, 10, 20, 20)
+    )
+
+
+def test_quantiles_and_divergence_of_a_histogram() -> None:
+    q = quantiles(hist((10, 30, 40, 40)))
+    assert q[0.5] == pytest.approx(0.15) and q[0.99] == pytest.approx(0.392)
+    assert divergence(q[0.5], q[0.99]) == pytest.approx(0.392 / 0.15)
+    assert quantiles(hist((0, 0, 0, 0))) == {}
+    assert divergence(0.0, 1.0) is None and divergence(None, 1.0) is None
+
+
+def test_merge_sums_histograms_with_equal_bounds_only() -> None:
+    merged = merge([hist((1, 2, 3, 4), total_sum=1.0), hist((1, 1, 1, 1), total_sum=0.5)])
+    assert merged is not None and merged.counts == (2, 3, 4, 5) and merged.sum == 1.5
+    assert merge([hist((1, 2, 3, 4)), hist((1, 1), bounds=(1.0, math.inf))]) is None
+    assert merge([]) is None
+
+
+@pytest.mark.parametrize(
+    ("rate", "draft_tokens", "expected"),
+    [
+        (0.4999, 1000, Verdict.DISABLE),
+        (0.5, 1000, Verdict.BREAK_EVEN),
+        (0.6499, 1000, Verdict.BREAK_EVEN),
+        (0.65, 1000, Verdict.BENEFICIAL),
+        (0.9, 99, Verdict.INSUFFICIENT_DATA),
+        (0.9, 100, Verdict.BENEFICIAL),
+        (None, 1000, Verdict.INSUFFICIENT_DATA),
+        (math.nan, None, Verdict.INSUFFICIENT_DATA),
+    ],
+)
+def test_verdict_thresholds(rate: float | None, draft_tokens: float | None, expected: Verdict) -> None:
+    assert verdict(rate, draft_tokens, Thresholds()) is expected
+
+
+def test_verdict_thresholds_are_configurable() -> None:
+    strict = Thresholds(disable_below=0.6, beneficial_at=0.8, min_draft_tokens=10)
+    assert verdict(0.55, 10, strict) is Verdict.DISABLE
+    assert verdict(0.75, 10, strict) is Verdict.BREAK_EVEN
+    assert verdict(0.8, 10, strict) is Verdict.BENEFICIAL
+
+
+def test_speculative_sampling_model() -> None:
+    # E(0.8, 3) = (1 - 0.8^4) / 0.2 = 2.952; speedup with c = 0.1 is 2.952 / 1.3.
+    assert expected_tokens_per_step(0.8, 3) == pytest.approx(2.952)
+    assert expected_speedup(0.8, 3, 0.1) == pytest.approx(2.952 / 1.3)
+    assert expected_tokens_per_step(1.0, 3) == 4.0
+    # k = 1: E = 1 + α, so break-even is α = c exactly.
+    assert break_even_acceptance(1, 0.25) == pytest.approx(0.25, abs=1e-12)
+    be = break_even_acceptance(3, 0.1)
+    assert be is not None and expected_speedup(be, 3, 0.1) == pytest.approx(1.0, abs=1e-12)
+    assert 0.232 < be < 0.234  # α + α² + α³ = 0.3
+    assert break_even_acceptance(3, 0.0) == 0.0
+    assert break_even_acceptance(3, 1.0) is None  # a draft as costly as the target never pays
+
+
+def _health(*texts_at: tuple[str, float], params: DeriveParams = PARAMS):  # type: ignore[no-untyped-def]
+    ring = SnapshotRing(400)
+    point = None
+    for text, t in texts_at:
+        point = ring.push(parse_exposition(text, t))
+    deltas = {w.label: window_delta(ring.points, w.seconds, 2.5) for w in params.windows}
+    return derive_target(point, deltas, params)
+
+
+def test_real_v032_pair_gives_hand_checked_numbers() -> None:
+    h = _health((sample(V032_IDLE), 0.0), (sample(V032_LOAD), 60.0))
+    e = h.engines[("tiny", "0")]
+    assert e.spec_enabled and e.num_speculative_tokens == 3
+    one_minute = e.windows[0]
+    assert one_minute.span_seconds == 60.0
+    assert one_minute.acceptance.rate == 55 / 147
+    assert one_minute.acceptance.mean_length == 1 + 55 / 49
+    assert one_minute.generation_tokens_per_second == (106 - 0) / 60
+    # TTFT buckets after load: 1 ≤ 0.02, 3 ≤ 0.04, 4 ≤ 0.06 of 4; p50 = rank 2 in (0.02, 0.04] = 0.03.
+    assert one_minute.latency[LatencyMetric.TTFT][0.5] == pytest.approx(0.03)
+    # 147 draft tokens ≥ 100 and 0.374 < 0.5.
+    assert e.verdict is Verdict.DISABLE and h.combined_verdict is Verdict.DISABLE
+    assert one_minute.expected_speedup == pytest.approx(expected_speedup(55 / 147, 3, 0.1))
+
+
+def test_a_single_poll_is_insufficient_data_with_empty_windows() -> None:
+    h = _health((sample(V032_LOAD), 0.0))
+    e = h.engines[("tiny", "0")]
+    assert e.verdict is Verdict.INSUFFICIENT_DATA
+    assert all(w.acceptance is None and w.latency == {} for w in e.windows)
+
+
+def test_a_target_without_spec_decoding_says_so() -> None:
+    h = _health((sample(NVIDIA_NO_SPEC), 0.0), (sample(NVIDIA_NO_SPEC), 60.0))
+    (e,) = h.engines.values()
+    assert not e.spec_enabled
+    assert all(w.acceptance is None for w in e.windows)
+    assert e.num_speculative_tokens is None and e.break_even_acceptance is None
+
+
+def test_v0_takes_its_verdict_from_the_lifetime_gauge() -> None:
+    h = _health((sample(V085_V0), 0.0), (sample(V085_V0), 60.0))
+    assert h.generation is EngineGeneration.V0
+    (e,) = h.engines.values()
+    assert e.spec_enabled and e.lifetime_acceptance == pytest.approx(0.49583333333333335)
+    assert all(w.acceptance is None for w in e.windows)  # its counters are never differentiated
+    assert e.verdict is Verdict.DISABLE and h.combined_verdict is Verdict.DISABLE
+
+
+def test_data_parallel_engines_are_judged_apart_and_summed_for_the_target() -> None:
+    h = _health((with_engines(sample(V032_IDLE), 3), 0.0), (with_engines(sample(V032_LOAD), 3), 60.0))
+    assert len(h.engines) == 3
+    for rank in range(3):
+        a = h.engines[("tiny", str(rank))].windows[0].acceptance
+        assert a.draft_tokens == 147 * (rank + 1) and a.rate == pytest.approx(55 / 147)
+    combined = h.combined[0].acceptance
+    assert combined.draft_tokens == 147 * 6 and combined.accepted_tokens == 55 * 6
+    assert combined.per_position == pytest.approx((35 / 49, 10 / 49, 10 / 49))
+
+
+def test_configured_k_overrides_the_position_count() -> None:
+    params = DeriveParams(windows=WINDOWS, verdict_window="5m", num_speculative_tokens=5, draft_cost_ratio=0.0)
+    h = _health((sample(V032_IDLE), 0.0), (sample(V032_LOAD), 60.0), params=params)
+    e = h.engines[("tiny", "0")]
+    assert e.num_speculative_tokens == 5 and e.break_even_acceptance == 0.0
+
+
+def test_baseline_comparison_divides_tpot_p50_and_p99() -> None:
+    def target(tpot_counts):  # type: ignore[no-untyped-def]
+        ring = SnapshotRing(400)
+        ring.push(snap(0, (KEY, engine(histograms={LatencyMetric.TPOT: hist((0, 0, 0, 0))}))))
+        point = ring.push(snap(60, (KEY, engine(histograms={LatencyMetric.TPOT: hist(tpot_counts)}))))
+        return derive_target(point, {w.label: window_delta(ring.points, w.seconds, 2.5) for w in WINDOWS}, PARAMS)
+
+    spec = target((10, 30, 40, 40))  # p50 0.15, p99 0.392
+    base = target((0, 20, 40, 40))  # p50 0.2 (rank 20 at the top of (0.1, 0.2])
+    (one_minute, _) = compare("spec", spec, "base", base)
+    assert one_minute.window == "1m"
+    assert one_minute.tpot_speedup == pytest.approx(0.2 / 0.15)
+    assert one_minute.p99_ratio[LatencyMetric.TPOT] == pytest.approx(0.392 / 0.396)  # base: 0.2 + 0.2 * 19.6/20
