@@ -26,7 +26,9 @@ ALL_SAMPLES = (V032_IDLE, V032_LOAD, V033_MP, V085_V0, V085_V0_MP, NVIDIA_NO_SPE
 
 
 def sample(name: str) -> str:
-    return (FIXTURES / name).read_text()
+    text = (FIXTURES / name).read_text()
+    # One capture was stored without the final newline every real /metrics body ends with.
+    return text if text.endswith("\n") else text + "\n"
 
 
 def rewrite(text: str, values: Mapping[str, float]) -> str:
@@ -83,6 +85,7 @@ class Reply:
     status: int = 200
     hang: bool = False  # never answer: the client's timeout must fire
     cut_after: int | None = None  # close the connection after this many body bytes
+    chunked: bool = False  # no Content-Length: the client only learns the size by reading
     content_type: str = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -113,6 +116,14 @@ class StandIn:
             await response.write(body[: reply.cut_after])
             assert request.transport is not None
             request.transport.close()
+            return response
+        if reply.chunked:
+            response = web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for i in range(0, len(body), 1 << 16):
+                await response.write(body[i : i + (1 << 16)])
+            await response.write_eof()
             return response
         return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
 

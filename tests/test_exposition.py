@@ -1,0 +1,156 @@
+"""What Prometheus sees: the golden /metrics for a fixed pair of real scrapes, promtool's lint, and the rules
+the collector follows (no acceptance series when speculation is off, nothing derived from a dead target)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from spec_exporter.app import build_registry
+from spec_exporter.derive.verdict import Verdict
+from tests.conftest import make_settings
+from tests.standin import NVIDIA_NO_SPEC, V032_IDLE, V032_LOAD, V085_V0, sample, scale_counters, with_engines
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def render(registry: CollectorRegistry) -> str:
+    # build_info carries the running Python's version; pin it so the golden file is the same everywhere.
+    text = generate_latest(registry).decode()
+    return re.sub(r'python_version="[^"]+"', 'python_version="X"', text)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run `make golden` (UPDATE_GOLDEN=1 pytest tests/test_exposition.py)"
+    assert text == path.read_text(), f"/metrics differs from {path}; if intended, run `make golden` and review"
+
+
+async def polled(standin: Any, make_poller: Any, clock: Any, *bodies: str, **overrides: Any):  # type: ignore[no-untyped-def]
+    server, url = standin
+    server.push(*bodies)
+    poller, store = make_poller(make_settings(url, **overrides))
+    for _ in bodies:
+        await poller.poll_once()
+        clock.advance(60)
+    return store, build_registry(store, process_metrics=False)
+
+
+async def test_golden_metrics_for_a_real_idle_then_loaded_vllm(standin: Any, make_poller: Any, clock: Any) -> None:
+    _, registry = await polled(standin, make_poller, clock, sample(V032_IDLE), sample(V032_LOAD))
+    check_golden("v0.32_idle_to_load.prom", render(registry))
+
+
+async def test_golden_metrics_for_two_data_parallel_engines(standin: Any, make_poller: Any, clock: Any) -> None:
+    _, registry = await polled(
+        standin, make_poller, clock, with_engines(sample(V032_IDLE), 2), with_engines(sample(V032_LOAD), 2)
+    )
+    check_golden("v0.32_dp2_idle_to_load.prom", render(registry))
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("name", ["v0.32_idle_to_load.prom", "v0.32_dp2_idle_to_load.prom"])
+def test_golden_files_pass_promtool_check_metrics(name: str) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: install Debian's prometheus package (.ci/run does)"
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=(GOLDEN / name).read_bytes(), capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+async def test_spec_decoding_off_exports_enabled_zero_and_no_acceptance(
+    standin: Any, make_poller: Any, clock: Any
+) -> None:
+    no_spec = sample(NVIDIA_NO_SPEC)
+    _, registry = await polled(standin, make_poller, clock, no_spec, scale_counters(no_spec, 2.0))
+    text = render(registry)
+    labels = {"target": "vllm", "model_name": "Qwen/Qwen3-4B-Instruct-2507-FP8", "engine": "0"}
+    assert registry.get_sample_value("spec_decode_enabled", labels) == 0.0
+    for name in (
+        "spec_decode_draft_acceptance_rate",
+        "spec_decode_mean_acceptance_length",
+        "spec_decode_verdict",
+        "spec_decode_position_acceptance_rate",
+        "spec_decode_draft_tokens_total",
+    ):
+        assert name not in text
+    # Latency is still worth having from a pool without speculation: it is the baseline.
+    assert (
+        registry.get_sample_value(
+            "spec_decode_latency_seconds", {**labels, "window": "1m", "metric": "ttft", "quantile": "0.5"}
+        )
+        is not None
+    )
+
+
+async def test_v0_exports_its_lifetime_acceptance(standin: Any, make_poller: Any, clock: Any) -> None:
+    _, registry = await polled(standin, make_poller, clock, sample(V085_V0), sample(V085_V0))
+    labels = {"target": "vllm", "model_name": "meta-llama/Llama-3.1-8B-Instruct", "engine": ""}
+    assert registry.get_sample_value(
+        "spec_decode_draft_acceptance_rate", {**labels, "window": "lifetime"}
+    ) == pytest.approx(0.49583333333333335)
+    assert registry.get_sample_value("spec_decode_draft_acceptance_rate", {**labels, "window": "1m"}) is None
+    assert (
+        registry.get_sample_value("spec_decode_verdict", {**labels, "temperature_band": "all", "verdict": "disable"})
+        == 1.0
+    )
+
+
+async def test_the_verdict_stateset_has_exactly_one_state_set(standin: Any, make_poller: Any, clock: Any) -> None:
+    _, registry = await polled(standin, make_poller, clock, sample(V032_IDLE), sample(V032_LOAD))
+    base = {"target": "vllm", "model_name": "tiny", "engine": "0", "temperature_band": "all"}
+    values = {v: registry.get_sample_value("spec_decode_verdict", {**base, "verdict": v.value}) for v in Verdict}
+    assert values == {
+        Verdict.DISABLE: 1.0,
+        Verdict.BREAK_EVEN: 0.0,
+        Verdict.BENEFICIAL: 0.0,
+        Verdict.INSUFFICIENT_DATA: 0.0,
+    }
+
+
+async def test_a_dead_target_keeps_only_its_health_series(standin: Any, make_poller: Any, clock: Any) -> None:
+    from tests.standin import Reply
+
+    _, registry = await polled(
+        standin, make_poller, clock, sample(V032_IDLE), sample(V032_LOAD), Reply("down", status=500)
+    )
+    text = render(registry)
+    assert registry.get_sample_value("spec_decode_exporter_target_up", {"target": "vllm"}) == 0.0
+    assert (
+        registry.get_sample_value("spec_decode_exporter_poll_errors_total", {"target": "vllm", "reason": "http_status"})
+        == 1.0
+    )
+    assert "spec_decode_draft_acceptance_rate" not in text and "spec_decode_enabled" not in text
+    assert registry.get_sample_value("spec_decode_exporter_last_success_timestamp_seconds", {"target": "vllm"})
+
+
+async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, clock: Any, aiohttp_server: Any) -> None:
+    from tests.standin import StandIn
+
+    base = StandIn()
+    base.push(sample(V032_IDLE), sample(V032_LOAD))
+    base_server = await aiohttp_server(base.app())
+    base_url = str(base_server.make_url("")).rstrip("/")
+    _, spec_url = standin
+    _, registry = await polled(
+        standin,
+        make_poller,
+        clock,
+        sample(V032_IDLE),
+        sample(V032_LOAD),
+        targets=[{"name": "spec", "url": spec_url}, {"name": "base", "url": base_url, "role": "baseline"}],
+    )
+    labels = {"target": "spec", "baseline": "base", "window": "1m"}
+    # Same traffic on both sides: a measured speedup of exactly 1 and the same tail.
+    assert registry.get_sample_value("spec_decode_baseline_tpot_speedup_ratio", labels) == 1.0
+    assert registry.get_sample_value("spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "ttft"}) == 1.0
