@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -210,7 +210,12 @@ def serve(argv: Sequence[str]) -> int:
     return 0
 
 
-def check(argv: Sequence[str]) -> int:
+def check(
+    argv: Sequence[str],
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
     args = check_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
@@ -221,7 +226,7 @@ def check(argv: Sequence[str]) -> int:
 
     async def go() -> Any:
         async with aiohttp.ClientSession() as session:
-            return await run_check(settings, session, sleep=asyncio.sleep, clock=time.monotonic)
+            return await run_check(settings, session, sleep=sleep, clock=clock)
 
     result = asyncio.run(go())
     sys.stdout.write(render_json(result) if args.output == "json" else render_table(result))

@@ -104,7 +104,7 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
             )
         )
     if w.expected_speedup is not None:
-        rows.append(("expected speedup (model)", f"{w.expected_speedup:.2f}x"))
+        rows.append(("modelled speedup", f"{w.expected_speedup:.2f}x (speculative-sampling model; ignores load)"))
     return rows
 
 

@@ -1,0 +1,157 @@
+"""The command line: flags, environment, config errors, and `check` end to end against a stand-in vLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from spec_exporter import cli
+from tests.conftest import FakeClock
+from tests.standin import V032_IDLE, V032_LOAD, Reply, StandIn, rewrite, sample
+
+ACCEPTED = 'vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="tiny"}'
+
+
+@contextmanager
+def standin_thread(*replies: Reply | str) -> Iterator[str]:
+    """A stand-in vLLM on its own event loop, for code that runs its own loop (the CLI)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def start() -> None:
+        s = StandIn()
+        s.push(*replies)
+        runner = web.AppRunner(s.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["runner"] = runner
+        holder["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield holder["url"]
+    finally:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def run_check(argv: list[str]) -> int:
+    clock = FakeClock()
+    return cli.check(argv, sleep=clock.sleep, clock=clock)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "verdict", "code"),
+    [(120, "BENEFICIAL", 0), (80, "BREAK_EVEN", 1), (55, "DISABLE", 2)],
+)
+def test_check_prints_a_table_and_exits_with_the_verdict(
+    accepted: int, verdict: str, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load = rewrite(sample(V032_LOAD), {ACCEPTED: accepted})
+    with standin_thread(sample(V032_IDLE), load) as url:
+        assert run_check(["--target", url, "--window", "60s"]) == code
+    out = capsys.readouterr().out
+    assert "over 1m" in out
+    rate = re.escape(f"{accepted / 147:.3f} ({accepted:g} of 147 draft tokens accepted)")
+    assert re.search(r"\ndraft acceptance rate +" + rate + "\n", out), out
+    assert re.search(r"\nmean acceptance length +" + re.escape(f"{1 + accepted / 49:.2f}") + "\n", out)
+    assert re.search(r"\nacceptance by position +0.71  0.20  0.20\n", out)
+    assert re.search(r"\nTTFT p50 / p99 +30.0 ms / 59.2 ms\n", out)
+    assert "TPOT p50 / p99" in out and "P99/P50 divergence" in out
+    assert re.search(r"\nverdict +" + verdict + "\n", out)
+    assert "advice: " in out
+
+
+def test_check_json_output_for_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    with standin_thread(sample(V032_IDLE), sample(V032_LOAD)) as url:
+        assert run_check(["--target", url, "--window", "30s", "--output", "json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "disable" and doc["exit_code"] == 2 and doc["window_seconds"] == 30
+    a = doc["all_engines"]["acceptance"]
+    assert a["rate"] == 55 / 147 and a["draft_tokens"] == 147 and a["per_position"][0] == 35 / 49
+    assert doc["all_engines"]["latency_seconds"]["ttft"]["0.5"] == pytest.approx(0.03)
+    assert doc["engines"][0]["num_speculative_tokens"] == 3
+
+
+def test_check_with_no_traffic_is_insufficient_data(capsys: pytest.CaptureFixture[str]) -> None:
+    with standin_thread(sample(V032_IDLE), sample(V032_IDLE)) as url:
+        assert run_check(["--target", url]) == 3
+    assert "INSUFFICIENT_DATA" in capsys.readouterr().out
+
+
+def test_check_on_an_unreachable_target_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    with standin_thread(Reply("no", status=502)) as url:
+        assert run_check(["--target", url, "--output", "json"]) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error"] == "http_status" and doc["verdict"] == "insufficient_data"
+
+
+def test_invalid_config_exits_2_listing_every_bad_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "targets:\n"
+        "  - name: a\n    url: not a url\n    role: primary\n"
+        "poll:\n  interval: 5q\n  max_body_bytes: lots\n"
+        "thresholds:\n  disable_below: 1.5\n"
+        "surprise: true\n"
+    )
+    assert cli.main(["--config.file", str(config)]) == 2
+    err = capsys.readouterr().err
+    for field in (
+        "targets.0.url",
+        "targets.0.role",
+        "poll.interval",
+        "poll.max_body_bytes",
+        "thresholds.disable_below",
+        "surprise",
+    ):
+        assert f"  {field}: " in err, err
+
+
+def test_config_check_prints_the_effective_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("windows: [30s, 2m]\nthresholds:\n  min_draft_tokens: 10\n")
+    code = cli.main(["--config.file", str(config), "--target", "http://127.0.0.1:8000", "--config.check"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["windows"] == [30.0, 120.0] and doc["thresholds"]["min_draft_tokens"] == 10
+    assert doc["targets"][0]["name"] == "127.0.0.1:8000"
+
+
+def test_environment_supplies_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEC_EXPORTER_TARGETS", "http://a:8000, http://b:8000")
+    monkeypatch.setenv("SPEC_EXPORTER_WEB_LISTEN_ADDRESS", "127.0.0.1:9999")
+    args = cli.serve_parser().parse_args([])
+    assert args.listen_address == "127.0.0.1:9999"
+    assert [t.name for t in cli.serve_settings(args).targets] == ["a:8000", "b:8000"]
+    args = cli.serve_parser().parse_args(["--target", "http://c:8000", "--baseline-target", "http://d:8000"])
+    settings = cli.serve_settings(args)
+    assert [(t.name, t.role) for t in settings.targets] == [("c:8000", "spec"), ("d:8000", "baseline")]
+    assert settings.baseline_for(settings.targets[0]).name == "d:8000"
+
+
+def test_no_target_at_all_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "targets: List should have at least 1 item" in capsys.readouterr().err
+
+
+def test_the_console_script_entry_point_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "spec_exporter", "--version"], capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.decode().startswith("spec-exporter ")
