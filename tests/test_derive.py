@@ -204,3 +204,8 @@ def test_baseline_comparison_divides_tpot_p50_and_p99() -> None:
     assert one_minute.window == "1m"
     assert one_minute.tpot_speedup == pytest.approx(0.2 / 0.15)
     assert one_minute.p99_ratio[LatencyMetric.TPOT] == pytest.approx(0.392 / 0.396)  # base: 0.2 + 0.2 * 19.6/20
+
+
+def test_quantile_zero_on_an_empty_first_bucket_is_nan_as_in_promql() -> None:
+    # vLLM's TTFT histograms nearly always have an empty 0.001 bucket; Go's 0/0 is NaN.
+    assert math.isnan(histogram_quantile(0.0, (1e-05, math.inf), (0, 10)))

@@ -62,6 +62,9 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
         bucket_start = merged[index - 1][0]
         count -= merged[index - 1][1]
         rank -= merged[index - 1][1]
+    if count == 0:
+        # q = 0 on an empty first bucket: Go's 0/0 is NaN, Python's raises.
+        return math.nan
     return bucket_start + (bucket_end - bucket_start) * (rank / count)
 
 

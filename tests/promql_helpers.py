@@ -1,0 +1,171 @@
+"""Run a throwaway real Prometheus on backfilled data and ask it PromQL questions.
+
+Backfilling (`promtool tsdb create-blocks-from openmetrics`) instead of scraping means the data is queryable as
+soon as the server is ready: no scrape interval and no initial scrape delay to wait for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.05
+HTTP_TIMEOUT_S = 10.0
+
+# Loopback only: an `http_proxy` set in CI must not capture requests to 127.0.0.1.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def require_binaries(*names: str) -> list[str]:
+    """Paths of the Prometheus binaries. A missing one fails the test (CI installs them): it is a broken
+    environment, and skipping would let the comparison silently stop running.
+    """
+    paths = [shutil.which(name) for name in names]
+    missing = [name for name, path in zip(names, paths, strict=True) if path is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found on PATH: these system tests need the real Prometheus binaries "
+            "(Debian/Ubuntu: `apt-get install prometheus`, which provides both `prometheus` and `promtool`).",
+            pytrace=False,
+        )
+    return [path for path in paths if path is not None]
+
+
+def free_port() -> int:
+    """A currently free loopback port (the kernel picks it; another process could still take it before us)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def openmetrics_line(name: str, labels: Mapping[str, str], value: float, timestamp_s: int) -> str:
+    """One sample line. `repr` is the shortest round-tripping spelling, so Go parses back the very same float."""
+    rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items())
+    return f"{name}{{{rendered}}} {format_float(value)} {timestamp_s}"
+
+
+def format_float(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def backfill(promtool: str, lines: Iterable[str], workdir: Path) -> Path:
+    """Write the samples as OpenMetrics text and turn them into a TSDB block; returns the TSDB directory."""
+    source = workdir / "samples.om"
+    source.write_text("".join(f"{line}\n" for line in lines) + "# EOF\n")
+    tsdb = workdir / "tsdb"
+    result = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"promtool backfill failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return tsdb
+
+
+def _get_json(url: str) -> dict:
+    with _OPENER.open(url, timeout=HTTP_TIMEOUT_S) as response:
+        return json.load(response)
+
+
+def _is_ready(base_url: str) -> bool:
+    try:
+        with _OPENER.open(f"{base_url}/-/ready", timeout=1.0) as response:
+            return response.status == 200
+    except OSError:  # refused while starting, 503 while the TSDB opens
+        return False
+
+
+def _start_once(prometheus: str, tsdb: Path, workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    config = workdir / "prometheus.yml"
+    # No scrape configs: the only data is the backfilled block, and nothing lands in the head to confuse queries.
+    config.write_text("global:\n  evaluation_interval: 1m\n")
+    log = workdir / f"prometheus-{port}.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tsdb}",
+                # Retention is relative to the newest block, but a generous value removes any doubt that the
+                # old backfilled block could be deleted before we query it.
+                "--storage.tsdb.retention.time=100y",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    return process, log
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_prometheus(prometheus: str, tsdb: Path, workdir: Path, attempts: int = 3) -> Iterator[str]:
+    """Serve `tsdb` with a real Prometheus on a free loopback port; yields its base URL and stops it afterwards.
+
+    Retries on a fresh port if the process dies before becoming ready, since the port we picked may have been
+    taken in between.
+    """
+    failures: list[str] = []
+    for _ in range(attempts):
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        process, log = _start_once(prometheus, tsdb, workdir, port)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while process.poll() is None and time.monotonic() < deadline:
+                if _is_ready(base_url):
+                    yield base_url
+                    return
+                time.sleep(POLL_INTERVAL_S)
+            state = "exited" if process.poll() is not None else f"not ready after {READY_TIMEOUT_S}s"
+        finally:
+            _stop(process)
+        failures.append(f"port {port}: {state}\n{log.read_text(errors='replace')}")
+    raise RuntimeError("Prometheus did not start:\n" + "\n".join(failures))
+
+
+def query_vector(base_url: str, promql: str, at_s: int) -> list[tuple[dict[str, str], float]]:
+    """Instant query; each result as (labels, value). Values come as strings ("NaN", "+Inf") and parse exactly."""
+    params = urllib.parse.urlencode({"query": promql, "time": str(at_s)})
+    body = _get_json(f"{base_url}/api/v1/query?{params}")
+    if body.get("status") != "success" or body["data"]["resultType"] != "vector":
+        raise RuntimeError(f"unexpected answer to {promql!r}: {body}")
+    return [(item["metric"], float(item["value"][1])) for item in body["data"]["result"]]
+
+
+def build_info(base_url: str) -> dict[str, str]:
+    return _get_json(f"{base_url}/api/v1/status/buildinfo")["data"]
