@@ -225,3 +225,24 @@ BUILD_INFO = MetricSpec(
 )
 
 ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))
+
+
+def markdown() -> str:
+    """docs/metrics.md, generated from this catalogue (tests/test_docs.py keeps the file in sync)."""
+    lines = [
+        "# Exported metrics",
+        "",
+        "Generated from `spec_exporter/catalog.py` by `make docs`; do not edit by hand.",
+        "",
+        "Every derived series carries `target` (the configured target name), `model_name` and `engine` (vLLM's",
+        "data-parallel rank; empty on the V0 engine). `window` is a configured window such as `1m` or `5m`",
+        "(`lifetime` for the V0 gauge). Derived series are absent while a target is down, and acceptance series are",
+        "absent (not zero) when the target runs without speculative decoding.",
+        "",
+        "| name | type | labels | meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in ALL:
+        labels = ", ".join(f"`{label}`" for label in spec.labels)
+        lines.append(f"| `{spec.exposed_name}` | {spec.type} | {labels} | {spec.help.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ def setup_logging(level: str = "info", fmt: LogFormat = "logfmt", stream: TextIO
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # Look the stream up per logger, not once: sys.stderr may be replaced after setup (tests, daemons).
+        logger_factory=lambda *_: structlog.PrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import structlog
 
 from spec_exporter.config import Settings, settings_from_mapping
 from spec_exporter.poller import Poller, new_store
@@ -27,6 +28,13 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.advance(seconds)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    # The CLI configures structlog globally; don't let one test's setup leak into the next.
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
