@@ -213,7 +213,7 @@ def test_every_case_is_answered(prometheus_answers: dict[float, dict[str, float]
         assert set(by_case) == expected, f"q={q}"
 
 
-@pytest.mark.parametrize(("q", "case"), comparison_params())
+@pytest.mark.parametrize(("q", "case"), list(comparison_params()))
 def test_histogram_quantile_matches_prometheus(
     q: float, case: Case, prometheus_url: str, prometheus_answers: dict[float, dict[str, float]]
 ) -> None:
