@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -16,6 +17,7 @@ from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.config import Settings
 from spec_exporter.poller import Poller, new_store
 from spec_exporter.state import StateStore
+from spec_exporter.tap.recorder import REMEDY, TapRecorder
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 STORE_KEY = web.AppKey("store", StateStore)
@@ -32,9 +34,11 @@ _LANDING = """<!doctype html>
 """
 
 
-def build_registry(store: StateStore, *, process_metrics: bool = True) -> CollectorRegistry:
+def build_registry(
+    store: StateStore, *, tap: TapRecorder | None = None, process_metrics: bool = True
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SpecDecodeCollector(store.current))
+    registry.register(SpecDecodeCollector(store.current, tap.snapshot if tap is not None else None))
     if process_metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -49,13 +53,14 @@ def create_app(
     telemetry_path: str = "/metrics",
     poller_factory: Callable[[Settings, aiohttp.ClientSession, StateStore], Poller] = Poller,
     run_poller: bool = True,
+    tap: TapRecorder | None = None,
 ) -> web.Application:
     """The exporter as an aiohttp app; the poller runs from startup to cleanup unless `run_poller` is off."""
     app = web.Application()
     store = new_store(settings)
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = store
-    registry = build_registry(store)
+    registry = build_registry(store, tap=tap)
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
         async with session_factory() as session:
@@ -83,13 +88,75 @@ def create_app(
     async def readyz(_: web.Request) -> web.Response:
         state = store.current()
         waiting = sorted(name for name, t in state.targets.items() if not t.ever_succeeded)
-        if not waiting:
-            return web.Response(text="ready\n")
         lines = [f"target {name!r} has not been polled successfully yet" for name in waiting]
-        return web.Response(status=503, text="not ready\n" + "\n".join(lines) + "\n")
+        if tap is not None and tap.missing_spec_metrics:
+            # Not a reason to take the exporter out of service, but the one place an operator looks first.
+            lines.append(
+                f"warning: vLLM answers without per-request speculative-decoding metrics, so the tap "
+                f"cannot measure acceptance by temperature; start vLLM with {REMEDY}"
+            )
+        body = ("ready" if not waiting else "not ready") + "\n" + "".join(line + "\n" for line in lines)
+        return web.Response(status=503 if waiting else 200, text=body)
 
     app.router.add_get("/", landing)
     app.router.add_get(telemetry_path, make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def listen_address(address: str) -> tuple[str, int]:
+    """`[host]:port` → (host, port); an empty host means every IPv4 interface, as in Prometheus exporters."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    listen: str,
+    telemetry_path: str = "/metrics",
+    tap_listen: str | None = None,
+    stop: asyncio.Event,
+) -> None:
+    """Run the exporter (and the tap, if it has an address) until `stop` is set."""
+    from spec_exporter.poller import derive_params
+    from spec_exporter.tap.bands import Bands
+    from spec_exporter.tap.proxy import create_tap_app
+
+    recorder = None
+    runners = []
+    if tap_listen:
+        tap_cfg = settings.tap
+        target = settings.tap_target
+        params = derive_params(settings, target)
+        recorder = TapRecorder(
+            target.name,
+            Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
+            params.windows,
+            params.thresholds,
+            verdict_window=params.verdict_window,
+            clock=time.monotonic,
+            max_models=tap_cfg.max_models,
+        )
+        tap_app = create_tap_app(
+            str(target.url),
+            recorder,
+            inject_usage=tap_cfg.inject_usage,
+            max_inspect_bytes=tap_cfg.max_inspect_bytes,
+            clock=time.monotonic,
+        )
+        # handler_cancellation: a client that goes away cancels its handler, which closes the upstream
+        # connection, which makes vLLM abort the request instead of generating for nobody.
+        runners.append((web.AppRunner(tap_app, access_log=None, handler_cancellation=True), tap_listen))
+    app = create_app(settings, telemetry_path=telemetry_path, tap=recorder)
+    runners.insert(0, (web.AppRunner(app, access_log=None), listen))
+    try:
+        for runner, address in runners:
+            await runner.setup()
+            host, port = listen_address(address)
+            await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+    finally:
+        for runner, _ in reversed(runners):
+            await runner.cleanup()

@@ -163,7 +163,7 @@ VERDICT = MetricSpec(
     (*ENGINE, "temperature_band", "verdict"),
     "Stateset: 1 for the current verdict (disable < 0.5 <= break_even < 0.65 <= beneficial by default; "
     'insufficient_data below the minimum draft tokens), over the verdict window. temperature_band="all" is '
-    "the engine's own counters. " + _FRESH,
+    'the engine\'s own counters; the other bands come from the tap and carry engine="". ' + _FRESH,
 )
 BREAK_EVEN = MetricSpec(
     "spec_decode_break_even_acceptance_rate",
@@ -191,6 +191,87 @@ BASELINE_P99_RATIO = MetricSpec(
     ("target", "baseline", "window", "metric"),
     "This target's p99 / the baseline pool's p99 over the window, all engines; above 1 the tail is worse "
     "with speculative decoding. " + _FRESH,
+)
+BAND = ("target", "model_name", "temperature_band")
+_TAP = "Per request, from the tap (metrics.speculative_decoding in vLLM's responses), by the request's temperature."
+REQUEST_ACCEPTANCE = MetricSpec(
+    "spec_decode_request_acceptance_rate",
+    "histogram",
+    BAND,
+    "Acceptance rate of each request (accepted / draft tokens). " + _TAP,
+)
+REQUEST_DRAFT_TOKENS = MetricSpec(
+    "spec_decode_request_draft_tokens", "counter", BAND, "Draft tokens proposed for requests. " + _TAP
+)
+REQUEST_ACCEPTED_TOKENS = MetricSpec(
+    "spec_decode_request_accepted_tokens", "counter", BAND, "Draft tokens accepted for requests. " + _TAP
+)
+REQUEST_TTFT = MetricSpec(
+    "spec_decode_request_ttft_seconds",
+    "histogram",
+    BAND,
+    "Time to first token per request: vLLM's per-request timing (queue + first token) when the response has it, "
+    "else measured at the tap from the first streamed event.",
+)
+REQUEST_TPOT = MetricSpec(
+    "spec_decode_request_tpot_seconds",
+    "histogram",
+    BAND,
+    "Time per output token per request (decode time / (tokens - 1)): vLLM's mean_itl_ms when the response has "
+    "it, else measured at the tap between the first and last streamed events.",
+)
+REQUEST_ACCEPTANCE_QUANTILE = MetricSpec(
+    "spec_decode_request_acceptance_rate_quantile",
+    "summary",
+    (*BAND, "window"),
+    "P10/P50/P90 of per-request acceptance over the window (quantile label); _count and _sum are cumulative "
+    "over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
+)
+REQUEST_WINDOW_DRAFT_TOKENS = MetricSpec(
+    "spec_decode_request_window_draft_tokens",
+    "gauge",
+    (*BAND, "window"),
+    "Draft tokens of requests that finished within the window (denominator of the band's acceptance). " + _TAP,
+)
+REQUEST_WINDOW_ACCEPTED_TOKENS = MetricSpec(
+    "spec_decode_request_window_accepted_tokens",
+    "gauge",
+    (*BAND, "window"),
+    "Accepted draft tokens of requests that finished within the window (numerator). " + _TAP,
+)
+TAP_REQUESTS = MetricSpec(
+    "spec_decode_tap_requests",
+    "counter",
+    ("target", "temperature_band", "outcome"),
+    "Completion requests through the tap by outcome: measured, no_spec_metrics (n > 1, or vLLM without "
+    "--per-request-spec-decode-metrics summary), upstream_error, client_disconnected, not_understood.",
+)
+TAP_ERRORS = MetricSpec(
+    "spec_decode_tap_errors",
+    "counter",
+    ("target", "stage"),
+    "Requests or responses the tap could not read (stage request, response, internal); each was passed through "
+    "untouched.",
+)
+TAP_COVERAGE = MetricSpec(
+    "spec_decode_tap_coverage_ratio",
+    "gauge",
+    ("target", "window"),
+    "Draft tokens seen by the tap / draft tokens counted by the engine over the window: below 1, traffic bypasses "
+    "the tap (or requests are still running).",
+)
+TAP_WINDOW_DRAFT_TOKENS = MetricSpec(
+    "spec_decode_tap_window_draft_tokens",
+    "gauge",
+    ("target", "window"),
+    "Draft tokens of all requests the tap measured within the window (numerator of the coverage ratio).",
+)
+TAP_METRICS_MISSING = MetricSpec(
+    "spec_decode_tap_per_request_metrics_missing",
+    "gauge",
+    ("target",),
+    "1 while vLLM answers single-sequence requests without per-request speculative-decoding metrics: start it "
+    "with --per-request-spec-decode-metrics summary.",
 )
 TARGET_UP = MetricSpec(
     "spec_decode_exporter_target_up",

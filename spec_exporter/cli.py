@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -12,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp import web
 
 from spec_exporter import __version__
 from spec_exporter.config import (
@@ -109,6 +109,14 @@ def serve_parser() -> argparse.ArgumentParser:
         help="how often to poll each target (overrides poll.interval; default 5s)",
     )
     p.add_argument(
+        "--tap.listen-address",
+        dest="tap_listen_address",
+        default=_env("TAP_LISTEN_ADDRESS"),
+        metavar="[HOST]:PORT",
+        help="serve the request-path tap here, forwarding to the tap target's vLLM "
+        "(env SPEC_EXPORTER_TAP_LISTEN_ADDRESS; default off, or tap.listen_address in the config file)",
+    )
+    p.add_argument(
         "--config.check", dest="config_check", action="store_true", help="validate the configuration, print it and exit"
     )
     p.add_argument("--version", action="version", version=f"spec-exporter {__version__}")
@@ -145,6 +153,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     data["targets"] = targets
     if args.poll_interval:
         data["poll"] = {**(data.get("poll") or {}), "interval": args.poll_interval}
+    if args.tap_listen_address:
+        data["tap"] = {**(data.get("tap") or {}), "listen_address": args.tap_listen_address}
     return settings_from_mapping(data)
 
 
@@ -171,10 +181,10 @@ def check_settings(args: argparse.Namespace) -> Settings:
 
 
 def _listen(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    from spec_exporter.app import listen_address
+
     try:
-        return host, int(port)
+        return listen_address(address)
     except ValueError:
         raise ConfigError([f"--web.listen-address: {address!r} is not [HOST]:PORT"]) from None
 
@@ -196,17 +206,30 @@ def serve(argv: Sequence[str]) -> int:
     if args.config_check:
         print(settings.model_dump_json(indent=2))
         return 0
-    from spec_exporter.app import create_app
+    from spec_exporter.app import serve as serve_app
 
-    app = create_app(settings, telemetry_path=args.telemetry_path)
+    tap_listen = settings.tap.listen_address
     log.info(
         "starting",
         version=__version__,
         targets=[t.name for t in settings.targets],
         interval_seconds=settings.poll.interval,
     )
-    log.info("listening", address=f"{host}:{port}", telemetry_path=args.telemetry_path)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening", address=f"{host}:{port}", telemetry_path=args.telemetry_path)
+        if tap_listen:
+            log.info("tap listening", address=tap_listen, upstream=str(settings.tap_target.url))
+        await serve_app(
+            settings, listen=args.listen_address, telemetry_path=args.telemetry_path, tap_listen=tap_listen, stop=stop
+        )
+        log.info("stopped")
+
+    asyncio.run(run())
     return 0
 
 

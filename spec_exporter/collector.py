@@ -10,40 +10,48 @@ import math
 import platform
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spec_exporter import __version__, catalog
 from spec_exporter.catalog import MetricSpec
-from spec_exporter.derive.latency import QUANTILES
 from spec_exporter.derive.verdict import Verdict
-from spec_exporter.snapshot import Histogram
 from spec_exporter.state import ExporterState, PollError
+from spec_exporter.tap.recorder import HistogramSnapshot, TapSnapshot
 
 
 def _family(spec: MetricSpec) -> Metric:
     if spec.type == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    if spec.type == "histogram":
+        return HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
     if spec.type == "summary":
         # Quantile samples are added by hand: the stock SummaryMetricFamily only takes count and sum.
         return Metric(spec.name, spec.help, "summary")
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
-def _add_summary(family: Metric, values: list[str], quantiles: Mapping[float, float], totals: Histogram) -> None:
-    labels = dict(zip(catalog.LATENCY.labels, values, strict=True))
-    for q in QUANTILES:
-        if q in quantiles:
-            family.add_sample(family.name, {**labels, "quantile": str(q)}, quantiles[q])
-    family.add_sample(family.name + "_count", labels, totals.count)
-    family.add_sample(family.name + "_sum", labels, totals.sum)
+def _add_summary(
+    family: Metric, spec: MetricSpec, values: list[str], quantiles: Mapping[float, float], count: float, total: float
+) -> None:
+    labels = dict(zip(spec.labels, values, strict=True))
+    for q, v in sorted(quantiles.items()):
+        family.add_sample(family.name, {**labels, "quantile": str(q)}, v)
+    family.add_sample(family.name + "_count", labels, count)
+    family.add_sample(family.name + "_sum", labels, total)
+
+
+def _add_histogram(family: Metric, values: list[str], h: HistogramSnapshot) -> None:
+    buckets = [("+Inf" if math.isinf(b) else str(b), c) for b, c in zip(h.bounds, h.cumulative, strict=True)]
+    family.add_metric(values, buckets, h.sum)  # type: ignore[attr-defined]
 
 
 class SpecDecodeCollector(Collector):
     """Renders the state; never touches the network or the clock."""
 
-    def __init__(self, state: Callable[[], ExporterState]) -> None:
+    def __init__(self, state: Callable[[], ExporterState], tap: Callable[[], TapSnapshot] | None = None) -> None:
         self._state = state
+        self._tap = tap
 
     def collect(self) -> Iterator[Metric]:
         state = self._state()
@@ -75,7 +83,14 @@ class SpecDecodeCollector(Collector):
                     for metric, qs in sorted(w.latency.items()):
                         totals = e.totals.histograms.get(metric)
                         if totals is not None:
-                            _add_summary(fam[catalog.LATENCY.name], [*labels, metric.value], qs, totals)
+                            _add_summary(
+                                fam[catalog.LATENCY.name],
+                                catalog.LATENCY,
+                                [*labels, metric.value],
+                                qs,
+                                totals.count,
+                                totals.sum,
+                            )
                     for metric, ratio in sorted(w.divergence.items()):
                         add(catalog.DIVERGENCE, [*labels, metric.value], ratio)
                 if not e.spec_enabled:
@@ -112,6 +127,53 @@ class SpecDecodeCollector(Collector):
             add(catalog.BASELINE_TPOT_SPEEDUP, [c.target, c.baseline, c.window], c.tpot_speedup)
             for metric, ratio in sorted(c.p99_ratio.items()):
                 add(catalog.BASELINE_P99_RATIO, [c.target, c.baseline, c.window, metric.value], ratio)
+        if self._tap is not None:
+            self._collect_tap(self._tap(), state, add, fam)
         for spec in catalog.ALL:
             if fam[spec.name].samples:
                 yield fam[spec.name]
+
+    @staticmethod
+    def _collect_tap(tap: TapSnapshot, state: ExporterState, add: Callable[..., None], fam: dict[str, Metric]) -> None:
+        target = tap.target
+        for (band, outcome), n in sorted(tap.requests.items()):
+            add(catalog.TAP_REQUESTS, [target, band, outcome.value], float(n))
+        for stage, n in sorted(tap.errors.items()):
+            add(catalog.TAP_ERRORS, [target, stage.value], float(n))
+        add(catalog.TAP_METRICS_MISSING, [target], 1.0 if tap.missing_spec_metrics else 0.0)
+        for s in tap.series:
+            labels = [target, s.model, s.band]
+            add(catalog.REQUEST_DRAFT_TOKENS, labels, float(s.drafted))
+            add(catalog.REQUEST_ACCEPTED_TOKENS, labels, float(s.accepted))
+            if s.acceptance.count:
+                _add_histogram(fam[catalog.REQUEST_ACCEPTANCE.name], labels, s.acceptance)
+            if s.ttft.count:
+                _add_histogram(fam[catalog.REQUEST_TTFT.name], labels, s.ttft)
+            if s.tpot.count:
+                _add_histogram(fam[catalog.REQUEST_TPOT.name], labels, s.tpot)
+            if not s.acceptance.count:
+                continue
+            for w in s.windows:
+                wl = [*labels, w.window.label]
+                _add_summary(
+                    fam[catalog.REQUEST_ACCEPTANCE_QUANTILE.name],
+                    catalog.REQUEST_ACCEPTANCE_QUANTILE,
+                    wl,
+                    w.percentiles,
+                    s.acceptance.count,
+                    s.acceptance.sum,
+                )
+                add(catalog.REQUEST_WINDOW_DRAFT_TOKENS, wl, float(w.drafted))
+                add(catalog.REQUEST_WINDOW_ACCEPTED_TOKENS, wl, float(w.accepted))
+            for verdict in Verdict:
+                add(catalog.VERDICT, [target, s.model, "", s.band, verdict.value], 1.0 if verdict is s.verdict else 0.0)
+        engine = state.targets.get(target)
+        health = engine.health if engine is not None else None
+        for label, drafted in sorted(tap.drafted_in_window.items()):
+            add(catalog.TAP_WINDOW_DRAFT_TOKENS, [target, label], float(drafted))
+            if health is None:
+                continue
+            window = next((w for w in health.combined if w.window.label == label), None)
+            engine_drafted = window.acceptance.draft_tokens if window is not None and window.acceptance else 0.0
+            if engine_drafted > 0:
+                add(catalog.TAP_COVERAGE, [target, label], drafted / engine_drafted)

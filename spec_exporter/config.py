@@ -132,6 +132,25 @@ class SpeculationConfig(Model):
     draft_cost_ratio: float = Field(default=0.1, ge=0, le=10)
 
 
+class TapConfig(Model):
+    """The request-path tap: off unless `listen_address` is set (or --tap.listen-address is given)."""
+
+    listen_address: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):\d{1,5}$")
+    target: TargetName | None = None
+    temperature_bands: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0], min_length=1, max_length=12)
+    default_temperature: float = Field(default=1.0, ge=0, le=2)
+    inject_usage: bool = True
+    max_models: int = Field(default=20, ge=1, le=1000)
+    max_inspect_bytes: ByteSize = 8 * 1024**2
+
+    @model_validator(mode="after")
+    def _bands(self) -> TapConfig:
+        edges = self.temperature_bands
+        if any(e <= 0 or e > 2 for e in edges) or edges != sorted(set(edges)):
+            raise ValueError("temperature_bands must be strictly increasing edges in (0, 2]")
+        return self
+
+
 class Settings(Model):
     targets: list[TargetConfig] = Field(min_length=1)
     poll: PollConfig = PollConfig()
@@ -139,6 +158,7 @@ class Settings(Model):
     verdict_window: Duration | None = None
     thresholds: ThresholdsConfig = ThresholdsConfig()
     speculation: SpeculationConfig = SpeculationConfig()
+    tap: TapConfig = TapConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -157,7 +177,16 @@ class Settings(Model):
             raise ValueError("every window must span at least two poll intervals")
         if self.verdict_window is not None and self.verdict_window not in self.windows:
             raise ValueError("verdict_window must be one of windows")
+        if self.tap.target is not None and self.tap.target not in names:
+            raise ValueError(f"tap.target {self.tap.target!r} is not a configured target")
         return self
+
+    @property
+    def tap_target(self) -> TargetConfig:
+        """The vLLM the tap forwards to: the configured one, else the first spec target."""
+        if self.tap.target is not None:
+            return next(t for t in self.targets if t.name == self.tap.target)
+        return next((t for t in self.targets if t.role == "spec"), self.targets[0])
 
     @property
     def verdict_window_seconds(self) -> float:
