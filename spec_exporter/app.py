@@ -140,7 +140,7 @@ async def serve(
             max_models=tap_cfg.max_models,
         )
         tap_app = create_tap_app(
-            str(target.url),
+            str(tap_cfg.upstream_url or target.url),
             recorder,
             inject_usage=tap_cfg.inject_usage,
             max_inspect_bytes=tap_cfg.max_inspect_bytes,

@@ -137,6 +137,8 @@ class TapConfig(Model):
 
     listen_address: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):\d{1,5}$")
     target: TargetName | None = None
+    # Where requests go; default the tap target's own URL (vLLM serves its API and /metrics on one port).
+    upstream_url: AnyHttpUrl | None = None
     temperature_bands: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0], min_length=1, max_length=12)
     default_temperature: float = Field(default=1.0, ge=0, le=2)
     inject_usage: bool = True

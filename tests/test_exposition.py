@@ -58,7 +58,7 @@ async def test_golden_metrics_for_two_data_parallel_engines(standin: Any, make_p
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("name", ["v0.32_idle_to_load.prom", "v0.32_dp2_idle_to_load.prom"])
+@pytest.mark.parametrize("name", ["v0.32_idle_to_load.prom", "v0.32_dp2_idle_to_load.prom", "v0.32_with_tap.prom"])
 def test_golden_files_pass_promtool_check_metrics(name: str) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: install Debian's prometheus package (.ci/run does)"
@@ -154,3 +154,73 @@ async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, c
     # Same traffic on both sides: a measured speedup of exactly 1 and the same tail.
     assert registry.get_sample_value("spec_decode_baseline_tpot_speedup_ratio", labels) == 1.0
     assert registry.get_sample_value("spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "ttft"}) == 1.0
+
+
+def _tap_recorder(clock: Any):  # type: ignore[no-untyped-def]
+    from spec_exporter.derive.health import Window
+    from spec_exporter.derive.verdict import Thresholds
+    from spec_exporter.tap.bands import Bands
+    from spec_exporter.tap.recorder import Outcome, TapRecorder
+
+    recorder = TapRecorder(
+        "vllm",
+        Bands(),
+        (Window("1m", 60.0), Window("5m", 300.0)),
+        Thresholds(min_draft_tokens=10),
+        verdict_window="5m",
+        clock=clock,
+    )
+    # A 60/40 mix: greedy requests accept 82%, hot ones 38%; the engine-wide average looks healthy.
+    for _ in range(6):
+        recorder.measured("tiny", "0", 41, 50, 0.03, 0.012)
+    for _ in range(4):
+        recorder.measured("tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
+    recorder.count("0.7-1.0", Outcome.NO_SPEC_METRICS)
+    return recorder
+
+
+async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock: Any) -> None:
+    from spec_exporter.tap.recorder import ErrorStage
+
+    store, _ = await polled(
+        standin,
+        make_poller,
+        clock,
+        scale_counters(sample(V032_LOAD), 0.0),
+        scale_counters(sample(V032_LOAD), 500 / 147),
+    )
+    recorder = _tap_recorder(clock)
+    recorder.error(ErrorStage.REQUEST)
+    registry = build_registry(store, tap=recorder, process_metrics=False)
+    text = render(registry)
+    check_golden("v0.32_with_tap.prom", text)
+    band = {"target": "vllm", "model_name": "tiny"}
+    assert (
+        registry.get_sample_value("spec_decode_request_accepted_tokens_total", {**band, "temperature_band": "0"}) == 246
+    )
+    assert (
+        registry.get_sample_value(
+            "spec_decode_request_acceptance_rate_bucket", {**band, "temperature_band": "0.7-1.0", "le": "0.4"}
+        )
+        == 4
+    )
+    assert registry.get_sample_value(
+        "spec_decode_request_acceptance_rate_quantile",
+        {**band, "temperature_band": "0", "window": "1m", "quantile": "0.1"},
+    ) == pytest.approx(0.82)
+    verdicts = {
+        b: next(
+            v
+            for v in ("disable", "break_even", "beneficial", "insufficient_data")
+            if registry.get_sample_value(
+                "spec_decode_verdict", {**band, "engine": "", "temperature_band": b, "verdict": v}
+            )
+            == 1
+        )
+        for b in ("0", "0.7-1.0")
+    }
+    assert verdicts == {"0": "beneficial", "0.7-1.0": "disable"}
+    # The tap saw 500 draft tokens; the engine counted 500 over the same minute.
+    assert registry.get_sample_value(
+        "spec_decode_tap_coverage_ratio", {"target": "vllm", "window": "1m"}
+    ) == pytest.approx(1.0)
