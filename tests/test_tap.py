@@ -304,3 +304,12 @@ def test_percentiles_interpolate_like_numpy() -> None:
     assert percentiles([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx({0.1: 0.14, 0.5: 0.3, 0.9: 0.46})
     assert percentiles([]) == {} and percentiles([0.8]) == {0.1: 0.8, 0.5: 0.8, 0.9: 0.8}
     assert math.isclose(percentiles([0.0, 1.0])[0.9], 0.9)
+
+
+async def test_the_tap_adds_no_headers_of_its_own(tap: Tap) -> None:
+    async with aiohttp.ClientSession(
+        skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
+    ) as bare:
+        async with bare.post(tap.url + "/echo", data=b"raw", headers={"X-Only": "this"}) as r:
+            sent = (await r.json())["headers"]
+    assert {k.lower() for k in sent} == {"host", "x-only", "content-length"}

@@ -104,8 +104,9 @@ class TapProxy:
                 data = self._rest_after(head, request)
         elif request.body_exists:
             data = self._rest_after(b"", request)
-        # Our own body (possibly rewritten) gets its own length; a streamed one goes chunked.
-        headers = forwardable(request.headers, drop=frozenset({"host", "content-length"}))
+        # A body we hold (possibly rewritten) gets its own length; a streamed one keeps the client's framing.
+        drop = {"host", "content-length"} if isinstance(data, bytes) else {"host"}
+        headers = forwardable(request.headers, drop=frozenset(drop))
         url = self._upstream + request.rel_url.raw_path_qs
         try:
             upstream_cm = self._session.request(
@@ -301,7 +302,7 @@ def create_tap_app(
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
 
     async def session_ctx(_: web.Application) -> AsyncIterator[None]:
