@@ -1,0 +1,94 @@
+"""The monitoring mixin: generated files in sync with their source, promtool-clean, every alert tested and
+documented."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixin.generate import RULE_FILES, render_rules
+from mixin.params import Params
+from mixin.rules import alerting_rules
+
+ROOT = Path(__file__).parent.parent
+ALERTS = ROOT / "alerts"
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool not found: install Debian's prometheus package (.ci/run does)"
+    return path
+
+
+def test_committed_rule_files_are_what_the_generator_writes() -> None:
+    for name, text in render_rules(Params()).items():
+        assert (ALERTS / name).read_text() == text, f"alerts/{name} is stale: run `python -m mixin`"
+
+
+@pytest.mark.system
+def test_promtool_check_rules_is_clean() -> None:
+    files = [str(ALERTS / name) for name in RULE_FILES.values()]
+    result = subprocess.run([promtool(), "check", "rules", *files], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("test_file", sorted(p.name for p in (ALERTS / "tests").glob("*.test.yaml")))
+def test_promtool_unit_tests_pass(test_file: str) -> None:
+    result = subprocess.run(
+        [promtool(), "test", "rules", test_file], cwd=ALERTS / "tests", capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _unit_tests() -> list[dict]:
+    return [t for p in (ALERTS / "tests").glob("*.test.yaml") for t in yaml.safe_load(p.read_text())["tests"]]
+
+
+def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
+    fired, silent = set(), set()
+    for test in _unit_tests():
+        for case in test.get("alert_rule_test", []):
+            (fired if case.get("exp_alerts") else silent).add(case["alertname"])
+    alerts = {r["alert"] for r in alerting_rules(Params())}
+    assert alerts - fired == set(), "alerts never shown to fire"
+    assert alerts - silent == set(), "alerts never shown to stay silent (inside `for`, healthy or idle)"
+
+
+def test_every_alert_is_complete_and_has_a_runbook_section() -> None:
+    runbook = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {m.lower() for m in re.findall(r"^## (\w+)", runbook, re.M)}
+    for rule in alerting_rules(Params()):
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+        assert rule["for"], rule["alert"]
+        annotations = rule["annotations"]
+        assert {"summary", "description", "runbook_url"} <= set(annotations)
+        assert annotations["runbook_url"].endswith("#" + rule["alert"].lower())
+        assert rule["alert"].lower() in anchors, f"docs/runbooks.md lacks a section for {rule['alert']}"
+
+
+def test_parameters_reach_the_rules() -> None:
+    fast = Params(rate_window="30s", for_net_negative="10s", disable_below=0.4, selector='namespace="x"')
+    text = "".join(render_rules(fast).values())
+    assert (
+        "ratio_rate30s < 0.4" in text and "for: 10s" in text and 'spec_decode_draft_tokens_total{namespace="x"}' in text
+    )
+    assert "rate5m" not in text
+
+
+def test_metric_names_in_rules_exist_in_the_catalogue() -> None:
+    from spec_exporter import catalog
+
+    exported = set()
+    for spec in catalog.ALL:
+        exported.add(spec.exposed_name)
+        if spec.type == "histogram":
+            exported |= {spec.name + "_bucket", spec.name + "_count", spec.name + "_sum"}
+    text = "".join(render_rules(Params()).values())
+    used = set(re.findall(r"\bspec_decode_[a-z_]+", text))
+    assert used and used <= exported, used - exported
