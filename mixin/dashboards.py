@@ -1,0 +1,577 @@
+"""Grafana dashboards as plain data (pure). Stable uids, a datasource variable first, then namespace, pod,
+model_name, temperature_band and window; `$__rate_interval` in every rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+ENGINE = 'namespace=~"$namespace", pod=~"$pod", model_name=~"$model_name"'
+POD = 'namespace=~"$namespace", pod=~"$pod"'
+BAND = ENGINE + ', temperature_band=~"$temperature_band"'
+RATE = "[$__rate_interval]"
+
+
+def _target(expr: str, legend: str, ref: str, **extra: Any) -> dict[str, Any]:
+    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref, **extra}
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"color": color, "value": value} for value, color in steps]}
+
+
+ACCEPTANCE_STEPS = _thresholds((None, "red"), (0.5, "orange"), (0.65, "green"))
+
+
+class _Layout:
+    """Places panels left to right on Grafana's 24-column grid and hands out ids."""
+
+    def __init__(self) -> None:
+        self.panels: list[dict[str, Any]] = []
+        self._x = self._y = self._row_height = 0
+        self._id = 0
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self._id += 1
+        self.panels.append(
+            {
+                "type": "row",
+                "title": title,
+                "id": self._id,
+                "collapsed": False,
+                "panels": [],
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y},
+            }
+        )
+        self._y += 1
+
+    def _newline(self) -> None:
+        self._y += self._row_height
+        self._x = self._row_height = 0
+
+    def add(self, panel: dict[str, Any], w: int, h: int = 8) -> None:
+        if self._x + w > 24:
+            self._newline()
+        self._id += 1
+        panel.update(id=self._id, gridPos={"h": h, "w": w, "x": self._x, "y": self._y}, datasource=DATASOURCE)
+        self.panels.append(panel)
+        self._x += w
+        self._row_height = max(self._row_height, h)
+
+
+def _panel(
+    kind: str,
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    *,
+    unit: str = "short",
+    thresholds: dict[str, Any] | None = None,
+    min_: float | None = None,
+    max_: float | None = None,
+    threshold_lines: bool = False,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": unit}
+    if thresholds is not None:
+        defaults["thresholds"] = thresholds
+    if min_ is not None:
+        defaults["min"] = min_
+    if max_ is not None:
+        defaults["max"] = max_
+    if threshold_lines:
+        defaults["custom"] = {"thresholdsStyle": {"mode": "line+area"}}
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options or {},
+    }
+
+
+def _query_var(
+    name: str, label: str, query: str, *, include_all: bool = True, current: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "refresh": 2,
+        "includeAll": include_all,
+        "multi": include_all,
+        **({"allValue": ".*"} if include_all else {}),
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if include_all else (current or {}),
+        "sort": 1,
+        "hide": 0,
+    }
+
+
+def _acc(num: str, den: str, by: str, sel: str = ENGINE) -> str:
+    return f"sum by ({by}) (rate({num}{{{sel}}}{RATE})) / (sum by ({by}) (rate({den}{{{sel}}}{RATE})) > 0)"
+
+
+def overview() -> dict[str, Any]:
+    g = _Layout()
+    g.row("Verdict")
+    g.add(
+        _panel(
+            "table",
+            "Verdict by model and temperature band",
+            "What the exporter concludes over its verdict window: disable below 0.5 acceptance, break_even up to 0.65, "
+            'beneficial above, insufficient_data when too few draft tokens flowed. Band "all" is the engine\'s own '
+            "counters; the other bands come from the tap.",
+            [
+                _target(
+                    f"max by (model_name, temperature_band, verdict) (spec_decode_verdict{{{ENGINE}}}) == 1",
+                    "",
+                    "A",
+                    instant=True,
+                    format="table",
+                )
+            ],
+            options={"showHeader": True},
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "stat",
+            "Draft acceptance",
+            "Accepted / proposed draft tokens over the dashboard's rate interval, from the "
+            "exporter's counters: a ratio of sums across pods. Red below 0.5 (net-negative), orange to 0.65.",
+            [
+                _target(
+                    _acc("spec_decode_accepted_tokens_total", "spec_decode_draft_tokens_total", "model_name"),
+                    "{{model_name}}",
+                    "A",
+                )
+            ],
+            unit="percentunit",
+            thresholds=ACCEPTANCE_STEPS,
+            min_=0,
+            max_=1,
+            options={
+                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "colorMode": "background",
+            },
+        ),
+        6,
+    )
+    g.add(
+        _panel(
+            "stat",
+            "Modelled speedup",
+            "What the speculative-sampling model predicts at the current acceptance for "
+            "this k and draft cost (ignores verification overhead under load, so trust measured TPOT over it).",
+            [
+                _target(
+                    f'max by (model_name) (spec_decode_expected_speedup{{{ENGINE}, window="$window"}})',
+                    "{{model_name}}",
+                    "A",
+                )
+            ],
+            unit="x",
+            thresholds=_thresholds((None, "red"), (1, "green")),
+            options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        ),
+        6,
+    )
+
+    g.row("Acceptance")
+    g.add(
+        _panel(
+            "timeseries",
+            "Draft acceptance rate",
+            "Acceptance over time per model, with the 0.5 (net-negative) and "
+            "0.65 (likely gain) lines. A dip that follows the temperature mix shows in the band panels below.",
+            [
+                _target(
+                    _acc("spec_decode_accepted_tokens_total", "spec_decode_draft_tokens_total", "model_name"),
+                    "{{model_name}}",
+                    "A",
+                )
+            ],
+            unit="percentunit",
+            thresholds=ACCEPTANCE_STEPS,
+            min_=0,
+            max_=1,
+            threshold_lines=True,
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Mean acceptance length",
+            "Tokens per verification step including the bonus token "
+            "(1 + accepted / drafts): between 1 (every draft rejected) and k + 1.",
+            [
+                _target(
+                    "1 + " + _acc("spec_decode_accepted_tokens_total", "spec_decode_drafts_total", "model_name"),
+                    "{{model_name}}",
+                    "A",
+                )
+            ],
+            min_=1,
+        ),
+        6,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Acceptance by draft position",
+            "Share of drafts whose token at each position was accepted. "
+            "Later positions are only accepted if all earlier ones were, so the curve falls; positions that rarely pay "
+            "are the ones to cut with a lower num_speculative_tokens.",
+            [
+                _target(
+                    "sum by (model_name, position) "
+                    f"(rate(spec_decode_position_accepted_tokens_total{{{ENGINE}}}{RATE}))"
+                    f" / on (model_name) group_left () (sum by (model_name) (rate(spec_decode_drafts_total{{{ENGINE}}}"
+                    f"{RATE})) > 0)",
+                    "{{model_name}} pos {{position}}",
+                    "A",
+                )
+            ],
+            unit="percentunit",
+            min_=0,
+            max_=1,
+        ),
+        6,
+    )
+
+    g.row("By temperature (tap)")
+    g.add(
+        _panel(
+            "heatmap",
+            "Per-request acceptance distribution",
+            "Each request's acceptance rate, from the tap. A bimodal "
+            "picture (a cluster above 0.65 and one below 0.5) is the mixed workload a single average hides.",
+            [
+                _target(
+                    f"sum by (le) (increase(spec_decode_request_acceptance_rate_bucket{{{BAND}}}{RATE}))",
+                    "{{le}}",
+                    "A",
+                    format="heatmap",
+                )
+            ],
+            options={"calculate": False, "yAxis": {"unit": "percentunit"}, "color": {"scheme": "Oranges"}},
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Acceptance P10 / P50 / P90 by band",
+            "Percentiles of per-request acceptance per temperature "
+            "band from the tap's histogram. Watch P10: it is the requests that slow the batch down.",
+            [
+                _target(
+                    f"histogram_quantile({q}, sum by (le, temperature_band) "
+                    f"(rate(spec_decode_request_acceptance_rate_bucket{{{BAND}}}{RATE})))",
+                    f"{{{{temperature_band}}}} p{int(q * 100)}",
+                    ref,
+                )
+                for q, ref in ((0.1, "A"), (0.5, "B"), (0.9, "C"))
+            ],
+            unit="percentunit",
+            thresholds=ACCEPTANCE_STEPS,
+            min_=0,
+            max_=1,
+            threshold_lines=True,
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Acceptance by band",
+            "Accepted / drafted tokens per temperature band (ratio of the tap's "
+            "counter halves). Acceptance falls as temperature rises; a band below 0.5 should leave this pool.",
+            [
+                _target(
+                    _acc(
+                        "spec_decode_request_accepted_tokens_total",
+                        "spec_decode_request_draft_tokens_total",
+                        "temperature_band",
+                        BAND,
+                    ),
+                    "{{temperature_band}}",
+                    "A",
+                )
+            ],
+            unit="percentunit",
+            thresholds=ACCEPTANCE_STEPS,
+            min_=0,
+            max_=1,
+            threshold_lines=True,
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Requests through the tap",
+            "Completion requests per second by band and outcome. "
+            "no_spec_metrics means vLLM sent no per-request metrics (n > 1, or vLLM lacks "
+            "--per-request-spec-decode-metrics summary).",
+            [
+                _target(
+                    f"sum by (temperature_band, outcome) (rate(spec_decode_tap_requests_total{{{POD}, "
+                    f'temperature_band=~"$temperature_band"}}{RATE}))',
+                    "{{temperature_band}} {{outcome}}",
+                    "A",
+                )
+            ],
+            unit="reqps",
+        ),
+        12,
+    )
+
+    g.row("Latency")
+    for metric, title, note in (
+        ("ttft", "TTFT", "Speculative decoding does not speed up the first token (it may slow it slightly)."),
+        ("tpot", "TPOT", "Per request: decode time / (tokens - 1). This is where speculation should help."),
+        (
+            "itl",
+            "ITL",
+            "One observation per engine step, and with speculation a step emits 1 + accepted tokens: "
+            "compare it with the mean acceptance length, not with TPOT.",
+        ),
+    ):
+        g.add(
+            _panel(
+                "timeseries",
+                f"{title} p50 / p95 / p99",
+                note + " Quantiles over the exporter's window, computed as "
+                "histogram_quantile would from vLLM's buckets.",
+                [
+                    _target(
+                        f'max by (model_name, quantile) (spec_decode_latency_seconds{{{ENGINE}, metric="{metric}", '
+                        f'window="$window", quantile=~"0.5|0.95|0.99"}})',
+                        "{{model_name}} p{{quantile}}",
+                        "A",
+                    )
+                ],
+                unit="s",
+            ),
+            8,
+        )
+    g.add(
+        _panel(
+            "timeseries",
+            "P99 / P50 divergence",
+            "How far the tail sits from the median. Widening after speculative "
+            "decoding was enabled means the tail pays for the median.",
+            [
+                _target(
+                    f"max by (model_name, metric) (spec_decode_latency_divergence_ratio{{{ENGINE}, "
+                    f'window="$window", metric=~"ttft|tpot"}})',
+                    "{{model_name}} {{metric}}",
+                    "A",
+                )
+            ],
+            unit="x",
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Against the baseline pool",
+            "Measured TPOT speedup (baseline p50 / this pool's p50) and "
+            "this pool's p99 over the baseline's. Speedup above 1 with a p99 ratio above 1 is the mixed-workload "
+            "signature. Empty without a baseline target.",
+            [
+                _target(
+                    f'max by (target, baseline) (spec_decode_baseline_tpot_speedup_ratio{{{POD}, window="$window"}})',
+                    "{{target}} TPOT speedup",
+                    "A",
+                ),
+                _target(
+                    f"max by (target, baseline, metric) (spec_decode_baseline_p99_latency_ratio{{{POD}, "
+                    f'window="$window"}})',
+                    "{{target}} {{metric}} p99 ratio",
+                    "B",
+                ),
+            ],
+            unit="x",
+        ),
+        12,
+    )
+
+    g.row("Load and memory")
+    g.add(
+        _panel(
+            "timeseries",
+            "Generated tokens per second",
+            "Throughput (accepted draft tokens included). At high load "
+            "speculative decoding turns into a slowdown: read it with the running and waiting requests.",
+            [
+                _target(
+                    f'sum by (model_name) (spec_decode_generation_tokens_per_second{{{ENGINE}, window="$window"}})',
+                    "{{model_name}}",
+                    "A",
+                )
+            ],
+            unit="short",
+        ),
+        8,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Running and waiting requests",
+            "Requests in the engine at each poll. Waiting requests "
+            "mean saturation, where speculation costs more than it saves.",
+            [
+                _target(
+                    f"sum by (model_name) (spec_decode_requests_running{{{ENGINE}}})", "{{model_name}} running", "A"
+                ),
+                _target(
+                    f"sum by (model_name) (spec_decode_requests_waiting{{{ENGINE}}})", "{{model_name}} waiting", "B"
+                ),
+            ],
+        ),
+        8,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "KV cache and preemptions",
+            "KV-cache usage and preemptions per second. The draft's weights "
+            "and KV come out of the same memory: high usage with preemptions is the squeeze.",
+            [
+                _target(
+                    f"max by (model_name) (spec_decode_kv_cache_usage_ratio{{{ENGINE}}})", "{{model_name}} usage", "A"
+                ),
+                _target(
+                    f'sum by (model_name) (spec_decode_preemptions_per_second{{{ENGINE}, window="$window"}})',
+                    "{{model_name}} preemptions/s",
+                    "B",
+                ),
+            ],
+            unit="percentunit",
+        ),
+        8,
+    )
+
+    g.row("Tap and exporter health")
+    g.add(
+        _panel(
+            "timeseries",
+            "Tap coverage",
+            "Draft tokens the tap measured / draft tokens vLLM counted, over the window. "
+            "Below 1, traffic bypasses the tap (or long requests are still running), and the band panels describe only "
+            "part of it.",
+            [
+                _target(
+                    f'max by (target) (spec_decode_tap_coverage_ratio{{{POD}, window="$window"}})', "{{target}}", "A"
+                )
+            ],
+            unit="percentunit",
+            min_=0,
+        ),
+        8,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Exporter: targets up and poll duration",
+            "1 when the last poll of the target's /metrics succeeded; the poll's duration (fetch, parse, derive).",
+            [
+                _target(f"min by (target) (spec_decode_exporter_target_up{{{POD}}})", "{{target}} up", "A"),
+                _target(
+                    f"max by (target) (spec_decode_exporter_poll_duration_seconds{{{POD}}})", "{{target}} poll s", "B"
+                ),
+            ],
+        ),
+        8,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Exporter: poll errors and tap errors",
+            "Failed polls by reason, and requests or responses the tap could not read (passed through untouched).",
+            [
+                _target(
+                    f"sum by (target, reason) (rate(spec_decode_exporter_poll_errors_total{{{POD}}}{RATE}))",
+                    "{{target}} {{reason}}",
+                    "A",
+                ),
+                _target(
+                    f"sum by (target, stage) (rate(spec_decode_tap_errors_total{{{POD}}}{RATE}))",
+                    "{{target}} tap {{stage}}",
+                    "B",
+                ),
+            ],
+            unit="reqps",
+        ),
+        8,
+    )
+
+    return {
+        "uid": "spec-decode-overview",
+        "title": "Speculative decoding",
+        "description": "Is speculative decoding paying off on this traffic? From spec_exporter.",
+        "tags": ["spec-exporter", "vllm", "speculative-decoding"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "weekStart": "",
+        "links": [],
+        "annotations": {"list": []},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    # "default" resolves to Grafana's default Prometheus data source on import.
+                    "current": {"selected": False, "text": "default", "value": "default"},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                    "includeAll": False,
+                    "multi": False,
+                },
+                _query_var("namespace", "Namespace", "label_values(spec_decode_exporter_build_info, namespace)"),
+                _query_var("pod", "Pod", 'label_values(spec_decode_exporter_build_info{namespace=~"$namespace"}, pod)'),
+                _query_var(
+                    "model_name",
+                    "Model",
+                    'label_values(spec_decode_enabled{namespace=~"$namespace", pod=~"$pod"}, model_name)',
+                ),
+                _query_var(
+                    "temperature_band",
+                    "Temperature band",
+                    'label_values(spec_decode_tap_requests_total{namespace=~"$namespace"}, temperature_band)',
+                ),
+                _query_var(
+                    "window",
+                    "Window",
+                    'label_values(spec_decode_latency_seconds_count{namespace=~"$namespace"}, window)',
+                    include_all=False,
+                    current={"selected": True, "text": "5m", "value": "5m"},
+                ),
+            ]
+        },
+        "panels": g.panels,
+    }
+
+
+def dashboards() -> list[dict[str, Any]]:
+    return [overview()]
