@@ -1,0 +1,101 @@
+"""A stand-in vLLM whose counters move the way a scenario says, for the real-Prometheus tier.
+
+Its /metrics body is the real vLLM 0.32 scrape (tests/fixtures/vllm) with values rewritten: histograms and
+counters scaled by elapsed time, the four spec-decode counters set from the scenario. Its OpenAI endpoint answers
+with the real captured response, its per-request spec metrics set by the request's temperature, and every answer
+is added to the engine counters, so the tap and the engine agree the way they do on a real vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from tests.openai_standin import response
+from tests.standin import V032_LOAD, rewrite, sample, scale_counters
+
+K = 3
+_SERIES = '{{engine="0",model_name="{model}"}}'
+
+
+@dataclass
+class ScenarioVLLM:
+    model: str
+    # Synthetic engine traffic: draft tokens a second and the acceptance they get (0 for an idle pool).
+    draft_tokens_per_second: float = 0.0
+    acceptance: float = 0.0
+    # Seconds after start at which the counters go back to zero, as on a vLLM restart.
+    restart_after: float | None = None
+    # Per-request acceptance by temperature, for traffic through the tap.
+    acceptance_by_temperature: Callable[[float], float] = lambda t: 0.8
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default=0.0)
+    served_accepted: int = 0
+    served_drafted: int = 0
+    served_steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+        template = sample(V032_LOAD).replace('model_name="tiny"', f'model_name="{self.model}"')
+        self._template = template
+
+    def _elapsed(self) -> float:
+        t = self.clock() - self.started
+        if self.restart_after is not None and t >= self.restart_after:
+            return t - self.restart_after
+        return t
+
+    def exposition(self) -> str:
+        t = self._elapsed()
+        # Latency histograms and other counters grow with time: a steady stream of requests.
+        text = scale_counters(self._template, 1.0 + t)
+        draft = self.draft_tokens_per_second * t + self.served_drafted
+        accepted = self.draft_tokens_per_second * t * self.acceptance + self.served_accepted
+        drafts = draft / K if self.draft_tokens_per_second else self.served_steps
+        series = _SERIES.format(model=self.model)
+        # Prefix acceptance: position i is accepted only if all before it were.
+        share = (0.5, 0.3, 0.2)
+        values = {
+            f"vllm:spec_decode_num_drafts_total{series}": drafts,
+            f"vllm:spec_decode_num_draft_tokens_total{series}": draft,
+            f"vllm:spec_decode_num_accepted_tokens_total{series}": accepted,
+        }
+        for i, s in enumerate(share):
+            pos = f'{{engine="0",model_name="{self.model}",position="{i}"}}'
+            values[f"vllm:spec_decode_num_accepted_tokens_per_pos_total{pos}"] = accepted * s
+        return rewrite(text, values)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(text=self.exposition(), content_type="text/plain")
+
+    async def chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        temperature = body.get("temperature")
+        temperature = 1.0 if temperature is None else float(temperature)
+        drafted = 60
+        accepted = round(drafted * self.acceptance_by_temperature(temperature))
+        steps = drafted // K
+        doc = json.loads(response("chat_nonstream_t0.7.json"))
+        doc["model"] = self.model
+        spec = doc["metrics"]["speculative_decoding"]
+        spec.update(
+            num_accepted_draft_tokens=accepted,
+            num_draft_tokens=drafted,
+            num_spec_steps=steps,
+            draft_acceptance_rate=accepted / drafted,
+            mean_acceptance_length=1 + accepted / steps,
+        )
+        self.served_accepted += accepted
+        self.served_drafted += drafted
+        self.served_steps += steps
+        return web.json_response(doc)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app

@@ -1,0 +1,322 @@
+"""The whole stack on loopback with the real Prometheus and Alertmanager: Prometheus scrapes the exporter, which
+polls stand-in vLLMs driven through scenarios (healthy, a 60/40 temperature mix with one band at 0.38, a collapse
+below 0.5, a restart, an idle pool), with the tap in front of the mixed one. Rules come from the mixin with short
+windows and `for`s (parameters, not edits of the shipped files)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from mixin.dashboards import dashboards
+from mixin.generate import render_rules
+from mixin.params import Params
+from mixin.rules import names, recording_rules
+from tests.system.processes import binary, exporter_cmd, free_port, running
+from tests.system.scenario_vllm import ScenarioVLLM
+
+pytestmark = pytest.mark.system
+
+PARAMS = Params(
+    rate_window="10s",
+    baseline_window="20s",
+    baseline_offset="30s",
+    exporter_window="10s",
+    for_net_negative="3s",
+    for_break_even="3s",
+    for_band="3s",
+    for_divergence="3s",
+    for_drop="3s",
+    for_squeeze="3s",
+    for_target_down="3s",
+    for_missing="3s",
+    exporter_job_selector='job="spec-exporter"',
+)
+DASHBOARD_VARS = {
+    "$namespace": ".*",
+    "$pod": ".*",
+    "$model_name": ".*",
+    "$temperature_band": ".*",
+    "$window": "10s",
+    "$__rate_interval": "15s",
+}
+
+
+def mixed_acceptance(temperature: float) -> float:
+    # The guidance's example: greedy requests accept 82%, hot ones 38%.
+    return 0.82 if temperature < 0.5 else 0.38
+
+
+@dataclass
+class Stack:
+    prometheus: str
+    webhook_alerts: list[dict[str, Any]]
+    scenarios: dict[str, ScenarioVLLM]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def query_range(self, expr: str, seconds: int) -> list[dict[str, Any]]:
+        now = time.time()
+        params = {"query": expr, "start": now - seconds, "end": now, "step": "1"}
+        with urllib.request.urlopen(
+            f"{self.prometheus}/api/v1/query_range?" + urllib.parse.urlencode(params), timeout=10
+        ) as r:
+            return json.load(r)["data"]["result"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.prometheus}/api/v1/alerts", timeout=10) as r:
+            return json.load(r)["data"]["alerts"]
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"127.0.0.1:{port}"
+
+
+async def _drive_mixed_traffic(tap: str, stop: asyncio.Event) -> None:
+    """A 60/40 mix of greedy and hot requests through the tap, about 20 a second."""
+    import aiohttp
+
+    rng = random.Random(7)
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            temperature = 0.0 if rng.random() < 0.6 else 0.8
+            body = {"model": "mixed-model", "messages": [{"role": "user", "content": "hi"}], "temperature": temperature}
+            try:
+                async with session.post(f"http://{tap}/v1/chat/completions", json=body) as r:
+                    await r.read()
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    """Wait on a condition with a bound, never on the passing of time alone."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+class _LoopThread:
+    """The stand-ins, the webhook and the traffic run on their own event loop, so that the test's blocking
+    waits on real servers never stall them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("stack")
+    scenarios = {
+        "healthy": ScenarioVLLM("healthy-model", draft_tokens_per_second=100, acceptance=0.8),
+        "collapse": ScenarioVLLM("collapse-model", draft_tokens_per_second=100, acceptance=0.35),
+        "restart": ScenarioVLLM("restart-model", draft_tokens_per_second=100, acceptance=0.7, restart_after=12),
+        "idle": ScenarioVLLM("idle-model"),
+        "mixed": ScenarioVLLM("mixed-model", acceptance_by_temperature=mixed_acceptance),
+        "baseline": ScenarioVLLM("healthy-model"),
+    }
+    background = _LoopThread()
+    runners, addresses = [], {}
+    for name, scenario in scenarios.items():
+        runner, address = background.run(_serve(scenario.app()))
+        runners.append(runner)
+        addresses[name] = address
+
+    received: list[dict[str, Any]] = []
+
+    async def webhook(request: web.Request) -> web.Response:
+        received.extend((await request.json())["alerts"])
+        return web.Response()
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/alerts", webhook)
+    hook_runner, hook = background.run(_serve(hook_app))
+    runners.append(hook_runner)
+
+    exporter, tap, prom, am = (f"127.0.0.1:{free_port()}" for _ in range(4))
+    config = {
+        "targets": [
+            {"name": n, "url": f"http://{a}", **({"role": "baseline"} if n == "baseline" else {})}
+            for n, a in addresses.items()
+        ],
+        "poll": {"interval": "1s", "timeout": "900ms"},
+        "windows": ["5s", "10s"],
+        "thresholds": {"min_draft_tokens": 20},
+        "tap": {"listen_address": tap, "target": "mixed"},
+    }
+    (work / "exporter.yaml").write_text(yaml.safe_dump(config))
+    for name, text in render_rules(PARAMS).items():
+        (work / name).write_text(text)
+    subprocess.run(
+        [binary("promtool"), "check", "rules", *(str(work / n) for n in render_rules(PARAMS))],
+        check=True,
+        capture_output=True,
+    )
+    labels = {"namespace": "llm"}
+    prometheus_config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": [str(work / n) for n in render_rules(PARAMS)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]},
+        "scrape_configs": [
+            {
+                "job_name": "spec-exporter",
+                "static_configs": [{"targets": [exporter], "labels": {**labels, "pod": "vllm-mixed-0"}}],
+            },
+            # vLLM itself, as a kube-prometheus-stack PodMonitor would scrape it: the latency rules read it.
+            {"job_name": "vllm", "static_configs": [{"targets": list(addresses.values()), "labels": labels}]},
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
+    alertmanager_config = {
+        "route": {
+            "receiver": "hook",
+            "group_by": ["alertname", "model_name", "temperature_band"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [{"name": "hook", "webhook_configs": [{"url": f"http://{hook}/alerts"}]}],
+    }
+    (work / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config))
+    subprocess.run([binary("amtool"), "check-config", str(work / "alertmanager.yml")], check=True, capture_output=True)
+
+    stop = asyncio.Event()
+    with (
+        running(
+            [
+                binary("prometheus-alertmanager"),
+                f"--config.file={work / 'alertmanager.yml'}",
+                f"--storage.path={work / 'am'}",
+                f"--web.listen-address={am}",
+                "--cluster.listen-address=",
+            ],
+            f"http://{am}/-/ready",
+            work / "alertmanager.log",
+        ),
+        running(exporter_cmd(work / "exporter.yaml", exporter), f"http://{exporter}/readyz", work / "exporter.log"),
+        running(
+            [
+                binary("prometheus"),
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address={prom}",
+            ],
+            f"http://{prom}/-/ready",
+            work / "prometheus.log",
+        ),
+    ):
+        traffic = asyncio.run_coroutine_threadsafe(_drive_mixed_traffic(tap, stop), background.loop)
+        s = Stack(f"http://{prom}", received, scenarios)
+        # Enough history for the 10s rates, the 20s baseline window and the 3s `for`s.
+        _wait(
+            lambda: any(a["labels"]["alertname"] == "SpecDecodeNetNegative" for a in received),
+            120,
+            "SpecDecodeNetNegative at the webhook",
+        )
+        _wait(lambda: s.query(names(PARAMS)["band_p10"]), 60, "per-band percentiles")
+        yield s
+        background.loop.call_soon_threadsafe(stop.set)
+        traffic.result(30)
+    for runner in runners:
+        background.run(runner.cleanup())
+    background.close()
+
+
+def test_the_below_half_alert_reaches_alertmanager_and_the_webhook(stack: Stack) -> None:
+    fired = [a for a in stack.webhook_alerts if a["labels"]["alertname"] == "SpecDecodeNetNegative"]
+    assert {a["labels"]["model_name"] for a in fired} == {"collapse-model"}
+    alert = fired[0]
+    assert alert["status"] == "firing" and alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["runbook_url"].endswith("#specdecodenetnegative")
+    assert re.search(
+        r"Draft acceptance for collapse-model in llm is 3[45](\.\d+)?%", alert["annotations"]["description"]
+    )
+
+
+def test_the_mixed_workload_fires_for_the_hot_band_only(stack: Stack) -> None:
+    _wait(
+        lambda: any(a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative" for a in stack.webhook_alerts),
+        60,
+        "the band alert",
+    )
+    band = [a for a in stack.webhook_alerts if a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative"]
+    assert {(a["labels"]["model_name"], a["labels"]["temperature_band"]) for a in band} == {("mixed-model", "0.7-1.0")}
+    # The model's own average (about 0.64) is not net-negative.
+    assert not [
+        a
+        for a in stack.alerts()
+        if a["labels"]["alertname"] == "SpecDecodeNetNegative" and a["labels"].get("model_name") == "mixed-model"
+    ]
+
+
+def test_healthy_and_idle_pools_fire_nothing(stack: Stack) -> None:
+    quiet = {"healthy-model", "idle-model", "healthy", "idle"}
+    noisy = [
+        a
+        for a in stack.alerts() + stack.webhook_alerts
+        if {a["labels"].get("model_name"), a["labels"].get("target")} & quiet
+    ]
+    assert noisy == []
+
+
+def test_every_recording_rule_evaluates(stack: Stack) -> None:
+    empty = [r["record"] for r in recording_rules(PARAMS) if not stack.query(r["record"])]
+    assert empty == []
+
+
+def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    empty = []
+    for dashboard in dashboards():
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                for var, value in DASHBOARD_VARS.items():
+                    expr = expr.replace(var, value)
+                if not stack.query(expr):
+                    empty.append((panel["title"], target["refId"], expr))
+    assert empty == []
+
+
+def test_a_restart_gives_no_negative_rate_and_no_spike(stack: Stack) -> None:
+    scenario = stack.scenarios["restart"]
+    _wait(lambda: scenario.clock() - scenario.started > 20, 30, "the restart scenario to pass its restart")
+    rates = stack.query_range('sum(rate(spec_decode_draft_tokens_total{target="restart"}[5s]))', 30)
+    values = [float(v) for _, v in rates[0]["values"]]
+    # 100 draft tokens a second in, never below zero, never a burst of the pre-restart total.
+    assert min(values) >= 0 and max(values) < 150, values
+    acceptance = stack.query_range('spec_decode_draft_acceptance_rate{target="restart",window="5s"}', 30)
+    assert all(0.69 < float(v) < 0.71 for series in acceptance for _, v in series["values"])
+    assert stack.query('spec_decode_exporter_target_up{target="restart"}')[0]["value"][1] == "1"
