@@ -1,7 +1,7 @@
 # The test command in the README and .ci/run is `make test`; it installs what it needs first.
 PY := .venv/bin/python
 
-.PHONY: test deps lint unit golden docs bench
+.PHONY: test deps lint unit golden mixin docs bench
 
 test: deps lint
 	$(PY) -m pytest -q
@@ -19,6 +19,10 @@ unit: deps
 # Rewrite tests/golden/*.prom from the current code; review the diff before committing.
 golden: deps
 	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_exposition.py
+
+# Regenerate alerts/*.yaml and dashboards/*.json from mixin/.
+mixin: deps
+	$(PY) -m mixin
 
 docs: deps
 	$(PY) -c "from spec_exporter.catalog import markdown; open('docs/metrics.md', 'w').write(markdown())"
