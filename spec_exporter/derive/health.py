@@ -168,7 +168,12 @@ def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], param
             requests_waiting=sample.requests_waiting,
             kv_cache_usage=sample.kv_cache_usage,
         )
-    combined = tuple(_combined_window(w, deltas.get(w.label), engines, params) for w in params.windows)
+    if len(engines) == 1:
+        # One engine is the whole target: its windows already are the combined ones.
+        (only,) = engines.values()
+        combined = only.windows
+    else:
+        combined = tuple(_combined_window(w, deltas.get(w.label), engines, params) for w in params.windows)
     if snapshot.generation is EngineGeneration.V0:
         combined_verdict = _v0_combined_verdict(engines.values())
     else:

@@ -24,9 +24,14 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
         return -math.inf
     if q > 1:
         return math.inf
+    return _quantile(q, _prepare(bounds, counts))
+
+
+def _prepare(bounds: Sequence[float], counts: Sequence[float]) -> list[list[float]] | None:
+    """Sorted, merged, monotonic [bound, count] buckets; None when PromQL would answer NaN for any q."""
     pairs = sorted(zip(bounds, counts, strict=True), key=lambda bc: bc[0])
     if not pairs or not math.isinf(pairs[-1][0]) or pairs[-1][0] < 0:
-        return math.nan
+        return None
     merged: list[list[float]] = []
     for bound, count in pairs:
         if merged and merged[-1][0] == bound:
@@ -40,11 +45,17 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
         elif b[1] < highest:
             b[1] = highest
     if len(merged) < 2:
-        return math.nan
+        return None
     observations = merged[-1][1]
     if observations == 0 or math.isnan(observations):
+        return None
+    return merged
+
+
+def _quantile(q: float, merged: list[list[float]] | None) -> float:
+    if merged is None:
         return math.nan
-    rank = q * observations
+    rank = q * merged[-1][1]
     # sort.Search over all but the +Inf bucket: first index whose count reaches the rank.
     index = len(merged) - 1
     for i in range(len(merged) - 1):
@@ -70,9 +81,13 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
 
 def quantiles(histogram: Histogram, qs: Iterable[float] = QUANTILES) -> dict[float, float]:
     """Quantiles of a histogram delta; NaN ones (no observations) are left out."""
+    # Sorting, merging and forcing monotonic once serves every quantile of the histogram.
+    merged = _prepare(histogram.bounds, histogram.counts)
+    if merged is None:
+        return {}
     out = {}
     for q in qs:
-        v = histogram_quantile(q, histogram.bounds, histogram.counts)
+        v = _quantile(q, merged)
         if not math.isnan(v):
             out[q] = v
     return out
