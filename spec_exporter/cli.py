@@ -67,7 +67,8 @@ def serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spec-exporter",
         description="Poll vLLM /metrics and export speculative-decoding health for Prometheus. "
-        "Run `spec-exporter check --help` for the one-shot report.",
+        "Run `spec-exporter check --help` for the one-shot report, `spec-exporter probe --help` to measure "
+        "acceptance by temperature.",
     )
     p.add_argument(
         "--web.listen-address",
@@ -256,10 +257,85 @@ def check(
     return result.exit_code
 
 
+def probe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spec-exporter probe",
+        description="Send requests at each temperature to a vLLM and report, per temperature, acceptance "
+        "(P10/P50/P90 across requests when vLLM gives per-request metrics, else from its counters over that "
+        "temperature's phase), mean acceptance length, TTFT and TPOT p50/p99, and the verdict with advice. "
+        "Exit status 0 when the probe ran, 1 when it could not.",
+    )
+    p.add_argument("--target", required=True, metavar="URL", help="vLLM base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--temperatures",
+        default="0,0.4,0.8,1.0",
+        metavar="LIST",
+        help="comma-separated temperatures, one phase each (default %(default)s)",
+    )
+    p.add_argument("--requests", type=int, default=20, metavar="N", help="requests per temperature (default 20)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N", help="requests in flight (default 1)")
+    p.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: a few built-in ones)")
+    p.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    p.add_argument("--max-tokens", type=int, default=64, metavar="N", help="max_tokens per request (default 64)")
+    p.add_argument("--output", choices=("table", "json"), default="table", help="report format")
+    _add_common(p)
+    return p
+
+
+def probe_settings(args: argparse.Namespace) -> Any:
+    from spec_exporter.probe import DEFAULT_PROMPTS, ProbeSettings
+
+    problems = []
+    try:
+        temperatures = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+    except ValueError:
+        temperatures = ()
+    if not temperatures or any(not 0 <= t <= 2 for t in temperatures):
+        problems.append("--temperatures: a comma-separated list of numbers in [0, 2]")
+    if args.requests < 1:
+        problems.append("--requests: at least 1")
+    if args.concurrency < 1:
+        problems.append("--concurrency: at least 1")
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts = tuple(line.rstrip("\n") for line in f if line.strip())
+        except OSError as e:
+            problems.append(f"--prompts: {e.strerror or e}")
+        if not prompts:
+            problems.append("--prompts: the file has no prompts")
+    if problems:
+        raise ConfigError(problems)
+    return ProbeSettings(
+        target=args.target,
+        temperatures=temperatures,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        prompts=prompts,
+        model=args.model,
+        max_tokens=args.max_tokens,
+    )
+
+
+def probe(argv: Sequence[str]) -> int:
+    args = probe_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        settings = probe_settings(args)
+    except ConfigError as e:
+        return _config_failed(e)
+    from spec_exporter.probe import probe_main
+
+    return asyncio.run(probe_main(settings, args.output))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check":
         return check(argv[1:])
+    if argv and argv[0] == "probe":
+        return probe(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
     return serve(argv)

@@ -299,7 +299,7 @@ async def test_nothing_of_prompts_completions_or_credentials_reaches_the_logs(ta
 
 
 def test_percentiles_interpolate_like_numpy() -> None:
-    from spec_exporter.tap.recorder import percentiles
+    from spec_exporter.derive.sample import percentiles
 
     assert percentiles([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx({0.1: 0.14, 0.5: 0.3, 0.9: 0.46})
     assert percentiles([]) == {} and percentiles([0.8]) == {0.1: 0.8, 0.5: 0.8, 0.9: 0.8}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from spec_exporter.derive.health import Window
+from spec_exporter.derive.sample import percentiles
 from spec_exporter.derive.verdict import Thresholds, Verdict, verdict
 from spec_exporter.tap.bands import Bands
 
@@ -62,7 +63,6 @@ TPOT_BUCKETS: tuple[float, ...] = (
     40.0,
     80.0,
 )
-PERCENTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 OTHER_MODEL = "other"
 REMEDY = "--per-request-spec-decode-metrics summary"
 
@@ -157,21 +157,6 @@ class TapSnapshot:
     errors: Mapping[ErrorStage, int]
     drafted_in_window: Mapping[str, int]
     missing_spec_metrics: bool
-
-
-def percentiles(values: list[float], qs: tuple[float, ...] = PERCENTILES) -> dict[float, float]:
-    """Sample percentiles with linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return {}
-    ordered = sorted(values)
-    last = len(ordered) - 1
-    out = {}
-    for q in qs:
-        position = q * last
-        lo = math.floor(position)
-        hi = min(lo + 1, last)
-        out[q] = ordered[lo] + (ordered[hi] - ordered[lo]) * (position - lo)
-    return out
 
 
 class TapRecorder:

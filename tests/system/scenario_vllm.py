@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.openai_standin import response
+from tests.openai_standin import response, sse_events
 from tests.standin import V032_LOAD, rewrite, sample, scale_counters
 
 K = 3
@@ -32,6 +32,9 @@ class ScenarioVLLM:
     restart_after: float | None = None
     # Per-request acceptance by temperature, for traffic through the tap.
     acceptance_by_temperature: Callable[[float], float] = lambda t: 0.8
+    # vLLM without --per-request-spec-decode-metrics, or without --speculative-config at all.
+    per_request_spec_metrics: bool = True
+    spec_enabled: bool = True
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
     served_accepted: int = 0
@@ -67,12 +70,15 @@ class ScenarioVLLM:
         for i, s in enumerate(share):
             pos = f'{{engine="0",model_name="{self.model}",position="{i}"}}'
             values[f"vllm:spec_decode_num_accepted_tokens_per_pos_total{pos}"] = accepted * s
-        return rewrite(text, values)
+        text = rewrite(text, values)
+        if not self.spec_enabled:
+            text = "\n".join(line for line in text.split("\n") if "spec_decode" not in line)
+        return text
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(text=self.exposition(), content_type="text/plain")
 
-    async def chat(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         temperature = body.get("temperature")
         temperature = 1.0 if temperature is None else float(temperature)
@@ -89,13 +95,39 @@ class ScenarioVLLM:
             draft_acceptance_rate=accepted / drafted,
             mean_acceptance_length=1 + accepted / steps,
         )
-        self.served_accepted += accepted
-        self.served_drafted += drafted
-        self.served_steps += steps
+        if self.spec_enabled:
+            self.served_accepted += accepted
+            self.served_drafted += drafted
+            self.served_steps += steps
+        if not (self.spec_enabled and self.per_request_spec_metrics):
+            del doc["metrics"]["speculative_decoding"]
+        if body.get("stream"):
+            return await self._stream(request, body, doc["metrics"])
         return web.json_response(doc)
+
+    async def _stream(self, request: web.Request, body: dict, metrics: dict) -> web.StreamResponse:
+        # The real captured stream, its usage chunk carrying this request's metrics, sent only when asked for.
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await stream.prepare(request)
+        for event in sse_events(response("chat_stream_usage_t0.4.sse")):
+            if b'"choices":[]' in event:
+                if not include_usage:
+                    continue
+                chunk = json.loads(event.removeprefix(b"data: "))
+                chunk["model"] = self.model
+                chunk["metrics"] = metrics
+                event = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            await stream.write(event)
+        await stream.write_eof()
+        return stream
+
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
         return app
