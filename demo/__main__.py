@@ -16,19 +16,18 @@ import json
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from demo.processes import running
 from demo.vllm import MODEL_NAME, running_vllm
 from mixin.generate import render_rules
 from mixin.params import Params
@@ -52,34 +51,6 @@ MIX = ((0.0, 0.5), (0.4, 0.2), (0.8, 0.3))  # temperature, share of requests
 def _get(url: str, timeout: float = 5) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _get(url, 2)
-            return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"demo: {what} did not start; see its log")
-        time.sleep(0.3)
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], log: Path, ready: str, what: str) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_ready(ready, proc, what)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _workload(tap: str, stop: threading.Event, counts: dict[float, int]) -> None:
@@ -204,7 +175,7 @@ def main() -> int:
         }
         (work / "exporter.yaml").write_text(yaml.safe_dump(config))
         stack.enter_context(
-            _process(
+            running(
                 [
                     sys.executable,
                     "-m",
@@ -214,9 +185,8 @@ def main() -> int:
                     "--web.listen-address",
                     exporter,
                 ],
-                work / "exporter.log",
                 f"http://{exporter}/healthz",
-                "the exporter",
+                work / "exporter.log",
             )
         )
         urls = {
@@ -248,7 +218,7 @@ def main() -> int:
                 )
             )
             stack.enter_context(
-                _process(
+                running(
                     [
                         "prometheus-alertmanager",
                         f"--config.file={work / 'alertmanager.yml'}",
@@ -256,22 +226,20 @@ def main() -> int:
                         f"--web.listen-address={am}",
                         "--cluster.listen-address=",
                     ],
-                    work / "alertmanager.log",
                     f"http://{am}/-/ready",
-                    "Alertmanager",
+                    work / "alertmanager.log",
                 )
             )
             stack.enter_context(
-                _process(
+                running(
                     [
                         "prometheus",
                         f"--config.file={work / 'prometheus.yml'}",
                         f"--storage.tsdb.path={work / 'tsdb'}",
                         f"--web.listen-address={prom}",
                     ],
-                    work / "prometheus.log",
                     f"http://{prom}/-/ready",
-                    "Prometheus",
+                    work / "prometheus.log",
                 )
             )
             prometheus = f"http://{prom}"

@@ -10,13 +10,15 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from demo.processes import answers, free_port
+
+__all__ = ["VLLM", "free_port", "running_vllm", "stop", "tiny_model", "vllm_python"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SPEC_EXPORTER_CACHE", Path.home() / ".cache" / "spec-exporter"))
@@ -28,12 +30,6 @@ QUIET_OFFLINE = {
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_python() -> str:
@@ -99,14 +95,6 @@ def vllm_command(
     return cmd
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def running_vllm(log: Path, *, port: int | None = None, timeout: float = 300, **options: bool | int) -> Iterator[VLLM]:
     """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards."""
@@ -124,7 +112,7 @@ def running_vllm(log: Path, *, port: int | None = None, timeout: float = 300, **
         )
     try:
         deadline = time.monotonic() + timeout
-        while not _healthy(url):
+        while not answers(f"{url}/health"):
             if proc.poll() is not None:
                 raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log}:\n{log.read_text()[-4000:]}")
             if time.monotonic() > deadline:

@@ -21,6 +21,14 @@ def _thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
 
 
 ACCEPTANCE_STEPS = _thresholds((None, "red"), (0.5, "orange"), (0.65, "green"))
+# An acceptance axis: 0..1 with the 0.5 (net-negative) and 0.65 (likely gain) lines drawn.
+ACCEPTANCE_AXIS: dict[str, Any] = {
+    "unit": "percentunit",
+    "thresholds": ACCEPTANCE_STEPS,
+    "min_": 0,
+    "max_": 1,
+    "threshold_lines": True,
+}
 
 
 class _Layout:
@@ -196,11 +204,7 @@ def overview() -> dict[str, Any]:
                     "A",
                 )
             ],
-            unit="percentunit",
-            thresholds=ACCEPTANCE_STEPS,
-            min_=0,
-            max_=1,
-            threshold_lines=True,
+            **ACCEPTANCE_AXIS,
         ),
         12,
     )
@@ -279,11 +283,7 @@ def overview() -> dict[str, Any]:
                 )
                 for q, ref in ((0.1, "A"), (0.5, "B"), (0.9, "C"))
             ],
-            unit="percentunit",
-            thresholds=ACCEPTANCE_STEPS,
-            min_=0,
-            max_=1,
-            threshold_lines=True,
+            **ACCEPTANCE_AXIS,
         ),
         12,
     )
@@ -305,11 +305,7 @@ def overview() -> dict[str, Any]:
                     "A",
                 )
             ],
-            unit="percentunit",
-            thresholds=ACCEPTANCE_STEPS,
-            min_=0,
-            max_=1,
-            threshold_lines=True,
+            **ACCEPTANCE_AXIS,
         ),
         12,
     )

@@ -81,6 +81,9 @@ def _quantile(q: float, merged: list[list[float]] | None) -> float:
 
 def quantiles(histogram: Histogram, qs: Iterable[float] = QUANTILES) -> dict[float, float]:
     """Quantiles of a histogram delta; NaN ones (no observations) are left out."""
+    if not any(histogram.counts):
+        # A window without observations (the common idle case): nothing to sort.
+        return {}
     # Sorting, merging and forcing monotonic once serves every quantile of the histogram.
     merged = _prepare(histogram.bounds, histogram.counts)
     if merged is None:
