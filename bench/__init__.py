@@ -1,0 +1,1 @@
+"""Benchmarks of the exporter core (not part of the installed package). See docs/benchmarks.md."""

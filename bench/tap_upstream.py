@@ -1,0 +1,270 @@
+"""The two servers of `bench.bench_tap`, each run as its own process:
+
+    python -m bench.tap_upstream upstream --interval-ms 15      # a vLLM-shaped streaming upstream
+    python -m bench.tap_upstream tap --upstream http://127.0.0.1:PORT
+
+Both listen on 127.0.0.1 at a free port, print `READY <port>` on stdout once they accept connections, and stop
+on SIGTERM (the tap first prints its recorder's counts as one JSON line: `RECORDER {...}`).
+
+The upstream streams chat completions the way vLLM 0.32 does (tests/fixtures/vllm-responses/
+chat_stream_usage_t0.4.sse): a role chunk at once, then `max_tokens` content chunks, one per decoding step, a
+finish chunk, the usage chunk with `"choices":[]` and `metrics.speculative_decoding` when (and only when) the
+request asks for `stream_options.include_usage`, and `data: [DONE]`, each event written on its own. Steps are on
+a grid shared by all streams (every `interval` on the loop clock), so all running streams get their chunk in the
+same loop iteration, as with a batch decoded in one engine step (`lockstep`, the default), or, with the request
+header `X-Bench-Pattern: staggered`, on the same grid shifted by a random phase per stream, so chunks of different
+streams arrive spread over the step. The chunk `id` is the send time: 16 hex digits
+of CLOCK_MONOTONIC nanoseconds (system-wide on Linux, so comparable across processes) taken just before the
+write, the same length as vLLM's own `chatcmpl-` + 16 hex digits. A request header `X-Bench-Interval-Ms`
+overrides the cadence (0: as fast as the loop can write).
+
+The tap is the real `spec_exporter.tap.proxy.create_tap_app` under `web.AppRunner(access_log=None,
+handler_cancellation=True)`, as `spec_exporter.app.serve` runs it, with logging set up as `--log.level warn`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiohttp import web
+
+CLOCK = time.CLOCK_MONOTONIC
+MAX_TOKENS = 4096
+INTERVAL_HEADER = "X-Bench-Interval-Ms"
+PATTERN_HEADER = "X-Bench-Pattern"
+
+# Token texts, JSON-encoded once; each content chunk takes the next one.
+_WORDS = [
+    " the",
+    " draft",
+    " model",
+    " proposes",
+    " tokens",
+    ",",
+    " and",
+    " target",
+    " verifies",
+    " them",
+    " in",
+    " one",
+    " forward",
+    " pass",
+    ".",
+    " Accepted",
+    " prefixes",
+    " are",
+    " kept",
+    ";",
+    " speculative",
+    " decoding",
+    " pays",
+    " off",
+    " when",
+    " acceptance",
+    " is",
+    " high",
+    "\n",
+    " é",
+]
+_CONTENT = [b'{"content":' + json.dumps(w).encode() for w in _WORDS]
+_ID = b'data: {"id":"chatcmpl-'
+_AFTER_ID = b'","object":"chat.completion.chunk","created":%d,"model":"tiny","choices":[{"index":0,"delta":'
+_ROLE_TAIL = b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,"prompt_text":null}\n\n'  # noqa: E501
+_TOKEN_TAIL = b'},"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
+_FINISH_TAIL = b'{"content":""},"logprobs":null,"finish_reason":"length","stop_reason":null,"token_ids":null}]}\n\n'
+_DONE = b"data: [DONE]\n\n"
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(CLOCK)
+
+
+def _usage_event(stamp: int, created: int, prompt_tokens: int, tokens: int) -> bytes:
+    # Shaped like the fixture's: k=3 drafts per step, about 1.5 tokens per step.
+    steps = max(1, math.ceil(tokens / 1.5))
+    accepted = max(0, tokens - steps)
+    usage = {
+        "id": f"chatcmpl-{stamp:016x}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": "tiny",
+        "choices": [],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + tokens, "completion_tokens": tokens},
+        "system_fingerprint": "vllm-0.32.0-41cc1112",
+        "metrics": {
+            "time_to_first_token_ms": 11.876276999828406,
+            "generation_time_ms": 208.4144150001066,
+            "queue_time_ms": 0.02921300006164529,
+            "mean_itl_ms": 9.06149630435246,
+            "tokens_per_second": 108.9469545086684,
+            "speculative_decoding": {
+                "mean_acceptance_length": 1 + accepted / steps,
+                "draft_acceptance_rate": accepted / (3 * steps),
+                "acceptance_histogram": [steps - min(steps, accepted), min(steps, accepted), 0, 0],
+                "num_spec_steps": steps,
+                "num_accepted_draft_tokens": accepted,
+                "num_draft_tokens": 3 * steps,
+                "num_spec_tokens": 3,
+            },
+        },
+    }
+    return b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n"
+
+
+class Upstream:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.streams = 0
+        self.events = 0
+        self.disconnects = 0
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        tokens = max(1, min(MAX_TOKENS, int(body.get("max_tokens") or 16)))
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])) + 8
+        if not body.get("stream"):
+            text = "".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-{now_ns():016x}",
+                    "object": "chat.completion",
+                    "model": "tiny",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens},
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        header = request.headers.get(INTERVAL_HEADER)
+        interval = float(header) / 1000 if header is not None else self.interval
+        phase = random.random() * interval if request.headers.get(PATTERN_HEADER) == "staggered" else 0.0
+        created = int(time.time())
+        after_id = _AFTER_ID % created
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        self.streams += 1
+        loop = asyncio.get_running_loop()
+        write = response.write
+        try:
+            await write(_ID + b"%016x" % now_ns() + after_id + _ROLE_TAIL)
+            for i in range(tokens):
+                if interval > 0:
+                    # The next step on the shared grid: every stream due now wakes in the same loop iteration.
+                    now = loop.time() - phase
+                    await asyncio.sleep((math.floor(now / interval) + 1) * interval - now)
+                else:
+                    await asyncio.sleep(0)
+                await write(_ID + b"%016x" % now_ns() + after_id + _CONTENT[i % len(_CONTENT)] + _TOKEN_TAIL)
+            await write(_ID + b"%016x" % now_ns() + after_id + _FINISH_TAIL)
+            if include_usage:
+                await write(_usage_event(now_ns(), created, prompt_tokens, tokens))
+            await write(_DONE)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
+        self.events += tokens + 3 + include_usage
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.completions)
+        return app
+
+
+def _recorder_summary(recorder: Any) -> dict[str, Any]:
+    snap = recorder.snapshot()
+    return {
+        "requests": {f"{band}/{outcome.value}": n for (band, outcome), n in snap.requests.items()},
+        "errors": {stage.value: n for stage, n in snap.errors.items()},
+        "series": [
+            {
+                "model": s.model,
+                "band": s.band,
+                "accepted": s.accepted,
+                "drafted": s.drafted,
+                "ttft_count": s.ttft.count,
+                "tpot_count": s.tpot.count,
+            }
+            for s in snap.series
+        ],
+        "missing_spec_metrics": snap.missing_spec_metrics,
+    }
+
+
+async def _serve(app: web.Application, runner_kwargs: dict[str, Any], on_stop: Any = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, **runner_kwargs)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"READY {port}", flush=True)
+        await stop.wait()
+        if on_stop is not None:
+            on_stop()
+    finally:
+        await runner.cleanup()
+
+
+def run_upstream(args: argparse.Namespace) -> None:
+    upstream = Upstream(args.interval_ms / 1000)
+
+    def report() -> None:
+        stats = {"streams": upstream.streams, "events": upstream.events, "disconnects": upstream.disconnects}
+        print("UPSTREAM " + json.dumps(stats), flush=True)
+
+    asyncio.run(_serve(upstream.app(), {"access_log": None}, report))
+
+
+def run_tap(args: argparse.Namespace) -> None:
+    from spec_exporter.derive.health import Window
+    from spec_exporter.derive.verdict import Thresholds
+    from spec_exporter.logs import setup_logging
+    from spec_exporter.tap.bands import Bands
+    from spec_exporter.tap.proxy import create_tap_app
+    from spec_exporter.tap.recorder import TapRecorder
+
+    setup_logging("warn")
+    windows = (Window("1m", 60.0), Window("5m", 300.0))
+    recorder = TapRecorder("vllm", Bands(), windows, Thresholds(), verdict_window="5m", clock=time.monotonic)
+    app = create_tap_app(args.upstream, recorder, clock=time.monotonic)
+
+    def report() -> None:
+        print("RECORDER " + json.dumps(_recorder_summary(recorder)), flush=True)
+
+    asyncio.run(_serve(app, {"access_log": None, "handler_cancellation": True}, report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.tap_upstream", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="role", required=True)
+    up = sub.add_parser("upstream", help="a vLLM-shaped streaming chat-completions server")
+    up.add_argument("--interval-ms", type=float, default=15.0, help="decoding step (default %(default)s)")
+    tap = sub.add_parser("tap", help="the real tap in front of --upstream")
+    tap.add_argument("--upstream", required=True)
+    args = p.parse_args(argv)
+    if args.role == "upstream":
+        run_upstream(args)
+    else:
+        run_tap(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
