@@ -313,3 +313,37 @@ async def test_the_tap_adds_no_headers_of_its_own(tap: Tap) -> None:
         async with bare.post(tap.url + "/echo", data=b"raw", headers={"X-Only": "this"}) as r:
             sent = (await r.json())["headers"]
     assert {k.lower() for k in sent} == {"host", "x-only", "content-length"}
+
+
+async def test_keep_alive_connections_are_reused_through_the_tap(tap: Tap) -> None:
+    created = 0
+
+    async def on_create(*_: Any) -> None:
+        nonlocal created
+        created += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as client:
+        for _ in range(3):
+            async with client.post(tap.url + "/v1/chat/completions", json={**CHAT, "temperature": 0.7}) as r:
+                assert r.status == 200 and await r.read() == tap.upstream.chat_json
+    assert created == 1
+
+
+async def test_model_labels_are_capped(aiohttp_server: Any) -> None:
+    upstream = OpenAIStandIn()
+    up = await aiohttp_server(upstream.app())
+    clock = FakeClock()
+    recorder = TapRecorder("vllm", Bands(), WINDOWS, Thresholds(), verdict_window="5m", clock=clock, max_models=2)
+    server = await aiohttp_server(create_tap_app(str(up.make_url("")), recorder, clock=clock))
+    async with aiohttp.ClientSession() as client:
+        for model in ("a", "b", "c", "d", "a"):
+            doc = json.loads(OpenAIStandIn().chat_json)
+            doc["model"] = model
+            upstream.chat_json = json.dumps(doc).encode()
+            async with client.post(server.make_url("/v1/chat/completions"), json={**CHAT, "model": model}) as r:
+                await r.read()
+    models = {s.model: s.drafted for s in recorder.snapshot().series}
+    # The first two served names become labels; the rest share "other", so cardinality stays bounded.
+    assert models == {"a": 150, "b": 75, "other": 150}
