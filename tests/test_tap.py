@@ -347,3 +347,17 @@ async def test_model_labels_are_capped(aiohttp_server: Any) -> None:
     models = {s.model: s.drafted for s in recorder.snapshot().series}
     # The first two served names become labels; the rest share "other", so cardinality stays bounded.
     assert models == {"a": 150, "b": 75, "other": 150}
+
+
+async def test_a_stream_the_tap_cannot_read_is_passed_through_whole(tap: Tap) -> None:
+    # A usage chunk that is not JSON: the tap gives up on the stream and forwards every byte, withheld or not.
+    broken = tap.upstream.stream_usage.replace(b'"choices":[],"usage":{', b'"choices":[],"usage":{{oops', 1)
+    assert broken != tap.upstream.stream_usage
+    tap.upstream.stream_usage = broken
+    with capture_logs() as logs:
+        status, received, _ = await tap.post("/v1/chat/completions", {**CHAT, "temperature": 0.4, "stream": True})
+    assert status == 200 and received == broken
+    snap = tap.recorder.snapshot()
+    assert snap.errors[ErrorStage.RESPONSE] == 1
+    assert snap.requests == {("0.3-0.5", Outcome.NO_SPEC_METRICS): 1}
+    assert [e["event"] for e in logs] == ["tap stream not understood; passing it through"]

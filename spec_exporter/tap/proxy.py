@@ -217,7 +217,8 @@ class TapProxy:
         # Fail open: whatever the filter held back plus this chunk goes out, and the rest passes raw.
         self._recorder.error(ErrorStage.RESPONSE if isinstance(error, NotUnderstood) else ErrorStage.INTERNAL)
         log.warning("tap stream not understood; passing it through", error=type(error).__name__)
-        held = bytes(sse._buffer)
+        # feed() raised before returning this chunk; whether it already sits in the held bytes depends on where.
+        held = sse.held()
         return held if held.endswith(chunk) else held + chunk
 
     def _record(

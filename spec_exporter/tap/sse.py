@@ -63,6 +63,10 @@ class UsageChunkFilter:
             return chunk
         return bytes(out)
 
+    def held(self) -> bytes:
+        """The bytes fed but not yet returned (an event still waiting for its end)."""
+        return bytes(self._buffer) if self.strip_usage else b""
+
     def finish(self) -> bytes:
         """Whatever is left when upstream ends (a last event without its blank line)."""
         rest = bytes(self._buffer)
