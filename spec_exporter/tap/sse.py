@@ -45,6 +45,11 @@ class UsageChunkFilter:
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self._buffer and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:
+            # The common case, a token chunk: whole events, none of them the usage chunk. Nothing to hold back
+            # or parse, so skip the copies and the event split (they were a tenth of the tap's CPU).
+            self.data_events += chunk.count(_DATA)
+            return chunk
         self._buffer += chunk
         out = bytearray()
         start = 0
