@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.processes import running
+from demo.processes import alertmanager_cmd, prometheus_cmd, running
 from demo.vllm import MODEL_NAME, running_vllm
 from mixin.generate import render_rules
 from mixin.params import Params
@@ -221,25 +221,14 @@ def main() -> int:
             )
             stack.enter_context(
                 running(
-                    [
-                        "prometheus-alertmanager",
-                        f"--config.file={work / 'alertmanager.yml'}",
-                        f"--storage.path={work / 'am'}",
-                        f"--web.listen-address={am}",
-                        "--cluster.listen-address=",
-                    ],
+                    alertmanager_cmd(work / "alertmanager.yml", work / "am", am),
                     f"http://{am}/-/ready",
                     work / "alertmanager.log",
                 )
             )
             stack.enter_context(
                 running(
-                    [
-                        "prometheus",
-                        f"--config.file={work / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={work / 'tsdb'}",
-                        f"--web.listen-address={prom}",
-                    ],
+                    prometheus_cmd(work / "prometheus.yml", work / "tsdb", prom),
                     f"http://{prom}/-/ready",
                     work / "prometheus.log",
                 )

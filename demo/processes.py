@@ -54,3 +54,18 @@ def running(cmd: list[str], ready_url: str, log: Path, timeout: float = 60.0) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def prometheus_cmd(config: Path, tsdb: Path, listen: str, binary: str = "prometheus") -> list[str]:
+    return [binary, f"--config.file={config}", f"--storage.tsdb.path={tsdb}", f"--web.listen-address={listen}"]
+
+
+def alertmanager_cmd(config: Path, storage: Path, listen: str, binary: str = "prometheus-alertmanager") -> list[str]:
+    # No clustering: a single Alertmanager on loopback.
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={storage}",
+        f"--web.listen-address={listen}",
+        "--cluster.listen-address=",
+    ]

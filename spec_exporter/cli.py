@@ -166,8 +166,8 @@ def check_settings(args: argparse.Namespace) -> Settings:
         timeout = parse_duration(args.timeout)
     except ValueError as e:
         raise ConfigError([str(e)]) from None
-    # The check is the poller with one window: two polls half a window apart would also do, but exactly two
-    # polls one window apart is what the report promises.
+    # The check is the poller with a single window, polled twice one window apart by run_check. The interval is
+    # half the window only because a window must span two intervals; its slack keeps the first poll as the base.
     data.update(
         targets=[target_from_url(args.target)],
         windows=[window],

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from demo.processes import prometheus_cmd
 from demo.vllm import VLLM, free_port, running_vllm, stop
 from mixin.generate import render_rules
 from mixin.params import Params
@@ -242,12 +243,7 @@ def test_prometheus_sees_the_series_and_the_band_alert_fires(real: RealStack, tm
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     with running(
-        [
-            binary("prometheus"),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address={prom}",
-        ],
+        prometheus_cmd(tmp_path / "prometheus.yml", tmp_path / "tsdb", prom, binary("prometheus")),
         f"http://{prom}/-/ready",
         tmp_path / "prometheus.log",
     ):

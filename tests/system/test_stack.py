@@ -22,6 +22,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from demo.processes import alertmanager_cmd, prometheus_cmd
 from mixin.dashboards import dashboards
 from mixin.generate import render_rules
 from mixin.params import Params
@@ -216,24 +217,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stop = asyncio.Event()
     with (
         running(
-            [
-                binary("prometheus-alertmanager"),
-                f"--config.file={work / 'alertmanager.yml'}",
-                f"--storage.path={work / 'am'}",
-                f"--web.listen-address={am}",
-                "--cluster.listen-address=",
-            ],
+            alertmanager_cmd(work / "alertmanager.yml", work / "am", am, binary("prometheus-alertmanager")),
             f"http://{am}/-/ready",
             work / "alertmanager.log",
         ),
         running(exporter_cmd(work / "exporter.yaml", exporter), f"http://{exporter}/readyz", work / "exporter.log"),
         running(
-            [
-                binary("prometheus"),
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={work / 'tsdb'}",
-                f"--web.listen-address={prom}",
-            ],
+            prometheus_cmd(work / "prometheus.yml", work / "tsdb", prom, binary("prometheus")),
             f"http://{prom}/-/ready",
             work / "prometheus.log",
         ),
