@@ -16,8 +16,9 @@ from prometheus_client.registry import Collector
 from spec_exporter import __version__, catalog
 from spec_exporter.catalog import MetricSpec
 from spec_exporter.derive.verdict import Verdict
+from spec_exporter.snapshot import Histogram
 from spec_exporter.state import ExporterState, PollError
-from spec_exporter.tap.recorder import HistogramSnapshot, TapSnapshot
+from spec_exporter.tap.recorder import TapSnapshot
 
 
 def _family(spec: MetricSpec) -> Metric:
@@ -41,8 +42,8 @@ def _add_summary(
     family.add_sample(family.name + "_sum", labels, total)
 
 
-def _add_histogram(family: Metric, values: list[str], h: HistogramSnapshot) -> None:
-    buckets = [("+Inf" if math.isinf(b) else str(b), c) for b, c in zip(h.bounds, h.cumulative, strict=True)]
+def _add_histogram(family: Metric, values: list[str], h: Histogram) -> None:
+    buckets = [("+Inf" if math.isinf(b) else str(b), c) for b, c in zip(h.bounds, h.counts, strict=True)]
     family.add_metric(values, buckets, h.sum)  # type: ignore[attr-defined]
 
 

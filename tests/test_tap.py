@@ -66,7 +66,7 @@ async def test_non_streamed_response_passes_byte_for_byte_and_is_measured(tap: T
     s = tap.series("0.7-1.0")
     assert (s.accepted, s.drafted) == (7, 75)
     # 7/75 = 0.093 lands in the first bucket (le 0.1); cumulative from there on.
-    assert s.acceptance.cumulative[0] == 1 and s.acceptance.count == 1 and s.acceptance.sum == 7 / 75
+    assert s.acceptance.counts[0] == 1 and s.acceptance.count == 1 and s.acceptance.sum == 7 / 75
     assert s.ttft.sum == pytest.approx((29.762512999923274 + 0.03910800000994641) / 1000)
     assert s.tpot.sum == pytest.approx(9.271997322582225 / 1000)
     assert tap.requests() == {("0.7-1.0", Outcome.MEASURED): 1}

@@ -13,6 +13,7 @@ from enum import StrEnum
 from spec_exporter.derive.health import Window
 from spec_exporter.derive.sample import percentiles
 from spec_exporter.derive.verdict import Thresholds, Verdict, verdict
+from spec_exporter.snapshot import Histogram
 from spec_exporter.tap.bands import Bands
 
 # Per-request acceptance buckets: 0.5 and 0.65 are the verdict thresholds, so each side is countable.
@@ -99,20 +100,12 @@ class _Histogram:
         self.count += 1
         self.sum += value
 
-    def frozen(self) -> HistogramSnapshot:
+    def frozen(self) -> Histogram:
         cumulative, running = [], 0
         for n in self.buckets:
             running += n
             cumulative.append(float(running))
-        return HistogramSnapshot((*self.bounds, math.inf), tuple(cumulative), float(self.count), self.sum)
-
-
-@dataclass(frozen=True, slots=True)
-class HistogramSnapshot:
-    bounds: tuple[float, ...]
-    cumulative: tuple[float, ...]
-    count: float
-    sum: float
+        return Histogram((*self.bounds, math.inf), tuple(cumulative), float(self.count), self.sum)
 
 
 @dataclass(slots=True)
@@ -140,9 +133,9 @@ class BandWindow:
 class BandSnapshot:
     model: str
     band: str
-    acceptance: HistogramSnapshot
-    ttft: HistogramSnapshot
-    tpot: HistogramSnapshot
+    acceptance: Histogram
+    ttft: Histogram
+    tpot: Histogram
     accepted: int
     drafted: int
     windows: tuple[BandWindow, ...]
