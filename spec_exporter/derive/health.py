@@ -111,7 +111,7 @@ def _window_health(
     )
 
 
-def _empty_window(window: Window, params: DeriveParams) -> WindowHealth:
+def _empty_window(window: Window) -> WindowHealth:
     return WindowHealth(window, 0.0, None, {}, {}, None, None, None, Verdict.INSUFFICIENT_DATA)
 
 
@@ -130,7 +130,7 @@ def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], param
             delta = deltas.get(window.label)
             d = delta.engines.get(key) if delta is not None else None
             if delta is None or d is None:
-                windows.append(_empty_window(window, params))
+                windows.append(_empty_window(window))
                 continue
             windows.append(
                 _window_health(
@@ -206,7 +206,7 @@ def _combined_window(
     window: Window, delta: WindowDelta | None, engines: Mapping[EngineKey, EngineHealth], params: DeriveParams
 ) -> WindowHealth:
     if delta is None:
-        return _empty_window(window, params)
+        return _empty_window(window)
     parts = [delta.engines[key] for key in engines if key in delta.engines]
     specs = [p.spec for p in parts if p.spec is not None]
     histograms = {}
