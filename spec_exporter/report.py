@@ -180,8 +180,9 @@ def render_json(result: CheckResult) -> str:
                 "num_speculative_tokens": e.num_speculative_tokens,
                 "break_even_acceptance": e.break_even_acceptance,
                 "lifetime_acceptance": e.lifetime_acceptance,
-                "verdict": e.verdict.value,
                 **_window_json(e.windows[0]),
+                # The engine's verdict, which for V0 comes from its lifetime gauge rather than the window.
+                "verdict": e.verdict.value,
             }
             for e in h.engines.values()
         ]

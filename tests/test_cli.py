@@ -18,7 +18,7 @@ from aiohttp import web
 
 from spec_exporter import cli
 from tests.conftest import FakeClock
-from tests.standin import V032_IDLE, V032_LOAD, Reply, StandIn, rewrite, sample
+from tests.standin import V032_IDLE, V032_LOAD, V085_V0, Reply, StandIn, rewrite, sample
 
 ACCEPTED = 'vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="tiny"}'
 
@@ -155,3 +155,12 @@ def test_no_target_at_all_is_a_config_error(capsys: pytest.CaptureFixture[str]) 
 def test_the_console_script_entry_point_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "spec_exporter", "--version"], capture_output=True, timeout=60)
     assert result.returncode == 0 and result.stdout.decode().startswith("spec-exporter ")
+
+
+def test_check_json_gives_a_v0_engine_its_lifetime_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    with standin_thread(sample(V085_V0), sample(V085_V0)) as url:
+        assert run_check(["--target", url, "--output", "json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    (engine,) = doc["engines"]
+    assert engine["lifetime_acceptance"] == pytest.approx(0.49583333333333335)
+    assert engine["verdict"] == doc["verdict"] == "disable"
