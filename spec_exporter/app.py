@@ -15,7 +15,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from spec_exporter import __version__
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.config import Settings
-from spec_exporter.poller import Poller, new_store
+from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore
 from spec_exporter.tap.recorder import REMEDY, TapRecorder
 
@@ -57,7 +57,7 @@ def create_app(
 ) -> web.Application:
     """The exporter as an aiohttp app; the poller runs from startup to cleanup unless `run_poller` is off."""
     app = web.Application()
-    store = new_store(settings)
+    store = StateStore.for_settings(settings)
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = store
     registry = build_registry(store, tap=tap)
@@ -120,7 +120,6 @@ async def serve(
     stop: asyncio.Event,
 ) -> None:
     """Run the exporter (and the tap, if it has an address) until `stop` is set."""
-    from spec_exporter.poller import derive_params
     from spec_exporter.tap.bands import Bands
     from spec_exporter.tap.proxy import create_tap_app
 
@@ -129,7 +128,7 @@ async def serve(
     if tap_listen:
         tap_cfg = settings.tap
         target = settings.tap_target
-        params = derive_params(settings, target)
+        params = settings.derive_params(target)
         recorder = TapRecorder(
             target.name,
             Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),

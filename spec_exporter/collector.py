@@ -15,10 +15,9 @@ from prometheus_client.registry import Collector
 
 from spec_exporter import __version__, catalog
 from spec_exporter.catalog import MetricSpec
-from spec_exporter.derive.verdict import Verdict
-from spec_exporter.snapshot import Histogram
-from spec_exporter.state import ExporterState, PollError
+from spec_exporter.state import ExporterState
 from spec_exporter.tap.recorder import TapSnapshot
+from spec_exporter.types import Histogram, PollError, Verdict
 
 
 def _family(spec: MetricSpec) -> Metric:

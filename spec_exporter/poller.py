@@ -4,59 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from types import MappingProxyType
 
 import aiohttp
 import structlog
 
-from spec_exporter.config import Settings, TargetConfig, format_duration
-from spec_exporter.derive.baseline import Comparison, compare
-from spec_exporter.derive.health import DeriveParams, TargetHealth, Window, derive_target
-from spec_exporter.derive.verdict import Thresholds
+from spec_exporter.config import Settings, TargetConfig
+from spec_exporter.derive.health import TargetHealth, derive_target
 from spec_exporter.fetch import FetchError, fetch_metrics
-from spec_exporter.state import PollError, StateStore, TargetState
+from spec_exporter.state import StateStore, TargetState
+from spec_exporter.types import DeriveParams, PollError
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 from spec_exporter.window import SnapshotRing, window_delta
 
 log = structlog.get_logger("spec_exporter.poller")
-
-
-def derive_params(settings: Settings, target: TargetConfig) -> DeriveParams:
-    return DeriveParams(
-        windows=tuple(Window(format_duration(w), w) for w in sorted(settings.windows)),
-        verdict_window=format_duration(settings.verdict_window_seconds),
-        thresholds=Thresholds(
-            disable_below=settings.thresholds.disable_below,
-            beneficial_at=settings.thresholds.beneficial_at,
-            min_draft_tokens=settings.thresholds.min_draft_tokens,
-        ),
-        num_speculative_tokens=target.num_speculative_tokens or settings.speculation.num_speculative_tokens,
-        draft_cost_ratio=(
-            target.draft_cost_ratio if target.draft_cost_ratio is not None else settings.speculation.draft_cost_ratio
-        ),
-    )
-
-
-def comparisons_for(settings: Settings) -> Callable[[Mapping[str, TargetState]], tuple[Comparison, ...]]:
-    pairs = [(t.name, b.name) for t in settings.targets if (b := settings.baseline_for(t)) is not None]
-
-    def comparisons(targets: Mapping[str, TargetState]) -> tuple[Comparison, ...]:
-        out: list[Comparison] = []
-        for spec_name, baseline_name in pairs:
-            spec, baseline = targets[spec_name].health, targets[baseline_name].health
-            if spec is not None and baseline is not None:
-                out.extend(compare(spec_name, spec, baseline_name, baseline))
-        return tuple(out)
-
-    return comparisons
-
-
-def new_store(settings: Settings) -> StateStore:
-    return StateStore(
-        {t.name: TargetState(name=t.name, role=t.role) for t in settings.targets}, comparisons_for(settings)
-    )
 
 
 class _TargetRuntime:
@@ -88,7 +51,7 @@ class Poller:
         self._wall_clock = wall_clock
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
-        self._targets = [_TargetRuntime(t, derive_params(settings, t), keep) for t in settings.targets]
+        self._targets = [_TargetRuntime(t, settings.derive_params(t), keep) for t in settings.targets]
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(t) for t in self._targets))
@@ -115,7 +78,7 @@ class Poller:
             deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
             health: TargetHealth = derive_target(point, deltas, rt.params)
         except (FetchError, ParseError) as e:
-            self._failed(rt, previous, PollError(e.reason), str(e), started)
+            self._failed(rt, previous, e.reason, str(e), started)
             return
         except Exception as e:  # a bug of ours must not stop the loop or the other targets
             log.exception("poll crashed", target=name, error=type(e).__name__)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from spec_exporter.snapshot import EngineKey, EngineSample, Histogram, LatencyMetric, Snapshot, SpecCounters
+from spec_exporter.types import EngineKey, EngineSample, Histogram, LatencyMetric, Snapshot, SpecCounters
 
 
 @dataclass(frozen=True, slots=True)

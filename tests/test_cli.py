@@ -17,6 +17,8 @@ import pytest
 from aiohttp import web
 
 from spec_exporter import cli
+from spec_exporter.commands import check as check_command
+from spec_exporter.commands import serve as serve_command
 from tests.conftest import FakeClock
 from tests.standin import V032_IDLE, V032_LOAD, V085_V0, Reply, StandIn, rewrite, sample
 
@@ -54,7 +56,7 @@ def standin_thread(*replies: Reply | str) -> Iterator[str]:
 
 def run_check(argv: list[str]) -> int:
     clock = FakeClock()
-    return cli.check(argv, sleep=clock.sleep, clock=clock)
+    return check_command.check(argv, sleep=clock.sleep, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -138,11 +140,11 @@ def test_config_check_prints_the_effective_config(tmp_path: Path, capsys: pytest
 def test_environment_supplies_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPEC_EXPORTER_TARGETS", "http://a:8000, http://b:8000")
     monkeypatch.setenv("SPEC_EXPORTER_WEB_LISTEN_ADDRESS", "127.0.0.1:9999")
-    args = cli.serve_parser().parse_args([])
+    args = serve_command.serve_parser().parse_args([])
     assert args.listen_address == "127.0.0.1:9999"
-    assert [t.name for t in cli.serve_settings(args).targets] == ["a:8000", "b:8000"]
-    args = cli.serve_parser().parse_args(["--target", "http://c:8000", "--baseline-target", "http://d:8000"])
-    settings = cli.serve_settings(args)
+    assert [t.name for t in serve_command.serve_settings(args).targets] == ["a:8000", "b:8000"]
+    args = serve_command.serve_parser().parse_args(["--target", "http://c:8000", "--baseline-target", "http://d:8000"])
+    settings = serve_command.serve_settings(args)
     assert [(t.name, t.role) for t in settings.targets] == [("c:8000", "spec"), ("d:8000", "baseline")]
     assert settings.baseline_for(settings.targets[0]).name == "d:8000"
 

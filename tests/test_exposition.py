@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from spec_exporter.app import build_registry
-from spec_exporter.derive.verdict import Verdict
+from spec_exporter.types import Verdict
 from tests.conftest import make_settings
 from tests.standin import NVIDIA_NO_SPEC, V032_IDLE, V032_LOAD, V085_V0, sample, scale_counters, with_engines
 
@@ -157,10 +157,9 @@ async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, c
 
 
 def _tap_recorder(clock: Any):  # type: ignore[no-untyped-def]
-    from spec_exporter.derive.health import Window
-    from spec_exporter.derive.verdict import Thresholds
     from spec_exporter.tap.bands import Bands
     from spec_exporter.tap.recorder import Outcome, TapRecorder
+    from spec_exporter.types import Thresholds, Window
 
     recorder = TapRecorder(
         "vllm",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spec_exporter.snapshot import SpecCounters
+from spec_exporter.types import SpecCounters
 
 
 @dataclass(frozen=True, slots=True)

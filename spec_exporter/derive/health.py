@@ -8,32 +8,18 @@ from dataclasses import dataclass, field
 
 from spec_exporter.derive.acceptance import Acceptance, acceptance
 from spec_exporter.derive.latency import divergence, merge, quantiles
-from spec_exporter.derive.verdict import (
-    Thresholds,
+from spec_exporter.derive.verdict import break_even_acceptance, expected_speedup, verdict
+from spec_exporter.types import (
+    DeriveParams,
+    EngineGeneration,
+    EngineKey,
+    Histogram,
+    LatencyMetric,
+    SpecCounters,
     Verdict,
-    break_even_acceptance,
-    expected_speedup,
-    verdict,
+    Window,
 )
-from spec_exporter.snapshot import EngineGeneration, EngineKey, Histogram, LatencyMetric, SpecCounters
 from spec_exporter.window import EngineTotals, Point, WindowDelta
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """A configured window: its label value and length."""
-
-    label: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class DeriveParams:
-    windows: tuple[Window, ...]
-    verdict_window: str
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    num_speculative_tokens: int | None = None
-    draft_cost_ratio: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ exact-name matching skips them (a prefix match would pick up their epoch values)
 
 from __future__ import annotations
 
-from spec_exporter.snapshot import LatencyMetric
+from spec_exporter.types import LatencyMetric
 
 PREFIX = "vllm:"
 

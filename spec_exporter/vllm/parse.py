@@ -12,12 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from spec_exporter.snapshot import (
+from spec_exporter.types import (
     EngineGeneration,
     EngineKey,
     EngineSample,
     Histogram,
     LatencyMetric,
+    PollError,
     Snapshot,
     SpecCounters,
 )
@@ -27,7 +28,7 @@ from spec_exporter.vllm import names
 class ParseError(ValueError):
     """The body is not a vLLM exposition we can read."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: PollError, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -108,7 +109,7 @@ class ExpositionParser:
                 # The block's first line is the rest of its TYPE line.
                 found = self._scan(block[block.find("\n") + 1 :], engines) or found
         if not found:
-            raise ParseError("unknown_layout", "no vllm:* metric this exporter reads was found")
+            raise ParseError(PollError.UNKNOWN_LAYOUT, "no vllm:* metric this exporter reads was found")
         generation = (
             EngineGeneration.V0
             if any("lifetime_acceptance" in b.scalars for b in engines.values())
@@ -189,11 +190,11 @@ def _describe_series(series_text: str) -> tuple[Any, ...]:
     elif kind == _BUCKET:
         le_text = labels.get(names.LABEL_LE)
         if le_text is None:
-            raise ParseError("parse_error", f"bucket of {name} has no le label")
+            raise ParseError(PollError.PARSE_ERROR, f"bucket of {name} has no le label")
         try:
             extra = float(le_text)
         except ValueError:
-            raise ParseError("parse_error", f"bad le={le_text!r} in {name}") from None
+            raise ParseError(PollError.PARSE_ERROR, f"bad le={le_text!r} in {name}") from None
     return (kind, target, key, extra)
 
 
@@ -236,7 +237,7 @@ def _finish_histogram(metric: LatencyMetric, hb: _HistogramBuilder, key: EngineK
     bounds = sorted(hb.buckets)
     if not bounds or not math.isinf(bounds[-1]):
         # A body cut at a line boundary inside a histogram parses cleanly but lacks its +Inf bucket.
-        raise ParseError("parse_error", f"{metric.value} histogram for {key} has no +Inf bucket")
+        raise ParseError(PollError.PARSE_ERROR, f"{metric.value} histogram for {key} has no +Inf bucket")
     counts = tuple(hb.buckets[b] for b in bounds)
     return Histogram(
         bounds=tuple(bounds),
@@ -266,7 +267,7 @@ def _parse_labels(text: str) -> dict[str, str]:
         if m is None:
             if text[pos:].strip() == "":
                 break
-            raise ParseError("parse_error", f"malformed labels {text[:200]!r}")
+            raise ParseError(PollError.PARSE_ERROR, f"malformed labels {text[:200]!r}")
         labels[m.group(1)] = _unescape(m.group(2))
         pos = m.end()
     return labels
@@ -286,7 +287,7 @@ def _parse_value(rest: str, series: str) -> float:
     try:
         return float(parts[0])
     except (ValueError, IndexError):
-        raise ParseError("parse_error", f"{series[:200]} has a bad value {rest[:50]!r}") from None
+        raise ParseError(PollError.PARSE_ERROR, f"{series[:200]} has a bad value {rest[:50]!r}") from None
 
 
 def _parse_position(text: str | None, name: str) -> int:
@@ -295,5 +296,5 @@ def _parse_position(text: str | None, name: str) -> int:
     except ValueError:
         value = -1
     if value < 0 or value > 1024:
-        raise ParseError("parse_error", f"{name} has a bad position {text!r}")
+        raise ParseError(PollError.PARSE_ERROR, f"{name} has a bad position {text!r}")
     return value

@@ -1,10 +1,16 @@
-"""Plain data read from one vLLM /metrics scrape: what the parser produces and the window consumes."""
+"""The types every stage shares, each defined once: what a scrape holds, windows, thresholds, verdicts, errors.
+
+Config builds them, the poller and the tap fill them, derivations read them, the collector renders them.
+Nothing here does I/O or imports another module of the package.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class LatencyMetric(StrEnum):
@@ -21,6 +27,60 @@ class EngineGeneration(StrEnum):
 
     V1 = "v1"
     V0 = "v0"
+
+
+class PollError(StrEnum):
+    """Why a poll failed: the closed set of `reason` label values."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection_error"
+    HTTP_STATUS = "http_status"
+    BODY_TOO_LARGE = "body_too_large"
+    TRUNCATED = "truncated"
+    PARSE_ERROR = "parse_error"
+    UNKNOWN_LAYOUT = "unknown_layout"
+
+
+class Verdict(StrEnum):
+    DISABLE = "disable"
+    BREAK_EVEN = "break_even"
+    BENEFICIAL = "beneficial"
+    INSUFFICIENT_DATA = "insufficient_data"
+
+
+class Thresholds(BaseModel):
+    """disable < `disable_below` ≤ break_even < `beneficial_at` ≤ beneficial; too few draft tokens: no verdict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    disable_below: float = Field(default=0.5, ge=0, le=1)
+    beneficial_at: float = Field(default=0.65, ge=0, le=1)
+    min_draft_tokens: int = Field(default=100, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.beneficial_at < self.disable_below:
+            raise ValueError("beneficial_at must be >= disable_below")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A configured window: its label value and length."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeriveParams:
+    """Everything a derivation needs besides its data; `Settings.derive_params` builds it per target."""
+
+    windows: tuple[Window, ...]
+    verdict_window: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    num_speculative_tokens: int | None = None
+    draft_cost_ratio: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
