@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -31,6 +30,10 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+# Run as a script, the repository root is not on the path; the shared harness lives there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # The environment of the python:*-slim base images before the Dockerfile adds to it.
@@ -340,12 +343,6 @@ def _copy_from_context(repo: Path, context: list[str], source: str, dest: str, r
             out = target / PurePosixPath(f).relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / f, out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
