@@ -1,5 +1,6 @@
 """`--web.config.file`: the Prometheus exporter-toolkit web configuration (TLS, basic auth, response headers),
-loaded and checked once, turned into an `ssl.SSLContext` and an aiohttp middleware.
+loaded and checked once, turned into an `ssl.SSLContext` and an aiohttp middleware. The YAML is read at start-up
+only; the certificate files it names are re-read when they change, so a renewed certificate needs no restart.
 
 The format is the toolkit's (docs/web-configuration.md in prometheus/exporter-toolkit), so the file written for
 node_exporter works here. Where Python's ssl cannot do what Go's crypto/tls does, the key is refused with the reason
@@ -22,11 +23,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bcrypt
+import structlog
 import yaml
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spec_exporter.config import ConfigError
+
+log = structlog.get_logger("spec_exporter.webconfig")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -221,12 +225,16 @@ def _tls_error(path: Path, key: str, problem: str) -> ConfigError:
     return ConfigError([f"web config {path}: tls_server_config.{key}: {problem}"])
 
 
-def _build_ssl_context(tls: TLSServerConfig, directory: Path, path: Path) -> ssl.SSLContext:
-    files = {
+def _tls_files(tls: TLSServerConfig, directory: Path) -> dict[str, Path | None]:
+    return {
         "cert_file": _resolve(directory, tls.cert_file),
         "key_file": _resolve(directory, tls.key_file),
         "client_ca_file": _resolve(directory, tls.client_ca_file),
     }
+
+
+def _build_ssl_context(tls: TLSServerConfig, directory: Path, path: Path) -> ssl.SSLContext:
+    files = _tls_files(tls, directory)
     missing = [
         f"web config {path}: tls_server_config.{key}: {file} does not exist or is not a file"
         for key, file in files.items()
@@ -264,6 +272,46 @@ def _build_ssl_context(tls: TLSServerConfig, directory: Path, path: Path) -> ssl
     for curve in tls.curve_preferences:
         ctx.set_ecdh_curve(CURVES[curve])
     return ctx
+
+
+class CertificateReloader:
+    """Renewed certificate files (cert-manager, a rotated Secret) are served from the next handshake on, as the
+    toolkit re-reads them per connection. A rotation that does not load (a certificate written before its key)
+    keeps the last good context until the files change again."""
+
+    def __init__(self, build: Callable[[], ssl.SSLContext], files: Collection[Path]) -> None:
+        self._build = build
+        self._files = tuple(files)
+        self._seen = self._signature()
+        self.listening = build()
+        self.current = self.listening
+        self.reloads = 0
+        self.listening.sni_callback = self._on_client_hello
+
+    def _signature(self) -> tuple[bytes | None, ...]:
+        # The contents, not the mtimes: two writes within one clock tick share an mtime, and a few KiB read per
+        # new connection cost far less than its handshake.
+        out: list[bytes | None] = []
+        for f in self._files:
+            try:
+                out.append(f.read_bytes())
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _on_client_hello(self, connection: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        seen = self._signature()
+        if seen != self._seen:
+            self._seen = seen
+            try:
+                self.current = self._build()
+            except ConfigError as e:
+                log.warning("tls_reload_failed", error=str(e), action="serving the previous certificate")
+            else:
+                self.reloads += 1
+                log.info("tls_reloaded", files=[str(f) for f in self._files])
+        if self.current is not self.listening:
+            connection.context = self.current
 
 
 def _credentials(header: str | None) -> tuple[str, bytes] | None:
@@ -334,12 +382,12 @@ class WebConfig:
     """A checked web config. `ssl_context()` for aiohttp's TCPSite, `middleware()` for web.Application."""
 
     path: Path | None = None
-    tls: ssl.SSLContext | None = None
+    tls: CertificateReloader | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: BasicAuth | None = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        return self.tls
+        return self.tls.listening if self.tls is not None else None
 
     def middleware(self, *, public_paths: Collection[str] = ()) -> Middleware | None:
         """Basic auth on every path but `public_paths`, and the configured headers on every response (401s and
@@ -385,8 +433,10 @@ def load_web_config(path: Path | str) -> WebConfig:
         parsed = WebConfigFile.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_errors(path, e)) from None
-    tls = None
-    if parsed.tls_server_config is not None:
-        tls = _build_ssl_context(parsed.tls_server_config, path.resolve().parent, path)
+    reloader = None
+    if (tls := parsed.tls_server_config) is not None:
+        directory = path.resolve().parent
+        files = [f for f in _tls_files(tls, directory).values() if f is not None]
+        reloader = CertificateReloader(lambda: _build_ssl_context(tls, directory, path), files)
     users = {user: hashed.encode() for user, hashed in parsed.basic_auth_users.items()}
-    return WebConfig(path, tls, parsed.http_server_config.headers, BasicAuth(users) if users else None)
+    return WebConfig(path, reloader, parsed.http_server_config.headers, BasicAuth(users) if users else None)

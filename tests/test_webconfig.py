@@ -104,6 +104,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(d)
 
 
+def issue(pki: PKI, leaf: str, directory: Path, *, ca: str = "ca") -> int:
+    """A new certificate and key for `leaf` from `ca`, written into `directory`; returns its serial number."""
+    ca_cert = x509.load_pem_x509_certificate(pki.path(f"{ca}.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.path(f"{ca}.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _cert(leaf, key, (ca_cert, ca_key))
+    _write(directory, leaf, cert, key)
+    return cert.serial_number
+
+
 def web_config(tmp_path: Path, text: str) -> WebConfig:
     path = tmp_path / "web-config.yml"
     path.write_text(text)
@@ -171,6 +182,7 @@ class Answer:
     body: str
     tls_version: str | None
     cipher: str | None
+    server_serial: int | None
 
 
 async def get(
@@ -216,6 +228,7 @@ async def get(
         body.decode(),
         ssl_object.version() if ssl_object else None,
         ssl_object.cipher()[0] if ssl_object else None,
+        int(ssl_object.getpeercert()["serialNumber"], 16) if ssl_object else None,
     )
 
 
@@ -425,6 +438,52 @@ async def test_cipher_suites_restrict_tls12(pki: PKI, tmp_path: Path) -> None:
             url, ctx=client_context(pki, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384")
         )
     assert a.status == 200 and a.cipher == "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+
+# --- certificate rotation -------------------------------------------------------------------------------------------
+
+
+async def test_a_renewed_certificate_is_served_from_the_next_connection(pki: PKI, tmp_path: Path) -> None:
+    first = issue(pki, "server", tmp_path)
+    config = web_config(tmp_path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+    async with serving(config) as port:
+        url = f"https://127.0.0.1:{port}/metrics"
+        assert (await get(url, ctx=client_context(pki))).server_serial == first
+        renewed = issue(pki, "server", tmp_path)
+        assert (await get(url, ctx=client_context(pki))).server_serial == renewed
+        assert (await get(url, ctx=client_context(pki))).server_serial == renewed
+    assert config.tls is not None and config.tls.reloads == 1  # reloaded once, not at every handshake
+
+
+async def test_a_half_written_rotation_keeps_serving_the_previous_certificate(pki: PKI, tmp_path: Path) -> None:
+    first = issue(pki, "server", tmp_path)
+    config = web_config(tmp_path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+    old_key = (tmp_path / "server.key").read_bytes()
+    async with serving(config) as port:
+        url = f"https://127.0.0.1:{port}/metrics"
+        renewed = issue(pki, "server", tmp_path)
+        new_key = (tmp_path / "server.key").read_bytes()
+        (tmp_path / "server.key").write_bytes(old_key)  # the new certificate is there, its key not yet
+        assert (await get(url, ctx=client_context(pki))).server_serial == first
+        (tmp_path / "server.key").write_bytes(new_key)
+        assert (await get(url, ctx=client_context(pki))).server_serial == renewed
+
+
+async def test_a_rotated_client_ca_decides_from_the_next_connection(pki: PKI, tmp_path: Path) -> None:
+    (tmp_path / "clients.pem").write_bytes(pki.path("ca.crt").read_bytes())
+    config = web_config(
+        tmp_path,
+        tls_section(pki, "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: clients.pem\n"),
+    )
+    async with serving(config) as port:
+        url = f"https://127.0.0.1:{port}/metrics"
+        assert (await get(url, ctx=client_context(pki, cert="client"))).status == 200
+        with pytest.raises(Refused):
+            await get(url, ctx=client_context(pki, cert="stranger"))
+        (tmp_path / "clients.pem").write_bytes(pki.path("other-ca.crt").read_bytes())
+        assert (await get(url, ctx=client_context(pki, cert="stranger"))).status == 200
+        with pytest.raises(Refused):
+            await get(url, ctx=client_context(pki, cert="client"))
 
 
 # --- loading and validation ----------------------------------------------------------------------------------------
