@@ -235,8 +235,8 @@ def run_upstream(args: argparse.Namespace) -> None:
 def run_tap(args: argparse.Namespace) -> None:
     from spec_exporter.derive.health import Window
     from spec_exporter.derive.verdict import Thresholds
+    from spec_exporter.join.bands import Bands
     from spec_exporter.logs import setup_logging
-    from spec_exporter.tap.bands import Bands
     from spec_exporter.tap.proxy import create_tap_app
     from spec_exporter.tap.recorder import TapRecorder
 

@@ -159,7 +159,7 @@ async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, c
 def _tap_recorder(clock: Any):  # type: ignore[no-untyped-def]
     from spec_exporter.derive.health import Window
     from spec_exporter.derive.verdict import Thresholds
-    from spec_exporter.tap.bands import Bands
+    from spec_exporter.join.bands import Bands
     from spec_exporter.tap.recorder import Outcome, TapRecorder
 
     recorder = TapRecorder(

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from spec_exporter.derive.health import Window
 from spec_exporter.derive.verdict import Thresholds, Verdict
-from spec_exporter.tap.bands import Bands
+from spec_exporter.join.bands import Bands
 from spec_exporter.tap.proxy import create_tap_app
 from spec_exporter.tap.recorder import ErrorStage, Outcome, TapRecorder
 from tests.conftest import FakeClock

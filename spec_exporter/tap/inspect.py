@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from spec_exporter.tap.bands import INVALID, Bands
+from spec_exporter.join.bands import INVALID, Bands
 
 # The endpoints whose responses carry metrics.speculative_decoding in vLLM.
 INSPECTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
