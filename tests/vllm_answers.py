@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ class VLLMStandIn:
     received: list[bytes] = field(default_factory=list)
     status: int | None = None
     json_chunk_size: int | None = None
+    # Re-frames each SSE event (e.g. LF -> CRLF) as a server with other line endings would write it.
+    frame: Callable[[bytes], bytes] | None = None
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
 
     def answer(self, path: str, body: bytes) -> Answer:
@@ -132,7 +135,9 @@ class VLLMStandIn:
             return Answer(
                 200,
                 [("content-type", "text/event-stream; charset=utf-8"), *self.extra_headers],
-                stream_events(include, continuous),
+                [self.frame(e) for e in stream_events(include, continuous)]
+                if self.frame
+                else stream_events(include, continuous),
             )
         if (request.n or 1) > 1:
             payload = N2_JSON
@@ -144,6 +149,8 @@ class VLLMStandIn:
         return Answer(200, headers, chunks)
 
 
-def direct(path: str, body: bytes) -> bytes:
+def direct(path: str, body: bytes, standin: VLLMStandIn | None = None) -> bytes:
     """The body a client gets from vLLM with no tap in between."""
-    return b"".join(VLLMStandIn().answer(path, body).chunks)
+    template = standin or VLLMStandIn()
+    fresh = VLLMStandIn(status=template.status, json_chunk_size=template.json_chunk_size, frame=template.frame)
+    return b"".join(fresh.answer(path, body).chunks)

@@ -195,6 +195,10 @@ class Exchange:
 
     # -- folding --------------------------------------------------------------------------------------------
 
+    def fail(self) -> None:
+        """The front end failed around this exchange: count it, and pass everything from here on through raw."""
+        self._fail()
+
     def _fail(self) -> None:
         # From here on the front end passes bytes through raw (response_body sees no filter).
         self._broken = True
