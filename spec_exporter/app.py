@@ -119,37 +119,36 @@ async def serve(
     tap_listen: str | None = None,
     stop: asyncio.Event,
 ) -> None:
-    """Run the exporter (and the tap, if it has an address) until `stop` is set."""
-    from spec_exporter.poller import derive_params
-    from spec_exporter.tap.bands import Bands
-    from spec_exporter.tap.proxy import create_tap_app
+    """Run the exporter (and the proxy tap, if it has an address) until `stop` is set.
 
-    recorder = None
+    The proxy tap folds into the `spec_tap_*` families of a private registry, attached to the exporter app as
+    `app[TAP_REGISTRY_KEY]` for the poller to read like vLLM's own /metrics.
+    """
+    from spec_exporter.join.bands import Bands
+    from spec_exporter.join.exchange import JoinSettings
+    from spec_exporter.join.metrics import TapMetrics
+    from spec_exporter.tap.proxy import TAP_REGISTRY_KEY, create_tap_app, tap_runner
+
+    tap_registry = None
     runners = []
     if tap_listen:
         tap_cfg = settings.tap
-        target = settings.tap_target
-        params = derive_params(settings, target)
-        recorder = TapRecorder(
-            target.name,
-            Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
-            params.windows,
-            params.thresholds,
-            verdict_window=params.verdict_window,
-            clock=time.monotonic,
-            max_models=tap_cfg.max_models,
-        )
+        tap_registry = CollectorRegistry()
         tap_app = create_tap_app(
-            str(tap_cfg.upstream_url or target.url),
-            recorder,
-            inject_usage=tap_cfg.inject_usage,
-            max_inspect_bytes=tap_cfg.max_inspect_bytes,
+            str(tap_cfg.upstream_url or settings.tap_target.url),
+            TapMetrics(tap_registry, max_models=tap_cfg.max_models),
+            JoinSettings(
+                Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
+                inject_usage=tap_cfg.inject_usage,
+                max_inspect_bytes=tap_cfg.max_inspect_bytes,
+            ),
             clock=time.monotonic,
         )
-        # handler_cancellation: a client that goes away cancels its handler, which closes the upstream
-        # connection, which makes vLLM abort the request instead of generating for nobody.
-        runners.append((web.AppRunner(tap_app, access_log=None, handler_cancellation=True), tap_listen))
-    app = create_app(settings, telemetry_path=telemetry_path, tap=recorder)
+        tap_app[TAP_REGISTRY_KEY] = tap_registry
+        runners.append((tap_runner(tap_app), tap_listen))
+    app = create_app(settings, telemetry_path=telemetry_path)
+    if tap_registry is not None:
+        app[TAP_REGISTRY_KEY] = tap_registry
     runners.insert(0, (web.AppRunner(app, access_log=None), listen))
     try:
         for runner, address in runners:

@@ -42,7 +42,7 @@ from typing import Any
 
 from spec_exporter.join.bands import Bands
 from spec_exporter.join.exchange import DEFAULT_MAX_INSPECT_BYTES, Exchange, JoinSettings
-from spec_exporter.join.metrics import DEFAULT_MAX_MODELS, ErrorStage, TapMetrics
+from spec_exporter.join.metrics import DEFAULT_MAX_MODELS, REMEDY, ErrorStage, Outcome, TapMetrics
 from spec_exporter.join.request import INSPECTED_PATHS
 
 Scope = MutableMapping[str, Any]
@@ -114,6 +114,18 @@ def default_metrics(max_models: int) -> TapMetrics:
         if _default_metrics is None:
             _default_metrics = TapMetrics(max_models=max_models)
         return _default_metrics
+
+
+_remedy_logged = False
+
+
+def _remedy_once() -> None:
+    global _remedy_logged
+    if not _remedy_logged:
+        _remedy_logged = True
+        log.warning(
+            "spec_exporter: vLLM answers without per-request speculative-decoding metrics; start it with %s", REMEDY
+        )
 
 
 def _header(headers: Any, name: bytes) -> str | None:
@@ -289,6 +301,8 @@ class _Tapped:
             if not more:
                 self._complete = True
                 out += exchange.response_end()
+                if exchange.outcome is Outcome.NO_SPEC_METRICS:
+                    _remedy_once()
             if out is body or out == body:
                 return message
             if not out and more:

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from spec_exporter.join import sse as sse_module
 from spec_exporter.join.exchange import JoinSettings
 from spec_exporter.join.metrics import TapMetrics
 from spec_exporter.middleware import SpecDecodeMiddleware
+from spec_exporter.tap.proxy import create_tap_app, tap_runner
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
+from tests.openai_standin import OpenAIStandIn
 from tests.test_join import counts
 from tests.vllm_answers import CHAT_JSON, COMPLETION_JSON, VLLMStandIn, direct, usage_chunk
 
@@ -48,7 +53,46 @@ class Middleware:
         return got.status, got.body
 
 
-FRONT_ENDS = ["middleware"]
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = tap_runner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Proxy:
+    registry: CollectorRegistry
+    standin: VLLMStandIn
+    url: str
+    client: aiohttp.ClientSession
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        async with self.client.post(self.url + path, data=body, headers={"Content-Type": "application/json"}) as r:
+            return r.status, await r.read()
+
+
+@asynccontextmanager
+async def proxy() -> AsyncIterator[Proxy]:
+    upstream = OpenAIStandIn()
+    registry = CollectorRegistry()
+    up_runner, up_url = await serve(upstream.app())
+    tap = create_tap_app(up_url, TapMetrics(registry), JoinSettings(), clock=FakeClock())
+    tap_runner_, tap_url = await serve(tap)
+    try:
+        # A client that accepts identity only, so the proxy may inject (see test_proxy_tap for the others).
+        async with aiohttp.ClientSession(
+            auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type")
+        ) as client:
+            yield Proxy(registry, upstream.vllm, tap_url, client)
+    finally:
+        await tap_runner_.cleanup()
+        await up_runner.cleanup()
+
+
+FRONT_ENDS = ["middleware", "proxy"]
 
 
 @pytest_asyncio.fixture(params=FRONT_ENDS)
@@ -56,7 +100,8 @@ async def front(request: pytest.FixtureRequest) -> AsyncIterator[FrontEnd]:
     if request.param == "middleware":
         yield Middleware()
         return
-    raise AssertionError(request.param)
+    async with proxy() as p:
+        yield p
 
 
 def j(body: Any) -> bytes:

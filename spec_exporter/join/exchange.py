@@ -63,6 +63,8 @@ class Exchange:
         self._copy: bytearray | None = None
         self._first_event_at: float | None = None
         self._last_event_at: float | None = None
+        # What the request was folded as, once it is (for the front ends' own logging).
+        self.outcome: Outcome | None = None
 
     @property
     def injected_usage(self) -> bool:
@@ -221,31 +223,39 @@ class Exchange:
     def _fold_once(self) -> None:
         metrics, band, view = self._metrics, self._band, self.view
         model = view.model if view is not None else None
+        ttft = tpot = None
+        result = None
         if self._request_unreadable:
-            metrics.outcome(None, UNKNOWN, Outcome.NOT_UNDERSTOOD)
-            return
-        if self._status is not None and self._status != 200:
-            metrics.outcome(model, band, Outcome.UPSTREAM_ERROR)
-            return
-        if self._client_gone:
-            metrics.outcome(model, band, Outcome.CLIENT_DISCONNECTED)
-            return
-        if self._upstream_failed:
-            metrics.outcome(model, band, Outcome.UPSTREAM_ERROR)
-            return
-        if view is None or self._broken or self._not_measurable:
-            metrics.outcome(model, band, Outcome.NOT_MEASURABLE)
-            return
-        result = self._result()
-        if result is not None and result.model is not None:
-            model = result.model
-        ttft, tpot = _latency(result, self._started, self._first_event_at, self._last_event_at)
-        if result is None:
-            metrics.outcome(model, band, Outcome.NOT_MEASURABLE, ttft, tpot)
-        elif result.accepted is None or result.drafted is None:
-            metrics.outcome(model, band, Outcome.NO_SPEC_METRICS, ttft, tpot)
+            model, band, outcome = None, UNKNOWN, Outcome.NOT_UNDERSTOOD
+        elif self._status is not None and self._status != 200:
+            outcome = Outcome.UPSTREAM_ERROR
+        elif self._client_gone:
+            outcome = Outcome.CLIENT_DISCONNECTED
+        elif self._upstream_failed:
+            outcome = Outcome.UPSTREAM_ERROR
+        elif view is None or self._broken or self._not_measurable:
+            outcome = Outcome.NOT_MEASURABLE
         else:
-            metrics.measured(model, band, result.accepted, result.drafted, ttft, tpot)
+            result = self._result()
+            if result is not None and result.model is not None:
+                model = result.model
+            ttft, tpot = _latency(result, self._started, self._first_event_at, self._last_event_at)
+            if result is None:
+                outcome = Outcome.NOT_MEASURABLE
+            elif result.accepted is None or result.drafted is None:
+                outcome = Outcome.NO_SPEC_METRICS
+            else:
+                outcome = Outcome.MEASURED
+        self.outcome = outcome
+        metrics.request(
+            model,
+            band,
+            outcome,
+            accepted=result.accepted if result is not None else None,
+            drafted=result.drafted if result is not None else None,
+            ttft=ttft,
+            tpot=tpot,
+        )
 
     def _result(self) -> SpecResult | None:
         """The response's per-request numbers; None if it had none to read (a stream without a usage chunk)."""

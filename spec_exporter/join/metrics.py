@@ -68,6 +68,8 @@ OTHER_MODEL = "other"  # past the per-process cap of distinct names
 INVALID_MODEL = "invalid"  # not encodable as UTF-8, or too long to be a name
 UNKNOWN_MODEL = "unknown"  # neither the response nor the request named one
 MAX_MODEL_CHARS = 200
+# What makes vLLM put per-request speculative-decoding metrics into its answers (no_spec_metrics otherwise).
+REMEDY = "--per-request-spec-decode-metrics summary"
 DEFAULT_MAX_MODELS = 20
 
 REQUESTS = "spec_tap_requests_total"
