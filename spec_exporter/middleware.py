@@ -263,7 +263,25 @@ class _Tapped:
     async def _app_send(self, message: Message) -> None:
         out: Message | None = message
         exchange = self._exchange
-        if exchange is not None:
+        if (
+            exchange is not None
+            and self._started
+            and not self._complete
+            and message.get("type") == "http.response.body"
+            and message.get("more_body", False)
+        ):
+            # The per-chunk path of a stream, kept short: it runs once per token.
+            body = message.get("body", b"")
+            try:
+                sent = exchange.response_body(body)
+            except Exception:
+                exchange.fail()
+                sent = body
+            if sent is not body:
+                if not sent:
+                    return
+                out = {**message, "body": sent}
+        elif exchange is not None:
             try:
                 out = self._rewrite(exchange, message)
             except Exception:
