@@ -596,6 +596,15 @@ def test_sidecar_without_the_tap_routes_straight_to_vllm(chart: helm.Chart) -> N
     assert not init_containers(docs) and "readinessProbe" not in pod["exporter"]
 
 
+def test_tap_mode_off_quoted_or_not_is_off(chart: helm.Chart) -> None:
+    assert ci_values("tap-off")["tap"]["mode"] is False  # what YAML 1.1, Helm's and PyYAML's, makes of `off`
+    quoted = objects(render(chart, {**ci_values("tap-off"), "tap": {"mode": "off"}}))
+    assert quoted == objects(render(chart, ci_values("tap-off")))
+    assert not init_containers(quoted)
+    with pytest.raises(helm.HelmValuesError, match="/tap/mode"):
+        render(chart, {"tap": {"mode": True}})
+
+
 def test_the_old_tap_enabled_switch_says_what_replaced_it(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmError, match=r"tap.enabled was replaced by tap.mode: .* proxy \(the former"):
         render(chart, {"tap": {"enabled": True}})

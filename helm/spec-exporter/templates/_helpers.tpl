@@ -84,14 +84,21 @@ tap.enabled switch, which tap.mode replaced, with what to set instead.
 {{- if hasKey .Values.tap "enabled" }}
 {{- fail "tap.enabled was replaced by tap.mode: set tap.mode to middleware (the default: inside vLLM, no extra hop), proxy (the former tap.enabled=true) or off (the former tap.enabled=false)" }}
 {{- end }}
-{{- if and (eq .Values.mode "sidecar") (eq .Values.tap.mode "proxy") }}true{{ end }}
+{{- if and (eq .Values.mode "sidecar") (eq (include "spec-exporter.tapMode" .) "proxy") }}true{{ end }}
+{{- end }}
+
+{{/*
+tap.mode, with the `false` that YAML 1.1 (Helm's) makes of an unquoted `mode: off` read as off.
+*/}}
+{{- define "spec-exporter.tapMode" -}}
+{{- if kindIs "bool" .Values.tap.mode }}off{{ else }}{{ .Values.tap.mode }}{{ end }}
 {{- end }}
 
 {{/*
 "true" when the tap runs as a middleware inside vLLM's API server: sidecar mode with tap.mode middleware.
 */}}
 {{- define "spec-exporter.middleware" -}}
-{{- if and (eq .Values.mode "sidecar") (eq .Values.tap.mode "middleware") }}true{{ end }}
+{{- if and (eq .Values.mode "sidecar") (eq (include "spec-exporter.tapMode" .) "middleware") }}true{{ end }}
 {{- end }}
 
 {{/*
