@@ -233,12 +233,11 @@ def run_upstream(args: argparse.Namespace) -> None:
 
 
 def run_tap(args: argparse.Namespace) -> None:
-    from spec_exporter.derive.health import Window
-    from spec_exporter.derive.verdict import Thresholds
     from spec_exporter.logs import setup_logging
     from spec_exporter.tap.bands import Bands
     from spec_exporter.tap.proxy import create_tap_app
     from spec_exporter.tap.recorder import TapRecorder
+    from spec_exporter.types import Thresholds, Window
 
     setup_logging("warn")
     windows = (Window("1m", 60.0), Window("5m", 300.0))

@@ -31,8 +31,9 @@ from mixin.chart import CHART, PARAM_OF_VALUE, chart_files
 from mixin.generate import RULE_FILES, render_rules
 from mixin.params import Params
 from spec_exporter import __version__
-from spec_exporter.cli import serve_parser, serve_settings
-from spec_exporter.config import PollConfig, Settings, SpeculationConfig, TapConfig, TargetConfig, ThresholdsConfig
+from spec_exporter.commands.serve import serve_parser, serve_settings
+from spec_exporter.config import PollConfig, Settings, SpeculationConfig, TapConfig, TargetConfig
+from spec_exporter.types import Thresholds
 
 ROOT = Path(__file__).parent.parent
 CHART_DIR = ROOT / CHART
@@ -821,7 +822,7 @@ def test_exporter_config_schema_mirrors_the_exporters_configuration_models() -> 
     config = schema["properties"]["exporter"]["properties"]["config"]["properties"]
     models = {
         "poll": PollConfig,
-        "thresholds": ThresholdsConfig,
+        "thresholds": Thresholds,
         "speculation": SpeculationConfig,
         # The chart sets the tap's address and target itself.
         "tap": TapConfig,

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from spec_exporter.derive.verdict import Verdict
-from spec_exporter.state import PollError
+from spec_exporter.types import PollError, Verdict
 from tests.conftest import make_settings
 from tests.standin import V032_IDLE, V032_LOAD, Reply, rewrite, sample, scale_counters
 

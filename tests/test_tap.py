@@ -15,11 +15,10 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
-from spec_exporter.derive.health import Window
-from spec_exporter.derive.verdict import Thresholds, Verdict
 from spec_exporter.tap.bands import Bands
 from spec_exporter.tap.proxy import create_tap_app
 from spec_exporter.tap.recorder import ErrorStage, Outcome, TapRecorder
+from spec_exporter.types import Thresholds, Verdict, Window
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn, usage_chunk, without_usage_chunk
 

@@ -10,11 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from spec_exporter.derive.health import Window
 from spec_exporter.derive.sample import percentiles
-from spec_exporter.derive.verdict import Thresholds, Verdict, verdict
-from spec_exporter.snapshot import Histogram
+from spec_exporter.derive.verdict import verdict
 from spec_exporter.tap.bands import Bands
+from spec_exporter.types import Histogram, Thresholds, Verdict, Window
 
 # Per-request acceptance buckets: 0.5 and 0.65 are the verdict thresholds, so each side is countable.
 ACCEPTANCE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0)
