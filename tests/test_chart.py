@@ -407,7 +407,7 @@ def test_sidecar_pod_defaults_to_the_middleware_inside_vllm(chart: helm.Chart) -
     (copy,) = init_containers(docs).values()
     assert copy["image"] == exporter["image"]
     assert copy["volumeMounts"] == [{"name": "spec-exporter-middleware", "mountPath": MIDDLEWARE_DIR}]
-    assert copy["command"][:2] == ["python", "-c"] and copy["command"][-1] == MIDDLEWARE_DIR
+    assert copy["command"][:3] == ["python", "-I", "-c"] and copy["command"][-1] == MIDDLEWARE_DIR
     volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["spec-exporter-middleware"]
     assert {"name": "spec-exporter-middleware", "mountPath": MIDDLEWARE_DIR, "readOnly": True} in vllm["volumeMounts"]
