@@ -981,8 +981,8 @@ def test_web_config_is_mounted_from_its_secret_and_monitors_and_probes_follow_it
     assert {"name": "web-config", "mountPath": web["mountPath"], "readOnly": True} in exporter["volumeMounts"]
     volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["web-config"] == {"name": "web-config", "secret": {"secretName": web["secretName"]}}
-    # Basic auth: the kubelet has no password, so it checks the port.
-    assert exporter["livenessProbe"]["tcpSocket"] == {"port": "metrics"} and "httpGet" not in exporter["livenessProbe"]
+    # Basic auth: /healthz is served without it, so liveness stays an HTTP check, over TLS.
+    assert exporter["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}
     endpoint = only(docs, "ServiceMonitor")["spec"]["endpoints"][0]
     assert endpoint["port"] == "metrics" and endpoint["scheme"] == "https"
     assert endpoint["tlsConfig"] == values["monitor"]["tlsConfig"]
@@ -993,9 +993,14 @@ def test_web_config_is_mounted_from_its_secret_and_monitors_and_probes_follow_it
     exporter = containers(objects(render(chart, tls_only)))["exporter"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert exporter[probe]["httpGet"]["scheme"] == "HTTPS"
-    # Basic auth in proxy mode: readiness checks the tap's port, what the pod serves through the exporter.
+    # Basic auth in proxy mode: the kubelet has no password for /readyz, so readiness checks the tap's port, what
+    # the pod serves through the exporter; a probe of the user's on another path checks the exporter's port.
     auth = {"tap": {"mode": "proxy"}, "exporter": {"webConfig": {"secretName": "web", "basicAuth": True}}}
-    assert containers(objects(render(chart, auth)))["exporter"]["readinessProbe"]["tcpSocket"] == {"port": "tap"}
+    exporter = containers(objects(render(chart, auth)))["exporter"]
+    assert exporter["readinessProbe"]["tcpSocket"] == {"port": "tap"} and "httpGet" not in exporter["readinessProbe"]
+    auth["exporter"]["livenessProbe"] = {"httpGet": {"path": "/metrics", "port": "metrics"}}
+    liveness = containers(objects(render(chart, auth)))["exporter"]["livenessProbe"]
+    assert liveness["tcpSocket"] == {"port": "metrics"} and "httpGet" not in liveness
     # No web config: nothing of it.
     exporter = containers(objects(render(chart)))["exporter"]
     assert not [a for a in exporter["args"] if a.startswith("--web.config.file")]

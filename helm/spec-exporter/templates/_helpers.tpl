@@ -247,8 +247,9 @@ preStop:
 
 {{/*
 An exporter probe as exporter.webConfig needs it. With TLS the kubelet's HTTP check uses HTTPS (it
-does not verify certificates); with basic authentication it has no password to send, so an HTTP check on the
-exporter's port becomes a TCP check of that port (of the proxy tap's, for readiness with tap.mode proxy).
+does not verify certificates). With basic authentication it has no password to send: /healthz, which the exporter
+serves without authentication, stays an HTTP check; any other becomes a TCP check of the exporter's port (of the
+proxy tap's, for readiness with tap.mode proxy).
 (list . probe readiness)
 */}}
 {{- define "spec-exporter.exporterProbe" -}}
@@ -257,7 +258,7 @@ exporter's port becomes a TCP check of that port (of the proxy tap's, for readin
 {{- $readiness := index . 2 }}
 {{- $web := $root.Values.exporter.webConfig }}
 {{- if and $web.secretName $probe.httpGet }}
-{{- if $web.basicAuth }}
+{{- if and $web.basicAuth (ne $probe.httpGet.path "/healthz") }}
 {{- /* Readiness then checks what the pod serves through the exporter: the proxy tap's port. */}}
 {{- $port := ternary "tap" $probe.httpGet.port (and $readiness (eq (include "spec-exporter.tap" $root) "true")) }}
 {{- $_ := set $probe "tcpSocket" (dict "port" $port) }}
