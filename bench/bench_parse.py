@@ -47,7 +47,7 @@ from bench.common import machine, machine_line, markdown_table, write_results
 from bench.payloads import REAL_AFTER_LOAD, REAL_IDLE, ScrapeSequence, describe, read_scrape
 from spec_exporter.config import settings_from_mapping, target_from_url
 from spec_exporter.derive.health import TargetHealth, derive_target
-from spec_exporter.poller import derive_params
+from spec_exporter.state import StateStore
 from spec_exporter.vllm.parse import ExpositionParser
 from spec_exporter.window import SnapshotRing, window_delta
 
@@ -69,7 +69,7 @@ class PollLoop:
         settings = settings_from_mapping({"targets": [target_from_url("http://127.0.0.1:8000")]})
         self.settings = settings
         self.interval = settings.poll.interval
-        self.params = derive_params(settings, settings.targets[0])
+        self.params = settings.derive_params(settings.targets[0])
         self.parser = ExpositionParser()
         self.ring = SnapshotRing(max(settings.windows) + 2 * settings.poll.interval)
         self.slack = settings.poll.interval / 2
@@ -346,7 +346,6 @@ def render(engine_counts: list[int], repeats: int) -> None:
     from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
     from spec_exporter.app import build_registry
-    from spec_exporter.poller import new_store
 
     rows = []
     for n in engine_counts:
@@ -354,7 +353,7 @@ def render(engine_counts: list[int], repeats: int) -> None:
         loop = PollLoop()
         for text in seq.scrapes(0, loop.steady_state_polls):
             loop.poll(text)
-        store = new_store(loop.settings)
+        store = StateStore.for_settings(loop.settings)
         name = loop.settings.targets[0].name
         store.publish(
             replace(

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from spec_exporter.types import DeriveParams, Thresholds, Window
+
 _DURATION_RE = re.compile(
     r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
 )
@@ -93,6 +95,8 @@ class PollConfig(Model):
     interval: Duration = 5.0
     timeout: Duration = 4.0
     max_body_bytes: ByteSize = 16 * 1024**2
+    # model_name values per target with their own label (LoRA adapters count); the rest fold into "other".
+    max_models: int = Field(default=50, ge=1, le=10_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -110,18 +114,6 @@ class PollConfig(Model):
     def _timeout_within_interval(self) -> PollConfig:
         if self.timeout > self.interval:
             raise ValueError("timeout must not exceed interval")
-        return self
-
-
-class ThresholdsConfig(Model):
-    disable_below: float = Field(default=0.5, ge=0, le=1)
-    beneficial_at: float = Field(default=0.65, ge=0, le=1)
-    min_draft_tokens: int = Field(default=100, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ThresholdsConfig:
-        if self.beneficial_at < self.disable_below:
-            raise ValueError("beneficial_at must be >= disable_below")
         return self
 
 
@@ -158,7 +150,7 @@ class Settings(Model):
     poll: PollConfig = PollConfig()
     windows: list[Duration] = Field(default_factory=lambda: [60.0, 300.0], min_length=1, max_length=6)
     verdict_window: Duration | None = None
-    thresholds: ThresholdsConfig = ThresholdsConfig()
+    thresholds: Thresholds = Thresholds()
     speculation: SpeculationConfig = SpeculationConfig()
     tap: TapConfig = TapConfig()
 
@@ -193,6 +185,22 @@ class Settings(Model):
     @property
     def verdict_window_seconds(self) -> float:
         return self.verdict_window if self.verdict_window is not None else max(self.windows)
+
+    def derive_params(self, target: TargetConfig) -> DeriveParams:
+        """What the derivations of `target` need: windows, verdict window, thresholds and the cost model."""
+        return DeriveParams(
+            windows=tuple(Window(format_duration(w), w) for w in sorted(self.windows)),
+            verdict_window=format_duration(self.verdict_window_seconds),
+            thresholds=self.thresholds,
+            num_speculative_tokens=target.num_speculative_tokens or self.speculation.num_speculative_tokens,
+            draft_cost_ratio=(
+                target.draft_cost_ratio if target.draft_cost_ratio is not None else self.speculation.draft_cost_ratio
+            ),
+        )
+
+    def comparison_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(spec target, its baseline) for every spec target that has one."""
+        return tuple((t.name, b.name) for t in self.targets if (b := self.baseline_for(t)) is not None)
 
     def baseline_for(self, target: TargetConfig) -> TargetConfig | None:
         """The baseline a spec target is compared with: its own, or the only one configured."""

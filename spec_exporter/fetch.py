@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from spec_exporter.state import PollError
+from spec_exporter.types import PollError
 
 ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 
-from spec_exporter.derive.baseline import Comparison
+from spec_exporter.config import Settings
+from spec_exporter.derive.baseline import Comparison, compare_pairs
 from spec_exporter.derive.health import TargetHealth
-
-
-class PollError(StrEnum):
-    """Why a poll failed: the closed set of `reason` label values."""
-
-    TIMEOUT = "timeout"
-    CONNECTION = "connection_error"
-    HTTP_STATUS = "http_status"
-    BODY_TOO_LARGE = "body_too_large"
-    TRUNCATED = "truncated"
-    PARSE_ERROR = "parse_error"
-    UNKNOWN_LAYOUT = "unknown_layout"
+from spec_exporter.types import PollError
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +22,7 @@ class TargetState:
     last_success_timestamp_seconds: float | None = None
     errors: Mapping[PollError, int] = field(default_factory=lambda: MappingProxyType({e: 0 for e in PollError}))
     last_error: PollError | None = None
+    folded_models: int = 0
     # None while the target is down: derived numbers are not exported from stale data.
     health: TargetHealth | None = None
 
@@ -50,13 +40,15 @@ class ExporterState:
 class StateStore:
     """Holds the latest `ExporterState`; `publish` swaps in a new one, so a scrape never sees half an update."""
 
-    def __init__(
-        self,
-        targets: Mapping[str, TargetState],
-        comparisons: Callable[[Mapping[str, TargetState]], tuple[Comparison, ...]] = lambda _: (),
-    ) -> None:
-        self._comparisons = comparisons
+    def __init__(self, targets: Mapping[str, TargetState], pairs: tuple[tuple[str, str], ...] = ()) -> None:
+        self._pairs = pairs
         self._state = ExporterState(MappingProxyType(dict(targets)))
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> StateStore:
+        """Every configured target, not yet polled, and the spec/baseline pairs to compare."""
+        targets = {t.name: TargetState(name=t.name, role=t.role) for t in settings.targets}
+        return cls(targets, settings.comparison_pairs())
 
     def current(self) -> ExporterState:
         return self._state
@@ -64,4 +56,5 @@ class StateStore:
     def publish(self, target: TargetState) -> None:
         targets = dict(self._state.targets)
         targets[target.name] = target
-        self._state = ExporterState(MappingProxyType(targets), self._comparisons(targets))
+        health = {name: t.health for name, t in targets.items()}
+        self._state = ExporterState(MappingProxyType(targets), compare_pairs(self._pairs, health))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from spec_exporter.snapshot import EngineGeneration, EngineSample, Histogram, LatencyMetric, Snapshot, SpecCounters
+from spec_exporter.types import EngineGeneration, EngineSample, Histogram, LatencyMetric, Snapshot, SpecCounters
 
 KEY = ("m", "0")
 BOUNDS = (0.1, 0.2, 0.4, math.inf)

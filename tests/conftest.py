@@ -9,7 +9,7 @@ import pytest_asyncio
 import structlog
 
 from spec_exporter.config import Settings, settings_from_mapping
-from spec_exporter.poller import Poller, new_store
+from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore
 from tests.standin import StandIn
 
@@ -72,7 +72,7 @@ def make_poller(
     session: aiohttp.ClientSession, clock: FakeClock, wall_clock: FakeClock
 ) -> Callable[[Settings], tuple[Poller, StateStore]]:
     def make(settings: Settings) -> tuple[Poller, StateStore]:
-        store = new_store(settings)
+        store = StateStore.for_settings(settings)
         return Poller(settings, session, store, clock=clock, wall_clock=wall_clock, sleep=clock.sleep), store
 
     return make

@@ -17,6 +17,8 @@ import pytest
 from aiohttp import web
 
 from spec_exporter import cli
+from spec_exporter.commands import check as check_command
+from spec_exporter.commands import serve as serve_command
 from tests.conftest import FakeClock
 from tests.standin import V032_IDLE, V032_LOAD, V085_V0, Reply, StandIn, rewrite, sample
 
@@ -54,7 +56,7 @@ def standin_thread(*replies: Reply | str) -> Iterator[str]:
 
 def run_check(argv: list[str]) -> int:
     clock = FakeClock()
-    return cli.check(argv, sleep=clock.sleep, clock=clock)
+    return check_command.check(argv, sleep=clock.sleep, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -138,11 +140,11 @@ def test_config_check_prints_the_effective_config(tmp_path: Path, capsys: pytest
 def test_environment_supplies_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPEC_EXPORTER_TARGETS", "http://a:8000, http://b:8000")
     monkeypatch.setenv("SPEC_EXPORTER_WEB_LISTEN_ADDRESS", "127.0.0.1:9999")
-    args = cli.serve_parser().parse_args([])
+    args = serve_command.serve_parser().parse_args([])
     assert args.listen_address == "127.0.0.1:9999"
-    assert [t.name for t in cli.serve_settings(args).targets] == ["a:8000", "b:8000"]
-    args = cli.serve_parser().parse_args(["--target", "http://c:8000", "--baseline-target", "http://d:8000"])
-    settings = cli.serve_settings(args)
+    assert [t.name for t in serve_command.serve_settings(args).targets] == ["a:8000", "b:8000"]
+    args = serve_command.serve_parser().parse_args(["--target", "http://c:8000", "--baseline-target", "http://d:8000"])
+    settings = serve_command.serve_settings(args)
     assert [(t.name, t.role) for t in settings.targets] == [("c:8000", "spec"), ("d:8000", "baseline")]
     assert settings.baseline_for(settings.targets[0]).name == "d:8000"
 
@@ -164,3 +166,46 @@ def test_check_json_gives_a_v0_engine_its_lifetime_verdict(capsys: pytest.Captur
     (engine,) = doc["engines"]
     assert engine["lifetime_acceptance"] == pytest.approx(0.49583333333333335)
     assert engine["verdict"] == doc["verdict"] == "disable"
+
+
+SIDECAR_CONFIG = """\
+# The chart's sidecar config: the pod's vLLM as the one target, the proxy tap in front of it.
+targets:
+  - name: vllm
+    url: http://127.0.0.1:8000
+tap:
+  listen_address: ":8001"
+  target: vllm
+thresholds:
+  disable_below: 0.4
+  beneficial_at: 0.6
+  min_draft_tokens: 50
+"""
+
+
+def test_check_accepts_the_sidecars_own_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue: check replaced the targets but kept `tap`, so the chart's config failed with exit 2."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SIDECAR_CONFIG)
+    # 66 of 147 draft tokens: 0.449, `disable` by the defaults, `break_even` by this file's 0.4 / 0.6.
+    load = rewrite(sample(V032_LOAD), {ACCEPTED: 66})
+    with standin_thread(sample(V032_IDLE), load) as url:
+        code = run_check(["--target", url, "--config.file", str(config), "--output", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "break_even" and code == 1
+
+
+def test_probe_reads_thresholds_from_the_config_file_and_rejects_a_missing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue: probe accepted --config.file and ignored it, even a file that does not exist."""
+    from spec_exporter.commands.probe import probe_parser, probe_settings
+
+    missing = tmp_path / "nope.yaml"
+    assert cli.main(["probe", "--target", "http://127.0.0.1:9", "--config.file", str(missing)]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    config = tmp_path / "config.yaml"
+    config.write_text(SIDECAR_CONFIG)
+    args = probe_parser().parse_args(["--target", "http://127.0.0.1:9", "--config.file", str(config)])
+    thresholds = probe_settings(args).thresholds
+    assert (thresholds.disable_below, thresholds.beneficial_at, thresholds.min_draft_tokens) == (0.4, 0.6, 50)

@@ -8,17 +8,10 @@ import pytest
 
 from spec_exporter.derive.acceptance import acceptance
 from spec_exporter.derive.baseline import compare
-from spec_exporter.derive.health import DeriveParams, Window, derive_target
+from spec_exporter.derive.health import derive_target
 from spec_exporter.derive.latency import divergence, histogram_quantile, merge, quantiles
-from spec_exporter.derive.verdict import (
-    Thresholds,
-    Verdict,
-    break_even_acceptance,
-    expected_speedup,
-    expected_tokens_per_step,
-    verdict,
-)
-from spec_exporter.snapshot import EngineGeneration, LatencyMetric, SpecCounters
+from spec_exporter.derive.verdict import break_even_acceptance, expected_speedup, expected_tokens_per_step, verdict
+from spec_exporter.types import DeriveParams, EngineGeneration, LatencyMetric, SpecCounters, Thresholds, Verdict, Window
 from spec_exporter.vllm.parse import parse_exposition
 from spec_exporter.window import SnapshotRing, window_delta
 from tests.builders import KEY, engine, hist, snap

@@ -23,6 +23,8 @@ import yaml
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 CHART_VALUES = ROOT / "helm" / "spec-exporter" / "values.yaml"
+# As `docker build --build-arg REVISION=$(git rev-parse HEAD) --build-arg BRANCH=...` would pass them.
+BUILD_ARGS = {"REVISION": "0123456789abcdef0123456789abcdef01234567", "BRANCH": "release-test"}
 
 
 def _smoke_module() -> ModuleType:
@@ -125,7 +127,7 @@ def image() -> Iterator[Any]:
     root = smoke.scratch_root()
     try:
         python, pip_python = smoke.interpreters()
-        yield smoke.build(ROOT, root, python=python, pip_python=pip_python)
+        yield smoke.build(ROOT, root, python=python, pip_python=pip_python, build_args=BUILD_ARGS)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -151,6 +153,17 @@ def test_image_keeps_only_the_virtualenv(image: Any) -> None:
     assert image.not_replayed and all("useradd" in r or "pip uninstall" in r for r in image.not_replayed)
 
 
+def test_the_image_reports_the_revision_and_branch_it_was_built_from(image: Any) -> None:
+    probe = "from spec_exporter import buildinfo; print(buildinfo.revision(), buildinfo.branch(), buildinfo.__file__)"
+    python = image.host("/opt/spec-exporter/bin/python")
+    env = {**image.env, "HOME": "/nonexistent"}
+    out = subprocess.run([python, "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    revision, branch, module = out.stdout.split()
+    assert (revision, branch) == (BUILD_ARGS["REVISION"], BUILD_ARGS["BRANCH"])
+    assert module.startswith(str(image.host("/opt/spec-exporter/")))  # the image's copy answered, not the checkout
+
+
 def test_entrypoint_validates_a_configuration(run: Any) -> None:
     assert run.config_check.returncode == 0, run.config_check.stderr
     assert json.loads(run.config_check.stdout)["targets"][0]["name"] == "vllm"
@@ -158,7 +171,8 @@ def test_entrypoint_validates_a_configuration(run: Any) -> None:
 
 def test_entrypoint_serves_health_metrics_and_the_tap(run: Any) -> None:
     assert run.healthz == 200
-    assert run.readyz == 503  # nothing listens where vLLM would be: not ready, and says so
+    # Nothing listens where vLLM would be: the exporter says so in metrics, but its readiness is its own.
+    assert run.readyz == 200
     assert "spec_decode_exporter_build_info" in run.metrics
     assert run.tap_status == 502 and json.loads(run.tap_body)["type"] == "BadGatewayError"
 
@@ -172,3 +186,37 @@ def test_entrypoint_runs_as_the_image_user_and_stops_cleanly_on_sigterm(image: A
     if os.geteuid() == 0:
         assert run.uid == image.user[0]
     assert run.stop_returncode == 0, run.stderr
+
+
+def test_the_charts_middleware_init_container_copies_the_installed_package_as_the_image_user(image: Any) -> None:
+    """The Helm chart's init container (tap.mode middleware), run as the image would run it: `python` from the
+    image's PATH, as its user, copying from the wheel's site-packages into what stands for the emptyDir, even from a
+    working directory that holds another spec_exporter (the source tree)."""
+    import helm_python as helm
+
+    with helm.Chart.load(CHART_VALUES.parent) as chart:
+        rendered = chart.render({}, name="demo", namespace="llm")
+    deployment = next(
+        d for d in yaml.safe_load_all(rendered["spec-exporter/templates/deployment.yaml"]) if d["kind"] == "Deployment"
+    )
+    (copy,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    *command, mount = copy["command"]
+    assert image.user is not None and copy["securityContext"]["runAsUser"] == image.user[0]
+    target = image.host(mount)
+    target.mkdir(parents=True)
+    target.chmod(0o777)  # an emptyDir is world-writable
+    exe = shutil.which(command[0], path=image.env["PATH"])
+    assert exe and exe.startswith(str(image.root)), f"{command[0]} is not the image's: {exe}"
+    as_user: dict[str, object] = {}
+    if image.user is not None and os.geteuid() == 0:
+        as_user = {"user": image.user[0], "group": image.user[1], "extra_groups": []}
+    env = {**image.env, "HOME": "/nonexistent"}
+    result = subprocess.run(
+        [exe, *command[1:], str(target)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, **as_user
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/site-packages/spec_exporter" in result.stdout
+    copied = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    installed = [f.split("/site-packages/", 1)[1] for f in image.image_files if "/site-packages/spec_exporter/" in f]
+    assert copied == sorted(f for f in installed if "/__pycache__/" not in f)
+    assert set(f for f in image.wheel_files if f.startswith("spec_exporter/")) <= set(copied)

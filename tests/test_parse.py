@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from spec_exporter.snapshot import EngineGeneration, LatencyMetric
+from spec_exporter.types import EngineGeneration, LatencyMetric
 from spec_exporter.vllm import names
 from spec_exporter.vllm.parse import ExpositionParser, ParseError, parse_exposition
 from tests.standin import (

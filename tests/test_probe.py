@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from spec_exporter import cli
-from spec_exporter.probe import ProbeSettings, probe_main, render_json, render_table, run_probe
+from spec_exporter.commands.probe import ProbeSettings, probe_main, render_json, render_table, run_probe
+from spec_exporter.types import SpecCounters
 from tests.system.scenario_vllm import ScenarioVLLM
 
 
@@ -41,7 +42,7 @@ async def test_per_request_metrics_give_percentiles_per_temperature(aiohttp_serv
     assert greedy["tpot_seconds"]["p50"] == pytest.approx(9.271997322582225 / 1000)
     assert greedy["ttft_seconds"]["p50"] is not None and greedy["failed"] == 0
     # The engine's counters over each phase agree with the per-request sums.
-    assert phases[0].engine == (49 * 5, 300, 100)
+    assert phases[0].engine == SpecCounters(drafts=100, draft_tokens=300, accepted_tokens=49 * 5)
 
 
 async def test_without_per_request_metrics_acceptance_comes_from_the_counters(aiohttp_server: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from spec_exporter.snapshot import LatencyMetric
+from spec_exporter.types import LatencyMetric
 from spec_exporter.window import SnapshotRing, advance, window_delta
 from tests.builders import KEY, engine, hist, snap
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spec_exporter.derive.health import TargetHealth
-from spec_exporter.snapshot import LatencyMetric
+from spec_exporter.types import LatencyMetric
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +35,15 @@ def compare(target: str, spec: TargetHealth, baseline_name: str, baseline: Targe
                 ratios[metric] = sp99 / bp99
         out.append(Comparison(target, baseline_name, sw.window.label, speedup, ratios))
     return out
+
+
+def compare_pairs(
+    pairs: tuple[tuple[str, str], ...], health: Mapping[str, TargetHealth | None]
+) -> tuple[Comparison, ...]:
+    """Every (spec, baseline) pair whose two targets both have fresh health."""
+    out: list[Comparison] = []
+    for spec_name, baseline_name in pairs:
+        spec, baseline = health.get(spec_name), health.get(baseline_name)
+        if spec is not None and baseline is not None:
+            out.extend(compare(spec_name, spec, baseline_name, baseline))
+    return tuple(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from spec_exporter.snapshot import Histogram
+from spec_exporter.types import Histogram
 
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 

@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import StrEnum
 
-
-class Verdict(StrEnum):
-    DISABLE = "disable"
-    BREAK_EVEN = "break_even"
-    BENEFICIAL = "beneficial"
-    INSUFFICIENT_DATA = "insufficient_data"
-
+from spec_exporter.types import Thresholds, Verdict
 
 # Worst first: when several engines or bands disagree, the worst one is the answer.
 SEVERITY: tuple[Verdict, ...] = (Verdict.DISABLE, Verdict.BREAK_EVEN, Verdict.BENEFICIAL, Verdict.INSUFFICIENT_DATA)
@@ -37,15 +29,6 @@ ADVICE: dict[Verdict, str] = {
         "speculative decoding is not enabled on this server there is nothing to judge."
     ),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """disable < `disable_below` ≤ break_even < `beneficial_at` ≤ beneficial; too few draft tokens: no verdict."""
-
-    disable_below: float = 0.5
-    beneficial_at: float = 0.65
-    min_draft_tokens: float = 100.0
 
 
 def verdict(acceptance_rate: float | None, draft_tokens: float | None, thresholds: Thresholds) -> Verdict:

@@ -121,37 +121,40 @@ class TapMetrics:
         self._models: set[str] = set()
         self._lock = threading.Lock()
         both = ("model_name", "temperature_band")
-        kw = {"registry": registry}
         self.requests = Counter(
             REQUESTS[: -len("_total")],
             "Completion requests seen by the tap, by what became of them.",
             (*both, "outcome"),
-            **kw,
+            registry=registry,
         )
         self.draft_tokens = Counter(
-            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, **kw
+            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, registry=registry
         )
         self.accepted_tokens = Counter(
-            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, **kw
+            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, registry=registry
         )
         self.acceptance = Histogram(
             ACCEPTANCE_RATE,
             "Per-request draft acceptance rate (accepted / drafted) of measured requests.",
             both,
             buckets=ACCEPTANCE_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.ttft = Histogram(
-            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, **kw
+            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, registry=registry
         )
         self.tpot = Histogram(
-            TPOT, "Per-request time per output token, as vLLM reports it.", both, buckets=TPOT_BUCKETS, **kw
+            TPOT,
+            "Per-request time per output token, as vLLM reports it.",
+            both,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
         )
         self.errors = Counter(
             ERRORS[: -len("_total")],
             "Inputs the tap could not read, or failures of its own; the request passed through untouched.",
             ("stage",),
-            **kw,
+            registry=registry,
         )
         for stage in ErrorStage:
             self.errors.labels(stage.value)

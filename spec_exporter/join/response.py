@@ -20,6 +20,8 @@ class SpecResult:
     ttft_seconds: float | None
     tpot_seconds: float | None
     completion_tokens: int | None
+    # Verification steps (num_spec_steps): the denominator of the request's mean acceptance length.
+    steps: int | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -36,7 +38,7 @@ def spec_result(obj: Any) -> SpecResult:
     usage = obj.get("usage")
     completion_tokens = _number(usage.get("completion_tokens")) if isinstance(usage, dict) else None
     metrics = obj.get("metrics")
-    accepted = drafted = None
+    accepted = drafted = steps = None
     ttft = tpot = None
     if isinstance(metrics, dict):
         spec = metrics.get("speculative_decoding")
@@ -44,6 +46,8 @@ def spec_result(obj: Any) -> SpecResult:
             a, d = _number(spec.get("num_accepted_draft_tokens")), _number(spec.get("num_draft_tokens"))
             if a is not None and d is not None and a <= d and a == int(a) and d == int(d):
                 accepted, drafted = int(a), int(d)
+            n = _number(spec.get("num_spec_steps"))
+            steps = int(n) if n is not None and n == int(n) else None
         # vLLM's per-request TTFT starts at scheduling; its Prometheus TTFT starts at arrival. Adding the
         # queue time brings the two onto the same footing.
         ttft_ms = _number(metrics.get("time_to_first_token_ms"))
@@ -56,6 +60,7 @@ def spec_result(obj: Any) -> SpecResult:
         ttft_seconds=ttft,
         tpot_seconds=tpot,
         completion_tokens=int(completion_tokens) if completion_tokens is not None else None,
+        steps=steps,
     )
 
 

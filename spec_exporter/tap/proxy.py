@@ -224,7 +224,7 @@ class TapProxy:
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange | None
     ) -> web.StreamResponse:
-        drop = frozenset()
+        drop: frozenset[str] = frozenset()
         if exchange is not None and exchange.response_start(
             upstream.status,
             content_type=_joined(upstream.headers, "Content-Type"),

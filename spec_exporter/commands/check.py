@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
-import math
-from collections.abc import Awaitable, Callable
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from spec_exporter.config import Settings, format_duration
+from spec_exporter.commands.common import add_common_flags, build_settings, config_failed
+from spec_exporter.commands.format import ms, number
+from spec_exporter.config import ConfigError, Settings, format_duration, parse_duration
 from spec_exporter.derive.health import EngineHealth, TargetHealth, WindowHealth
-from spec_exporter.derive.verdict import ADVICE, Verdict
-from spec_exporter.poller import Poller, new_store
-from spec_exporter.snapshot import LatencyMetric
-from spec_exporter.state import TargetState
+from spec_exporter.derive.verdict import ADVICE
+from spec_exporter.poller import Poller
+from spec_exporter.state import StateStore, TargetState
+from spec_exporter.types import LatencyMetric, Verdict
 
 EXIT_CODES = {Verdict.BENEFICIAL: 0, Verdict.BREAK_EVEN: 1, Verdict.DISABLE: 2, Verdict.INSUFFICIENT_DATA: 3}
 EXIT_UNREACHABLE = 3
@@ -51,21 +56,13 @@ async def run_check(
     """Two polls `window` apart through the exporter's own poller; `settings` holds one target and one window."""
     target = settings.targets[0]
     window = settings.windows[0]
-    store = new_store(settings)
+    store = StateStore.for_settings(settings)
     poller = Poller(settings, session, store, clock=clock, sleep=sleep)
     await poller.poll_once()
     if store.current().targets[target.name].up:
         await sleep(window)
         await poller.poll_once()
     return CheckResult(target.name, target.metrics_url, window, store.current().targets[target.name])
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f} ms"
 
 
 _LATENCY_ROWS = (
@@ -80,22 +77,22 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
     rows = []
     a = w.acceptance
     if engine is not None and engine.lifetime_acceptance is not None:
-        rows.append(("draft acceptance rate", f"{_fmt(engine.lifetime_acceptance)} (V0: since engine start)"))
+        rows.append(("draft acceptance rate", f"{number(engine.lifetime_acceptance)} (V0: since engine start)"))
     elif a is None:
         rows.append(("draft acceptance rate", "- (speculative decoding is not enabled)"))
     else:
         rows.append(
             (
                 "draft acceptance rate",
-                f"{_fmt(a.rate)} ({a.accepted_tokens:g} of {a.draft_tokens:g} draft tokens accepted)",
+                f"{number(a.rate)} ({a.accepted_tokens:g} of {a.draft_tokens:g} draft tokens accepted)",
             )
         )
-        rows.append(("mean acceptance length", _fmt(a.mean_length, 2)))
-        rows.append(("acceptance by position", "  ".join(_fmt(p, 2) for p in a.per_position) or "-"))
+        rows.append(("mean acceptance length", number(a.mean_length, 2)))
+        rows.append(("acceptance by position", "  ".join(number(p, 2) for p in a.per_position) or "-"))
     for metric, title in _LATENCY_ROWS:
         q = w.latency.get(metric)
         if q:
-            rows.append((f"{title} p50 / p99", f"{_ms(q.get(0.5))} / {_ms(q.get(0.99))}"))
+            rows.append((f"{title} p50 / p99", f"{ms(q.get(0.5), unit=True)} / {ms(q.get(0.99), unit=True)}"))
     if w.divergence:
         rows.append(
             (
@@ -129,7 +126,7 @@ def render_table(result: CheckResult) -> str:
     if len(engines) > 1:
         for e in engines:
             rate = e.windows[0].acceptance.rate if e.windows[0].acceptance else e.lifetime_acceptance
-            rows.append((f"engine {e.key[0]}/{e.key[1]}", f"acceptance {_fmt(rate)}, verdict {e.verdict.value}"))
+            rows.append((f"engine {e.key[0]}/{e.key[1]}", f"acceptance {number(rate)}, verdict {e.verdict.value}"))
     rows.append(("verdict", result.verdict.value.upper()))
     width = max(len(r[0]) for r in rows) + 2
     lines += [f"{title:<{width}}{value}" for title, value in rows]
@@ -187,3 +184,63 @@ def render_json(result: CheckResult) -> str:
             for e in h.engines.values()
         ]
     return json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spec-exporter check",
+        description="Poll one vLLM twice, WINDOW apart, and say whether speculative decoding is paying off. "
+        "Exit code: 0 beneficial, 1 break-even, 2 disable, 3 insufficient data or unreachable.",
+    )
+    p.add_argument("--target", required=True, metavar="URL", help="vLLM base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--window", default="60s", metavar="DURATION", help="time between the two polls (default %(default)s)"
+    )
+    p.add_argument("--timeout", default="5s", metavar="DURATION", help="per-poll timeout (default %(default)s)")
+    p.add_argument("--output", choices=("table", "json"), default="table", help="report format")
+    add_common_flags(p)
+    return p
+
+
+def check_settings(args: argparse.Namespace) -> Settings:
+    try:
+        window = parse_duration(args.window)
+        timeout = parse_duration(args.timeout)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
+    # The check is the poller with a single window, polled twice one window apart by run_check. The interval is
+    # half the window only because a window must span two intervals; its slack keeps the first poll as the base.
+    return build_settings(
+        args.config_file,
+        targets=[args.target],
+        only_these_targets=True,
+        overrides={
+            "windows": [window],
+            "verdict_window": None,
+            "poll": {"interval": window / 2, "timeout": min(timeout, window / 2)},
+        },
+    )
+
+
+def check(
+    argv: Sequence[str],
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    from spec_exporter.logs import setup_logging
+
+    args = check_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        settings = check_settings(args)
+    except ConfigError as e:
+        return config_failed(e)
+
+    async def go() -> CheckResult:
+        async with aiohttp.ClientSession() as session:
+            return await run_check(settings, session, sleep=sleep, clock=clock)
+
+    result = asyncio.run(go())
+    sys.stdout.write(render_json(result) if args.output == "json" else render_table(result))
+    return result.exit_code

@@ -7,19 +7,27 @@ temperature alone.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import aiohttp
 
+from spec_exporter.commands.common import add_common_flags, build_settings, config_failed
+from spec_exporter.commands.format import ms, number, table
+from spec_exporter.config import ConfigError
+from spec_exporter.derive.acceptance import acceptance
 from spec_exporter.derive.sample import percentiles
-from spec_exporter.derive.verdict import ADVICE, Thresholds, verdict
+from spec_exporter.derive.verdict import ADVICE, verdict
+from spec_exporter.fetch import FetchError, fetch_metrics
+from spec_exporter.join.request import NotUnderstood
+from spec_exporter.join.response import spec_result
+from spec_exporter.types import SpecCounters, Thresholds
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 
 DEFAULT_PROMPTS = (
@@ -52,8 +60,8 @@ class RequestResult:
 class PhaseResult:
     temperature: float
     requests: list[RequestResult] = field(default_factory=list)
-    # vLLM's own counters over the phase: (accepted, drafted, drafts), when /metrics has them.
-    engine: tuple[float, float, float] | None = None
+    # The increase of vLLM's own spec-decode counters over the phase, when /metrics has them.
+    engine: SpecCounters | None = None
 
     @property
     def measured(self) -> list[RequestResult]:
@@ -63,18 +71,20 @@ class PhaseResult:
         ok = [r for r in self.requests if r.ok]
         rates = [r.accepted / r.drafted for r in self.measured if r.accepted is not None and r.drafted]
         if self.measured:
-            accepted = sum(r.accepted or 0 for r in self.measured)
-            drafted = sum(r.drafted or 0 for r in self.measured)
-            steps = sum(r.steps or 0 for r in self.measured)
+            counted = SpecCounters(
+                drafts=sum(r.steps or 0 for r in self.measured),
+                draft_tokens=sum(r.drafted or 0 for r in self.measured),
+                accepted_tokens=sum(r.accepted or 0 for r in self.measured),
+            )
             source = "per-request metrics"
         elif self.engine is not None:
-            accepted, drafted, steps = self.engine
+            counted = self.engine
             source = "vLLM counters over the phase"
         else:
-            accepted = drafted = steps = 0
+            counted = SpecCounters(0.0, 0.0, 0.0)
             source = "none"
-        rate = accepted / drafted if drafted else None
-        v = verdict(rate, drafted, thresholds)
+        a = acceptance(counted)
+        v = verdict(a.rate, a.draft_tokens, thresholds)
         ttft = [r.ttft for r in ok if r.ttft is not None]
         tpot = [r.tpot for r in ok if r.tpot is not None]
         return {
@@ -82,11 +92,11 @@ class PhaseResult:
             "requests": len(self.requests),
             "failed": len(self.requests) - len(ok),
             "acceptance_source": source,
-            "acceptance_rate": rate,
+            "acceptance_rate": a.rate,
             "acceptance_percentiles": {f"p{int(q * 100)}": v for q, v in percentiles(rates).items()},
-            "accepted_tokens": accepted,
-            "draft_tokens": drafted,
-            "mean_acceptance_length": 1 + accepted / steps if steps else None,
+            "accepted_tokens": a.accepted_tokens,
+            "draft_tokens": a.draft_tokens,
+            "mean_acceptance_length": a.mean_length,
             "ttft_seconds": {"p50": _pct(ttft, 0.5), "p99": _pct(ttft, 0.99)},
             "tpot_seconds": {"p50": _pct(tpot, 0.5), "p99": _pct(tpot, 0.99)},
             "verdict": v.value,
@@ -111,17 +121,35 @@ class ProbeSettings:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
-async def _engine_counters(session: aiohttp.ClientSession, base: str) -> tuple[float, float, float] | None:
+_METRICS_TIMEOUT = 10.0
+_MAX_METRICS_BYTES = 16 * 1024**2
+
+
+async def _engine_counters(session: aiohttp.ClientSession, base: str) -> SpecCounters | None:
+    """vLLM's spec-decode counters summed over its engines, read the way the poller reads them."""
     try:
-        async with session.get(f"{base}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
-            text = await r.text()
+        text = await fetch_metrics(session, f"{base}/metrics", _METRICS_TIMEOUT, _MAX_METRICS_BYTES)
         snap = ExpositionParser().parse(text, 0.0)
-    except (aiohttp.ClientError, TimeoutError, ParseError):
+    except (FetchError, ParseError):
         return None
     specs = [e.spec for e in snap.engines.values() if e.spec is not None]
     if not specs:
         return None
-    return (sum(s.accepted_tokens for s in specs), sum(s.draft_tokens for s in specs), sum(s.drafts for s in specs))
+    return SpecCounters(
+        drafts=sum(s.drafts for s in specs),
+        draft_tokens=sum(s.draft_tokens for s in specs),
+        accepted_tokens=sum(s.accepted_tokens for s in specs),
+    )
+
+
+def _increase(start: SpecCounters | None, end: SpecCounters | None) -> SpecCounters | None:
+    if start is None or end is None:
+        return None
+    return SpecCounters(
+        drafts=end.drafts - start.drafts,
+        draft_tokens=end.draft_tokens - start.draft_tokens,
+        accepted_tokens=end.accepted_tokens - start.accepted_tokens,
+    )
 
 
 async def _model(session: aiohttp.ClientSession, base: str) -> str:
@@ -172,17 +200,21 @@ async def _one(
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         return RequestResult(ok=False, error=type(e).__name__)
     result = RequestResult(ok=True, ttft=None if first is None else first - started)
-    tokens = (usage or {}).get("usage", {}).get("completion_tokens")
-    metrics = (usage or {}).get("metrics") or {}
-    if isinstance(metrics.get("mean_itl_ms"), int | float):
-        result.tpot = metrics["mean_itl_ms"] / 1000
-    elif first is not None and last is not None and isinstance(tokens, int) and tokens > 1:
+    if usage is None:
+        return result
+    # The tap's reader of per-request metrics: the same numbers, read the same way, as the exporter counts.
+    try:
+        measured = spec_result(usage)
+    except NotUnderstood:
+        return result
+    tokens = measured.completion_tokens
+    if measured.tpot_seconds is not None:
+        result.tpot = measured.tpot_seconds
+    elif first is not None and last is not None and tokens is not None and tokens > 1:
         result.tpot = (last - first) / (tokens - 1)
-    spec = metrics.get("speculative_decoding") or {}
-    if isinstance(spec.get("num_draft_tokens"), int):
-        result.accepted = int(spec.get("num_accepted_draft_tokens", 0))
-        result.drafted = int(spec["num_draft_tokens"])
-        result.steps = int(spec.get("num_spec_steps", 0))
+    if measured.accepted is not None and measured.drafted is not None:
+        result.accepted, result.drafted = measured.accepted, measured.drafted
+        result.steps = measured.steps
     return result
 
 
@@ -196,7 +228,7 @@ async def run_probe(
     """Every temperature's phase in turn; returns the phases and the warnings to show."""
     warnings: list[str] = []
     base = settings.target.rstrip("/")
-    settings = ProbeSettings(**{**settings.__dict__, "target": base})
+    settings = replace(settings, target=base)
     before = await _engine_counters(session, base)
     if before is None:
         warnings.append(
@@ -223,10 +255,7 @@ async def run_probe(
         start = await _engine_counters(session, base)
         results = await asyncio.gather(*(limited(i, temperature) for i in range(settings.requests)))
         end = await _engine_counters(session, base)
-        engine = None
-        if start is not None and end is not None:
-            engine = (end[0] - start[0], end[1] - start[1], end[2] - start[2])
-        phases.append(PhaseResult(temperature, list(results), engine))
+        phases.append(PhaseResult(temperature, list(results), _increase(start, end)))
     if all(not r.ok for p in phases for r in p.requests):
         errors = {r.error for p in phases for r in p.requests}
         raise ProbeError(f"every request to {base} failed: {', '.join(sorted(e or '?' for e in errors))}")
@@ -237,14 +266,6 @@ async def run_probe(
             "--per-request-spec-decode-metrics summary."
         )
     return phases, warnings
-
-
-def _cell(v: float | None, fmt: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
-
-def _ms(seconds: float | None) -> str:
-    return _cell(None if seconds is None else seconds * 1000, ".1f")
 
 
 def render_table(settings: ProbeSettings, phases: Sequence[PhaseResult], warnings: Sequence[str]) -> str:
@@ -263,32 +284,31 @@ def render_table(settings: ProbeSettings, phases: Sequence[PhaseResult], warning
         "failed",
         "verdict",
     ]
-    table = [header]
+    rows_out = [header]
     for s in rows:
         pct = s["acceptance_percentiles"]
-        table.append(
+        rows_out.append(
             [
                 f"{s['temperature']:g}",
-                _cell(s["acceptance_rate"], ".3f"),
-                _cell(pct.get("p10"), ".2f"),
-                _cell(pct.get("p50"), ".2f"),
-                _cell(pct.get("p90"), ".2f"),
-                _cell(s["mean_acceptance_length"], ".2f"),
-                _ms(s["ttft_seconds"]["p50"]),
-                _ms(s["ttft_seconds"]["p99"]),
-                _ms(s["tpot_seconds"]["p50"]),
-                _ms(s["tpot_seconds"]["p99"]),
+                number(s["acceptance_rate"], 3),
+                number(pct.get("p10"), 2),
+                number(pct.get("p50"), 2),
+                number(pct.get("p90"), 2),
+                number(s["mean_acceptance_length"], 2),
+                ms(s["ttft_seconds"]["p50"]),
+                ms(s["ttft_seconds"]["p99"]),
+                ms(s["tpot_seconds"]["p50"]),
+                ms(s["tpot_seconds"]["p99"]),
                 str(s["failed"]),
                 s["verdict"],
             ]
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [
         f"spec-exporter probe: {settings.target}, {settings.requests} requests per temperature"
         f" (concurrency {settings.concurrency}); TTFT/TPOT in ms",
         "",
     ]
-    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
+    lines += table(rows_out)
     lines.append("")
     for s in rows:
         lines.append(f"T={s['temperature']:g}: {s['verdict']} ({s['acceptance_source']}). {s['advice']}")
@@ -337,3 +357,80 @@ async def probe_main(
         return EXIT_FAILED
     out.write(render_json(settings, phases, warnings) if output == "json" else render_table(settings, phases, warnings))
     return EXIT_OK
+
+
+def probe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spec-exporter probe",
+        description="Send requests at each temperature to a vLLM and report, per temperature, acceptance "
+        "(P10/P50/P90 across requests when vLLM gives per-request metrics, else from its counters over that "
+        "temperature's phase), mean acceptance length, TTFT and TPOT p50/p99, and the verdict with advice. "
+        "Thresholds come from --config.file when given. Exit status 0 when the probe ran, 1 when it could not.",
+    )
+    p.add_argument("--target", required=True, metavar="URL", help="vLLM base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--temperatures",
+        default="0,0.4,0.8,1.0",
+        metavar="LIST",
+        help="comma-separated temperatures, one phase each (default %(default)s)",
+    )
+    p.add_argument("--requests", type=int, default=20, metavar="N", help="requests per temperature (default 20)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N", help="requests in flight (default 1)")
+    p.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: a few built-in ones)")
+    p.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    p.add_argument("--max-tokens", type=int, default=64, metavar="N", help="max_tokens per request (default 64)")
+    p.add_argument("--output", choices=("table", "json"), default="table", help="report format")
+    add_common_flags(p)
+    return p
+
+
+def probe_settings(args: argparse.Namespace) -> ProbeSettings:
+    problems = []
+    try:
+        temperatures = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+    except ValueError:
+        temperatures = ()
+    if not temperatures or any(not 0 <= t <= 2 for t in temperatures):
+        problems.append("--temperatures: a comma-separated list of numbers in [0, 2]")
+    if args.requests < 1:
+        problems.append("--requests: at least 1")
+    if args.concurrency < 1:
+        problems.append("--concurrency: at least 1")
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts = tuple(line.rstrip("\n") for line in f if line.strip())
+        except OSError as e:
+            problems.append(f"--prompts: {e.strerror or e}")
+        if not prompts:
+            problems.append("--prompts: the file has no prompts")
+    try:
+        thresholds = build_settings(args.config_file, targets=[args.target], only_these_targets=True).thresholds
+    except ConfigError as e:
+        problems += e.details
+        thresholds = Thresholds()
+    if problems:
+        raise ConfigError(problems)
+    return ProbeSettings(
+        target=args.target,
+        temperatures=temperatures,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        prompts=prompts,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        thresholds=thresholds,
+    )
+
+
+def probe(argv: Sequence[str]) -> int:
+    from spec_exporter.logs import setup_logging
+
+    args = probe_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        settings = probe_settings(args)
+    except ConfigError as e:
+        return config_failed(e)
+    return asyncio.run(probe_main(settings, args.output))

@@ -1,0 +1,1 @@
+"""The commands: thin users of the core (config, poller, derivations), one module each."""

@@ -1,0 +1,174 @@
+"""The types every stage shares, each defined once: what a scrape holds, windows, thresholds, verdicts, errors.
+
+Config builds them, the poller and the tap fill them, derivations read them, the collector renders them.
+Nothing here does I/O or imports another module of the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LatencyMetric(StrEnum):
+    """The latency families we derive quantiles for; values are the `metric` label we export."""
+
+    TTFT = "ttft"
+    ITL = "itl"
+    TPOT = "tpot"
+    E2E = "e2e"
+
+
+class EngineGeneration(StrEnum):
+    """V1 exposes windowable spec-decode counters; V0 only a lifetime gauge (its counters are broken)."""
+
+    V1 = "v1"
+    V0 = "v0"
+
+
+class PollError(StrEnum):
+    """Why a poll failed: the closed set of `reason` label values."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection_error"
+    HTTP_STATUS = "http_status"
+    BODY_TOO_LARGE = "body_too_large"
+    TRUNCATED = "truncated"
+    PARSE_ERROR = "parse_error"
+    UNKNOWN_LAYOUT = "unknown_layout"
+    # A production-stack router (or another proxy) answers with router gauges only: not an engine to poll.
+    NOT_AN_ENGINE = "not_an_engine"
+    # The same series twice in one scrape: summing them would silently halve or double a ratio.
+    DUPLICATE_SERIES = "duplicate_series"
+    # process_start_time_seconds changed with no counter going down: the URL reaches several vLLM processes
+    # (a Service in front of a pool), whose counters cannot be differenced.
+    MULTIPLE_PROCESSES = "multiple_processes"
+
+
+class Verdict(StrEnum):
+    DISABLE = "disable"
+    BREAK_EVEN = "break_even"
+    BENEFICIAL = "beneficial"
+    INSUFFICIENT_DATA = "insufficient_data"
+
+
+class Thresholds(BaseModel):
+    """disable < `disable_below` ≤ break_even < `beneficial_at` ≤ beneficial; too few draft tokens: no verdict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    disable_below: float = Field(default=0.5, ge=0, le=1)
+    beneficial_at: float = Field(default=0.65, ge=0, le=1)
+    min_draft_tokens: int = Field(default=100, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.beneficial_at < self.disable_below:
+            raise ValueError("beneficial_at must be >= disable_below")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A configured window: its label value and length."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeriveParams:
+    """Everything a derivation needs besides its data; `Settings.derive_params` builds it per target."""
+
+    windows: tuple[Window, ...]
+    verdict_window: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    num_speculative_tokens: int | None = None
+    draft_cost_ratio: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A cumulative Prometheus histogram: `bounds` ascending and ending in +Inf, `counts` cumulative."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[float, ...]
+    count: float
+    sum: float
+
+    @property
+    def total(self) -> float:
+        return self.counts[-1] if self.counts else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpecCounters:
+    """vLLM's four V1 spec-decode counters for one engine (positions indexed 0..k-1)."""
+
+    drafts: float
+    draft_tokens: float
+    accepted_tokens: float
+    per_position: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSample:
+    """Everything we read for one (model_name, engine) from one scrape."""
+
+    spec: SpecCounters | None = None
+    lifetime_acceptance: float | None = None
+    histograms: Mapping[LatencyMetric, Histogram] = field(default_factory=dict)
+    generation_tokens: float | None = None
+    preemptions: float | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = None
+
+
+EngineKey = tuple[str, str]
+"""(model_name, engine); engine is "" on V0, which has no engine label."""
+
+
+BandKey = tuple[str, str]
+"""(model_name, temperature_band) of the tap's per-band series."""
+
+
+@dataclass(frozen=True, slots=True)
+class BandSample:
+    """The join core's cumulative series for one (model_name, temperature_band)."""
+
+    accepted_tokens: float = 0.0
+    draft_tokens: float = 0.0
+    acceptance: Histogram | None = None
+    ttft: Histogram | None = None
+    tpot: Histogram | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TapSample:
+    """Everything the tap's `spec_tap_*` families held in one scrape (the middleware's, or the proxy's own)."""
+
+    bands: Mapping[BandKey, BandSample] = field(default_factory=dict)
+    # (temperature_band, outcome) → requests, summed over model names.
+    requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    errors: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One parsed scrape of one target, stamped with the (monotonic) time it was taken.
+
+    `process_start` is `process_start_time_seconds` when the scrape has it: it changes at a restart, and
+    changing with no counter going down means the URL reaches more than one vLLM process.
+    `folded_models` counts the `model_name` values beyond the per-target cap that were folded into `other`.
+    """
+
+    taken_at: float
+    generation: EngineGeneration
+    engines: Mapping[EngineKey, EngineSample]
+    tap: TapSample | None = None
+    process_start: float | None = None
+    folded_models: int = 0
