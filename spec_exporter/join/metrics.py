@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from enum import StrEnum
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
@@ -68,6 +69,8 @@ OTHER_MODEL = "other"  # past the per-process cap of distinct names
 INVALID_MODEL = "invalid"  # not encodable as UTF-8, or too long to be a name
 UNKNOWN_MODEL = "unknown"  # neither the response nor the request named one
 MAX_MODEL_CHARS = 200
+# What makes vLLM put per-request speculative-decoding metrics into its answers (no_spec_metrics otherwise).
+REMEDY = "--per-request-spec-decode-metrics summary"
 DEFAULT_MAX_MODELS = 20
 
 REQUESTS = "spec_tap_requests_total"
@@ -118,40 +121,47 @@ class TapMetrics:
         self._models: set[str] = set()
         self._lock = threading.Lock()
         both = ("model_name", "temperature_band")
-        kw = {"registry": registry}
         self.requests = Counter(
             REQUESTS[: -len("_total")],
             "Completion requests seen by the tap, by what became of them.",
             (*both, "outcome"),
-            **kw,
+            registry=registry,
         )
         self.draft_tokens = Counter(
-            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, **kw
+            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, registry=registry
         )
         self.accepted_tokens = Counter(
-            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, **kw
+            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, registry=registry
         )
         self.acceptance = Histogram(
             ACCEPTANCE_RATE,
             "Per-request draft acceptance rate (accepted / drafted) of measured requests.",
             both,
             buckets=ACCEPTANCE_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.ttft = Histogram(
-            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, **kw
+            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, registry=registry
         )
         self.tpot = Histogram(
-            TPOT, "Per-request time per output token, as vLLM reports it.", both, buckets=TPOT_BUCKETS, **kw
+            TPOT,
+            "Per-request time per output token, as vLLM reports it.",
+            both,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
         )
         self.errors = Counter(
             ERRORS[: -len("_total")],
             "Inputs the tap could not read, or failures of its own; the request passed through untouched.",
             ("stage",),
-            **kw,
+            registry=registry,
         )
         for stage in ErrorStage:
             self.errors.labels(stage.value)
+        # Children per label set, so a request costs dict lookups rather than six labels() calls (bounded: the
+        # model label is capped).
+        self._series: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._counts: dict[tuple[str, str, Outcome], Any] = {}
 
     def model_label(self, model: str | None) -> str:
         """The label value for a served model name; counts an `invalid` one as a request-stage error."""
@@ -181,15 +191,28 @@ class TapMetrics:
     ) -> None:
         """Fold one request. Token counts count only for a measured request with drafts."""
         label = self.model_label(model)
-        self.requests.labels(label, band, Outcome(outcome).value).inc()
+        outcome = Outcome(outcome)
+        count = self._counts.get((label, band, outcome))
+        if count is None:
+            count = self._counts[(label, band, outcome)] = self.requests.labels(label, band, outcome.value)
+        count.inc()
+        if outcome is not Outcome.MEASURED and ttft is None and tpot is None:
+            return
+        series = self._series.get((label, band))
+        if series is None:
+            series = self._series[(label, band)] = tuple(
+                family.labels(label, band)
+                for family in (self.draft_tokens, self.accepted_tokens, self.acceptance, self.ttft, self.tpot)
+            )
+        draft_tokens, accepted_tokens, acceptance, ttft_hist, tpot_hist = series
         if outcome is Outcome.MEASURED and accepted is not None and drafted:
-            self.draft_tokens.labels(label, band).inc(drafted)
-            self.accepted_tokens.labels(label, band).inc(accepted)
-            self.acceptance.labels(label, band).observe(accepted / drafted)
+            draft_tokens.inc(drafted)
+            accepted_tokens.inc(accepted)
+            acceptance.observe(accepted / drafted)
         if ttft is not None:
-            self.ttft.labels(label, band).observe(ttft)
+            ttft_hist.observe(ttft)
         if tpot is not None:
-            self.tpot.labels(label, band).observe(tpot)
+            tpot_hist.observe(tpot)
 
     def measured(
         self, model: str | None, band: str, accepted: int, drafted: int, ttft: float | None, tpot: float | None
