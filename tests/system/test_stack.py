@@ -324,5 +324,7 @@ def test_a_restart_gives_no_negative_rate_and_no_spike(stack: Stack) -> None:
     # 100 draft tokens a second in, never below zero, never a burst of the pre-restart total.
     assert min(values) >= 0 and max(values) < 150, values
     acceptance = stack.query_range('spec_decode_draft_acceptance_rate{target="restart",window="5s"}', 30)
-    assert all(0.69 < float(v) < 0.71 for series in acceptance for _, v in series["values"])
+    values = [float(v) for series in acceptance for _, v in series["values"]]
+    # Samples from both sides of the restart (its 30s range reaches back before it), each the scenario's 0.7.
+    assert len(values) >= 10 and all(0.69 < v < 0.71 for v in values), values
     assert stack.query('spec_decode_exporter_target_up{target="restart"}')[0]["value"][1] == "1"
