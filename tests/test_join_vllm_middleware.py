@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from demo.vllm import QUIET_OFFLINE, ROOT, answers, free_port, stop, tiny_model, vllm_command, vllm_python
+from harness.ports import answers, free_port
+from harness.vllm import QUIET_OFFLINE, ROOT, stop, tiny_model, vllm_command, vllm_python
 
 pytestmark = pytest.mark.real
 
