@@ -315,11 +315,14 @@ def summarize(load: Load, mode: str, runs: list[dict[str, Any]]) -> dict[str, An
     for who in ("exporter", "scrapers", "client", "upstream"):
         row[f"cpu_{who}_quiet"] = _median([r["cpu_cores"][who] for r in quiet])
         row[f"cpu_{who}_busy"] = _median([r["cpu_cores"][who] for r in busy])
-    # The exporter's CPU per scrape: what the scrapes added to it over the window, per scrape served.
+    # The exporter's CPU per scrape: its CPU in (b) less what (a)'s would have been for (b)'s chunks (relaying
+    # costs per chunk, and a starved exporter relays fewer), per scrape served in the window.
     per_scrape = [
-        1000 * (y["cpu_seconds"]["exporter"] - x["cpu_seconds"]["exporter"]) / y["scrapes"]["scrapes_in_window"]
+        1000
+        * (y["cpu_seconds"]["exporter"] - x["cpu_seconds"]["exporter"] * y["chunks"] / x["chunks"])
+        / y["scrapes"]["scrapes_in_window"]
         for x, y in zip(quiet, busy, strict=True)
-        if y["scrapes"]["scrapes_in_window"]
+        if y["scrapes"]["scrapes_in_window"] and x["chunks"]
     ]
     row["exporter_cpu_ms_per_scrape"] = _median(per_scrape)
     row["others_max"] = max(r["cpu_cores"]["others"] for r in runs)
