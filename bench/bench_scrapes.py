@@ -330,8 +330,11 @@ def summarize(load: Load, mode: str, runs: list[dict[str, Any]]) -> dict[str, An
     return row
 
 
-def _ms(value: float, spec: str = ".2f") -> str:
-    return format(value, spec) if value == value else "no chunk in window"
+def _pair(a: float, b: float, spec: str = ".2f", unit: str = "") -> str:
+    """ "a / b"; a value that is NaN had no chunk in its window to measure (a stall longer than the window)."""
+    if a != a and b != b:
+        return "no chunk in window"
+    return " / ".join(format(v, spec) + unit if v == v else "none" for v in (a, b))
 
 
 MODE_NAMES = {"cache": "ExpositionCache (as is)", "stock": "stock handler (before)"}
@@ -356,10 +359,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         [
             r["load"],
             MODE_NAMES[r["exporter"]],
-            f"{_ms(r['quiet_p50'])} / {_ms(r['quiet_p99'])}",
-            f"{_ms(r['busy_p50'])} / {_ms(r['busy_p99'])}",
-            f"**{_ms(r['added_p50'], '+.2f')} / {_ms(r['added_p99'], '+.2f')}**",
-            f"{_ms(r['ratio_p50'])}× / {_ms(r['ratio_p99'])}×",
+            _pair(r["quiet_p50"], r["quiet_p99"]),
+            _pair(r["busy_p50"], r["busy_p99"]),
+            f"**{_pair(r['added_p50'], r['added_p99'], '+.2f')}**",
+            _pair(r["ratio_p50"], r["ratio_p99"], unit="×"),
             f"{r['throughput_ratio']:.2f}",
             f"{r['scrapes_per_second']:,.0f} ({r['scrape_p50_ms']:.1f})",
             f"{r['cpu_exporter_quiet']:.2f} / {r['cpu_exporter_busy']:.2f}",
@@ -374,7 +377,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def noise_table(rows: list[dict[str, Any]]) -> str:
     def fmt(values: list[float], spec: str) -> str:
-        return ", ".join(format(v, spec) for v in values)
+        return ", ".join(format(v, spec) if v == v else "none" for v in values)
 
     header = [
         "scrape load",
