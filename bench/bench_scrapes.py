@@ -19,7 +19,10 @@ every 1 s). Four processes on 127.0.0.1:
   closed loop, every chunk's latency = read time − send time;
 - *scrapers*: a process of its own (so its work never sits in the streams' event loop), 50 concurrent
   clients each fetching the exporter's /metrics with Prometheus' Accept header (OpenMetrics) on a keep-alive
-  connection, in a closed loop (the next scrape as soon as one is read) or each every `--paced` seconds.
+  connection, in a closed loop (the next scrape as soon as one is read) or each every `--paced` seconds. As a
+  control, the same closed loop also runs against the upstream's /metrics instead, while the streams go through
+  an exporter nobody scrapes: what the scrape traffic costs a shared machine (one more busy process, the same
+  HTTP work elsewhere), as opposed to what it costs the exporter's loop.
 
 For each scrape load and each exporter, runs alternate in pairs, (a) no scrapers then (b) scrapers, then (b)
 then (a); a run warms up (0.5 s, scrapers already going), measures a fixed window, then lets open streams and
@@ -81,7 +84,9 @@ class Scrapes:
     bad_count: int = 0
 
 
-async def scrape_once(session: aiohttp.ClientSession, url: str, headers: dict[str, str], want_gzip: bool) -> str:
+async def scrape_once(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], want_gzip: bool, of_vllm: bool = False
+) -> str:
     """One scrape, checked as Prometheus would read it; '' if good, else what was wrong."""
     async with session.get(url, headers=headers) as r:
         body = await r.read()
@@ -97,6 +102,8 @@ async def scrape_once(session: aiohttp.ClientSession, url: str, headers: dict[st
             return f"gzip body does not decode: {e}"
     elif encoding:
         return f"unasked Content-Encoding {encoding!r}"
+    if of_vllm:  # the control: the upstream's vLLM text, as it serves it
+        return "" if body.endswith(b"\n") and b"vllm:" in body else f"not the vLLM scrape ({len(body)} bytes)"
     if not body.endswith(b"# EOF\n") or _MUST_HAVE not in body:
         return f"not a whole OpenMetrics exposition of the exporter ({len(body)} bytes, tail {body[-80:]!r})"
     return ""
@@ -122,7 +129,7 @@ async def scrape_load(command: dict[str, Any]) -> dict[str, Any]:
                     due = max(due + int(interval * 1e9), now_ns())
                 t0 = now_ns()
                 try:
-                    problem = await scrape_once(session, command["url"], headers, want_gzip)
+                    problem = await scrape_once(session, command["url"], headers, want_gzip, command["of_vllm"])
                 except (aiohttp.ClientError, TimeoutError) as e:
                     problem = f"{type(e).__name__}: {e}"
                 t1 = now_ns()
@@ -244,6 +251,9 @@ class Load:
     metrics_path: str
     gzip: bool
     interval: float  # 0: closed loop
+    # The control: the same scrapers on the upstream's /metrics, another process on the same cores, while the
+    # streams run through an exporter nobody scrapes. What the scrape load costs the box, not the exporter's loop.
+    elsewhere: bool = False
 
 
 def _median(values: list[float]) -> float:
@@ -255,6 +265,7 @@ async def run_pair_half(
     session: aiohttp.ClientSession,
     scrapers: ScraperProcess,
     exporter: Exporter,
+    upstream: Server,
     load: Load,
     with_scrapes: bool,
     args: argparse.Namespace,
@@ -266,7 +277,8 @@ async def run_pair_half(
     if with_scrapes:
         scrapers.go(
             {
-                "url": exporter.metrics_url,
+                "url": upstream.url + "/metrics" if load.elsewhere else exporter.metrics_url,
+                "of_vllm": load.elsewhere,
                 "scrapers": args.scrapers,
                 "gzip": load.gzip,
                 "interval": load.interval,
@@ -294,7 +306,7 @@ def summarize(load: Load, mode: str, runs: list[dict[str, Any]]) -> dict[str, An
     """Medians over pairs of (b) − (a) and (b) / (a); pair i is the i-th run without and the i-th with scrapes."""
     quiet = [r for r in runs if r["scrapes"] is None]
     busy = [r for r in runs if r["scrapes"] is not None]
-    row: dict[str, Any] = {"load": load.label, "exporter": mode, "pairs": len(busy)}
+    row: dict[str, Any] = {"load": load.label, "exporter": mode, "elsewhere": load.elsewhere, "pairs": len(busy)}
     for q in ("p50", "p99"):
         a = [r["chunk_latency_ms"][q] for r in quiet]
         b = [r["chunk_latency_ms"][q] for r in busy]
@@ -340,6 +352,10 @@ def _pair(a: float, b: float, spec: str = ".2f", unit: str = "") -> str:
 MODE_NAMES = {"cache": "ExpositionCache (as is)", "stock": "stock handler (before)"}
 
 
+def served_by(row: dict[str, Any]) -> str:
+    return "the upstream (control)" if row.get("elsewhere") else MODE_NAMES[row["exporter"]]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     header = [
         "scrape load",
@@ -358,7 +374,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     body = [
         [
             r["load"],
-            MODE_NAMES[r["exporter"]],
+            served_by(r),
             _pair(r["quiet_p50"], r["quiet_p99"]),
             _pair(r["busy_p50"], r["busy_p99"]),
             f"**{_pair(r['added_p50'], r['added_p99'], '+.2f')}**",
@@ -389,7 +405,7 @@ def noise_table(rows: list[dict[str, Any]]) -> str:
     body = [
         [
             r["load"],
-            MODE_NAMES[r["exporter"]],
+            served_by(r),
             fmt(r["added_p50_per_pair"], "+.2f"),
             fmt(r["added_p99_per_pair"], "+.2f"),
             fmt(r["throughput_ratio_per_pair"], ".2f"),
@@ -404,6 +420,7 @@ async def amain(args: argparse.Namespace) -> int:
     print(machine_line(info), flush=True)
     loads = [
         Load(f"{args.scrapers} closed loop", "/metrics", False, 0.0),
+        Load(f"{args.scrapers} closed loop, at the upstream", "/metrics", False, 0.0, elsewhere=True),
         Load(f"{args.scrapers} closed loop, gzip", "/metrics", True, 0.0),
         Load(f"{args.scrapers} closed loop, {args.engines} engines", f"/metrics/engines/{args.engines}", False, 0.0),
     ]
@@ -445,14 +462,18 @@ async def amain(args: argparse.Namespace) -> int:
                 flip = 0
                 for load in (ld for ld in loads if ld.metrics_path == path):
                     kept: dict[str, list[dict[str, Any]]] = {"cache": [], "stock": []}
+                    # The control's streams need one exporter only: it is not the one scraped.
+                    targets = group[:1] if load.elsewhere else group
                     for _ in range(args.repeats):
-                        for exp in group if flip % 2 == 0 else group[::-1]:
+                        for exp in targets if flip % 2 == 0 else targets[::-1]:
                             if args.quiet_wait:
                                 ours = pids | {e.mode: e.server.proc.pid for e in group}
                                 await wait_quiet(ours, budget, args.quiet_below)
                             for with_scrapes in (False, True) if flip % 2 == 0 else (True, False):
                                 seed += 1
-                                run = await run_pair_half(session, scrapers, exp, load, with_scrapes, args, pids, seed)
+                                run = await run_pair_half(
+                                    session, scrapers, exp, upstream, load, with_scrapes, args, pids, seed
+                                )
                                 lat, sc = run["chunk_latency_ms"], run["scrapes"]
                                 scraped = (
                                     f" · {sc['scrapes_per_second']:,.0f} scrapes/s (p50 "
@@ -461,7 +482,7 @@ async def amain(args: argparse.Namespace) -> int:
                                     else ""
                                 )
                                 print(
-                                    f"  {load.label:>28} {exp.mode:>5} {'(b)' if with_scrapes else '(a)'}: chunk p50 "
+                                    f"  {load.label:>36} {exp.mode:>5} {'(b)' if with_scrapes else '(a)'}: chunk p50 "
                                     f"{lat['p50']:.2f} p99 {lat['p99']:.2f} ms · {run['chunks_per_second']:,.0f} "
                                     f"chunks/s{scraped} · CPU exporter {run['cpu_cores']['exporter']:.2f} scrapers "
                                     f"{run['cpu_cores']['scrapers']:.2f} client {run['cpu_cores']['client']:.2f} "
@@ -482,7 +503,7 @@ async def amain(args: argparse.Namespace) -> int:
                                 runs.append(run)
                                 await asyncio.sleep(args.pause)
                             flip += 1
-                    rows += [summarize(load, mode, kept[mode]) for mode in ("cache", "stock")]
+                    rows += [summarize(load, exp.mode, kept[exp.mode]) for exp in targets]
                 await asyncio.sleep(2.5 * 1.0)  # two more polls: the exporter has read the tap's last counts
                 for exp in group:
                     counts = await own_counts(session, exp)
