@@ -1,7 +1,10 @@
 """Do scrapes of the exporter delay the token streams its tap relays? Stream latency with and without scrapers.
 
-    python -m bench.bench_scrapes            # 4 scrape loads × 2 /metrics handlers, 2 pairs each: about 3 min
-    python -m bench.bench_scrapes --quick    # 1 pair each: about 1.5 min
+    python -m bench.bench_scrapes            # 4 scrape loads × 2 /metrics handlers + a control, 2 pairs each
+    python -m bench.bench_scrapes --quick    # 1 pair each
+
+A full run takes about 3 min on a quiet 2-core machine (4-4.5 min with other jobs using most of it), --quick
+about half that.
 
 The exporter and the proxy tap share one process and one event loop, as `spec-exporter --tap.listen-address`
 runs them (`bench.tap_upstream serve`: `spec_exporter.app.serve` with a config targeting the upstream, polled
