@@ -1,10 +1,12 @@
-"""The two servers of `bench.bench_tap`, each run as its own process:
+"""The servers of `bench.bench_tap` and `bench.bench_scrapes`, each run as its own process:
 
     python -m bench.tap_upstream upstream --interval-ms 15      # a vLLM-shaped streaming upstream
     python -m bench.tap_upstream tap --upstream http://127.0.0.1:PORT
+    python -m bench.tap_upstream serve --target http://127.0.0.1:PORT --listen 127.0.0.1:P1 --tap-listen 127.0.0.1:P2
 
-Both listen on 127.0.0.1 at a free port, print `READY <port>` on stdout once they accept connections, and stop
-on SIGTERM (the tap first prints its recorder's counts as one JSON line: `RECORDER {...}`).
+The upstream and the tap listen on 127.0.0.1 at a free port, `serve` at the two addresses it is given; each prints
+`READY <port>` on stdout once it accepts connections, and stops on SIGTERM (the tap first prints its recorder's
+counts as one JSON line: `RECORDER {...}`).
 
 The upstream streams chat completions the way vLLM 0.32 does (tests/fixtures/vllm-responses/
 chat_stream_usage_t0.4.sse): a role chunk at once, then `max_tokens` content chunks, one per decoding step, a
@@ -18,8 +20,17 @@ of CLOCK_MONOTONIC nanoseconds (system-wide on Linux, so comparable across proce
 write, the same length as vLLM's own `chatcmpl-` + 16 hex digits. A request header `X-Bench-Interval-Ms`
 overrides the cadence (0: as fast as the loop can write).
 
+The upstream is also a vLLM's /metrics, for an exporter to poll: `GET /metrics` is the real vLLM 0.32 scrape
+(tests/fixtures/vllm/, the same body every time), `GET /metrics/engines/N` the N-engine scrapes generated from it
+by `bench.payloads.ScrapeSequence`, the next poll's body at each request (counters growing).
+
 The tap is the real `spec_exporter.tap.proxy.create_tap_app` under `web.AppRunner(access_log=None,
 handler_cancellation=True)`, as `spec_exporter.app.serve` runs it, with logging set up as `--log.level warn`.
+
+`serve` is the exporter process as `spec-exporter --target URL --tap.listen-address ADDR --poll.interval 1s
+--log.level warn` runs it: `spec_exporter.app.serve` with the exporter and the proxy tap on one event loop. With
+`--no-cache`, its /metrics is prometheus_client's stock `make_aiohttp_handler` on the exporter's registry instead,
+rendering every scrape on that loop, which is what the exporter did before `ExpositionCache`.
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import web
+
+from bench.payloads import ScrapeSequence, read_scrape
 
 CLOCK = time.CLOCK_MONOTONIC
 MAX_TOKENS = 4096
@@ -85,6 +98,7 @@ _ROLE_TAIL = b'{"role":"assistant","content":""},"logprobs":null,"finish_reason"
 _TOKEN_TAIL = b'},"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
 _FINISH_TAIL = b'{"content":""},"logprobs":null,"finish_reason":"length","stop_reason":null,"token_ids":null}]}\n\n'
 _DONE = b"data: [DONE]\n\n"
+_EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def now_ns() -> int:
@@ -129,6 +143,25 @@ class Upstream:
         self.streams = 0
         self.events = 0
         self.disconnects = 0
+        self.scrape = read_scrape().encode()
+        self.sequences: dict[int, tuple[ScrapeSequence, list[int]]] = {}
+        self.polls = 0
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.polls += 1
+        return web.Response(body=self.scrape, headers={"Content-Type": _EXPOSITION})
+
+    async def engine_metrics(self, request: web.Request) -> web.Response:
+        engines = int(request.match_info["engines"])
+        if not 1 <= engines <= 64:
+            raise web.HTTPNotFound()
+        if engines not in self.sequences:
+            self.sequences[engines] = (ScrapeSequence(engines), [0])
+        sequence, polls = self.sequences[engines]
+        body = sequence.scrape(polls[0]).encode()
+        polls[0] += 1
+        self.polls += 1
+        return web.Response(body=body, headers={"Content-Type": _EXPOSITION})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -180,6 +213,8 @@ class Upstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/metrics/engines/{engines:[0-9]+}", self.engine_metrics)
         return app
 
 
@@ -228,7 +263,12 @@ def run_upstream(args: argparse.Namespace) -> None:
     upstream = Upstream(args.interval_ms / 1000)
 
     def report() -> None:
-        stats = {"streams": upstream.streams, "events": upstream.events, "disconnects": upstream.disconnects}
+        stats = {
+            "streams": upstream.streams,
+            "events": upstream.events,
+            "disconnects": upstream.disconnects,
+            "polls": upstream.polls,
+        }
         print("UPSTREAM " + json.dumps(stats), flush=True)
 
     asyncio.run(_serve(upstream.app(), {"access_log": None}, report))
@@ -251,6 +291,88 @@ def run_tap(args: argparse.Namespace) -> None:
     asyncio.run(_serve(app, {"access_log": None, **SERVER_OPTIONS}, report))
 
 
+def _stock_metrics() -> Any:
+    """A middleware answering the exporter's /metrics as it did before ExpositionCache: prometheus_client's stock
+    aiohttp handler on a registry of the same collectors, rendering each scrape on the event loop."""
+    from aiohttp.typedefs import Handler
+    from prometheus_client.aiohttp import make_aiohttp_handler
+
+    from spec_exporter.app import STORE_KEY, build_registry
+
+    stock: list[Handler] = []
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/metrics" or request.method != "GET":
+            return await handler(request)
+        if not stock:  # the app's store exists only once the app does
+            stock.append(make_aiohttp_handler(build_registry(request.app[STORE_KEY])))
+        return await stock[0](request)
+
+    return middleware
+
+
+async def _until_listening(*addresses: str, timeout: float = 30.0) -> None:
+    from spec_exporter.app import listen_address
+
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        host, port = listen_address(address)
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nothing listens on {address} after {timeout:.0f} s") from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from spec_exporter.app import listen_address, serve
+    from spec_exporter.config import settings_from_mapping
+    from spec_exporter.logs import setup_logging
+
+    setup_logging("warn")
+    # What `spec-exporter --target URL --tap.listen-address ADDR --poll.interval 1s` builds.
+    settings = settings_from_mapping(
+        {
+            "targets": [{"name": "bench", "url": args.target, "metrics_path": args.metrics_path}],
+            "poll": {"interval": args.poll_interval},
+            "tap": {"listen_address": args.tap_listen},
+        }
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(
+            serve(
+                settings,
+                listen=args.listen,
+                tap_listen=settings.tap.listen_address,
+                stop=stop,
+                middlewares=[_stock_metrics()] if args.no_cache else [],
+            )
+        )
+        listening = asyncio.create_task(_until_listening(args.tap_listen, args.listen))
+        await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():  # serve failed to start: its exception, not a READY line
+            listening.cancel()
+            await task
+            return
+        await listening
+        print(f"READY {listen_address(args.listen)[1]}", flush=True)
+        await task
+
+    asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.tap_upstream", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="role", required=True)
@@ -258,11 +380,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--interval-ms", type=float, default=15.0, help="decoding step (default %(default)s)")
     tap = sub.add_parser("tap", help="the real tap in front of --upstream")
     tap.add_argument("--upstream", required=True)
+    srv = sub.add_parser("serve", help="the exporter with the proxy tap in one process, as spec-exporter runs them")
+    srv.add_argument("--target", required=True, help="the upstream's base URL (polled, and the tap's upstream)")
+    srv.add_argument("--metrics-path", default="/metrics", help="the path polled on it (default %(default)s)")
+    srv.add_argument("--listen", required=True, metavar="HOST:PORT", help="the exporter's address")
+    srv.add_argument("--tap-listen", required=True, metavar="HOST:PORT", help="the tap's address")
+    srv.add_argument("--poll-interval", default="1s", help="(default %(default)s)")
+    srv.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="serve /metrics with prometheus_client's stock aiohttp handler on the loop, as before ExpositionCache",
+    )
     args = p.parse_args(argv)
-    if args.role == "upstream":
-        run_upstream(args)
-    else:
-        run_tap(args)
+    {"upstream": run_upstream, "tap": run_tap, "serve": run_serve}[args.role](args)
     return 0
 
 

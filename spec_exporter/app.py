@@ -64,7 +64,7 @@ class ExpositionCache:
         self._registry = registry
         self._state = state
         self._cache: dict[str, tuple[ExporterState, asyncio.Future[bytes]]] = {}
-        self._gzip: dict[str, tuple[asyncio.Future[bytes], bytes]] = {}
+        self._gzip: dict[str, tuple[bytes, bytes]] = {}
 
     async def render(self, accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
@@ -77,10 +77,11 @@ class ExpositionCache:
 
     async def gzipped(self, accept: str) -> tuple[bytes, str]:
         body, content_type = await self.render(accept)
-        future = self._cache[content_type][1]
+        # Keyed on the very body it compressed: a poll that lands while this scrape waited must not pair the new
+        # state's entry with the old state's bytes.
         packed = self._gzip.get(content_type)
-        if packed is None or packed[0] is not future:
-            packed = self._gzip[content_type] = (future, gzip.compress(body, 6))
+        if packed is None or packed[0] is not body:
+            packed = self._gzip[content_type] = (body, gzip.compress(body, 6))
         return packed[1], content_type
 
 

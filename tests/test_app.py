@@ -123,3 +123,43 @@ async def test_concurrent_scrapes_share_one_rendering_per_state() -> None:
     assert gzip.decompress(packed) == body and len(collected) == 2
     om, om_type = await cache.render("application/openmetrics-text; version=1.0.0")
     assert om_type.startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
+
+
+async def test_a_gzip_scrape_never_serves_an_older_state_than_a_plain_one() -> None:
+    """A poll and a plain scrape that land while a gzip scrape waits for its rendering must not leave gzip a state
+    behind for the rest of the poll."""
+    import asyncio
+    import gzip
+    import threading
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    from spec_exporter.app import ExpositionCache
+
+    state = [object(), 1.0]
+    first_rendering = threading.Event()
+    release_first = threading.Event()
+    renders = []
+
+    class Slow:
+        def collect(self):  # type: ignore[no-untyped-def]
+            value = state[1]
+            renders.append(value)
+            if len(renders) == 1:  # only the first rendering is slow
+                first_rendering.set()
+                release_first.wait(5)
+            yield GaugeMetricFamily("x", "state", value=value)
+
+    registry = CollectorRegistry()
+    registry.register(Slow())  # type: ignore[arg-type]
+    cache = ExpositionCache(registry, lambda: state[0])  # type: ignore[arg-type,return-value]
+    waiting = asyncio.create_task(cache.gzipped(""))
+    await asyncio.to_thread(first_rendering.wait, 5)
+    state[0], state[1] = object(), 2.0  # a poll publishes mid-render
+    plain, _ = await cache.render("")  # a plain scrape renders the new state meanwhile
+    release_first.set()
+    old, _ = await waiting
+    assert b"x 1.0" in gzip.decompress(old) and b"x 2.0" in plain
+    packed, _ = await cache.gzipped("")
+    assert gzip.decompress(packed) == plain
