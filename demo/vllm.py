@@ -12,9 +12,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from demo.processes import answers, free_port
 
@@ -64,7 +65,14 @@ class VLLM:
 
 
 def vllm_command(
-    python: str, model: Path, port: int, *, speculative: bool = True, per_request: bool = True, k: int = 3
+    python: str,
+    model: Path,
+    port: int,
+    *,
+    speculative: bool = True,
+    per_request: bool = True,
+    k: int = 3,
+    speculative_extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
     cmd = [
         python,
@@ -89,6 +97,8 @@ def vllm_command(
     if speculative:
         # The model drafts for itself: at T=0 every draft is accepted, at higher temperatures fewer are.
         spec = {"method": "draft_model", "model": str(model), "num_speculative_tokens": k}
+        # More speculative_config keys, e.g. a num_speculative_tokens_per_batch_size schedule.
+        spec.update(speculative_extra or {})
         cmd += ["--speculative-config", json.dumps(spec)]
         if per_request:
             cmd += ["--per-request-spec-decode-metrics", "summary", "--enable-per-request-metrics"]
@@ -96,7 +106,7 @@ def vllm_command(
 
 
 @contextlib.contextmanager
-def running_vllm(log: Path, *, port: int | None = None, timeout: float = 300, **options: bool | int) -> Iterator[VLLM]:
+def running_vllm(log: Path, *, port: int | None = None, timeout: float = 300, **options: Any) -> Iterator[VLLM]:
     """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards."""
     python = vllm_python()
     model = tiny_model(python)
