@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # spec-exporter: the exporter and its request-path tap, one process, as a fixed non-root user on a read-only root.
-#   docker build -t spec-exporter .
+#   docker build -t spec-exporter --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg BRANCH="$(git rev-parse --abbrev-ref HEAD)" .
 #   docker run --rm -p 9811:9811 spec-exporter --target http://vllm:8000
 # The Helm chart (helm/spec-exporter) runs it with runAsUser 10001 and readOnlyRootFilesystem; keep the two in step.
 
@@ -15,13 +16,19 @@ WORKDIR /src
 COPY scripts/image-install.sh scripts/
 COPY pyproject.toml README.md ./
 COPY spec_exporter/ spec_exporter/
+# The git revision and branch for spec_decode_exporter_build_info (image-install.sh records them in the package);
+# declared here, after the COPY steps, so that their layers stay cached across revisions.
+ARG REVISION
+ARG BRANCH
 RUN sh scripts/image-install.sh /src /opt/spec-exporter
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
+ARG REVISION
 LABEL org.opencontainers.image.title="spec-exporter" \
       org.opencontainers.image.description="Prometheus exporter for vLLM speculative-decoding health" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 # pip and setuptools are build tools the running image never uses; the user is numeric so that Kubernetes'
 # runAsNonRoot can verify it without reading /etc/passwd.

@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from aiohttp import web
 
 from bench.common import git_state, machine, machine_line, markdown_table, write_results
 from bench.payloads import ROOT, ScrapeSequence, describe
+from harness.ports import free_port
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8,"
@@ -79,12 +79,6 @@ class StandInVLLM:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.processes import alertmanager_cmd, prometheus_cmd, running
-from demo.vllm import MODEL_NAME, running_vllm
+from harness.processes import alertmanager_cmd, prometheus_cmd, running
+from harness.vllm import MODEL_NAME, running_vllm
 from mixin.generate import render_rules
 from mixin.params import Params
 

@@ -1,14 +1,24 @@
-"""Grafana dashboards as plain data (pure). Stable uids, a datasource variable first, then namespace, pod,
-model_name, temperature_band and window; `$__rate_interval` in every rate."""
+"""Grafana dashboards as plain data (pure). Stable uids, a datasource variable first, then cluster, job, namespace,
+pod, model_name, engine, temperature_band and window; `$__rate_interval` in every rate; each panel links to the
+runbook sections of the alerts it explains, and the alerts link back by uid."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from mixin.params import OVERVIEW_UID, Params
+
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-ENGINE = 'namespace=~"$namespace", pod=~"$pod", model_name=~"$model_name"'
-POD = 'namespace=~"$namespace", pod=~"$pod"'
-BAND = ENGINE + ', temperature_band=~"$temperature_band"'
+# `cluster` is an external label of multi-cluster setups and absent elsewhere: its "All" value `.*` also matches
+# series without it, so the dashboard works either way.
+SCOPE = 'cluster=~"$cluster", job=~"$job", namespace=~"$namespace", pod=~"$pod"'
+POD = SCOPE
+TAP = SCOPE + ', model_name=~"$model_name"'
+ENGINE = TAP + ', engine=~"$engine"'
+# The tap's series carry no engine label: the engine variable does not apply to them.
+BAND = TAP + ', temperature_band=~"$temperature_band"'
+# vLLM's own series come from its own job (not the exporter's), in the same cluster, namespace and pod.
+VLLM = 'cluster=~"$cluster", namespace=~"$namespace", pod=~"$pod"'
 RATE = "[$__rate_interval]"
 
 
@@ -80,6 +90,10 @@ def _panel(
     max_: float | None = None,
     threshold_lines: bool = False,
     options: dict[str, Any] | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    transformations: list[dict[str, Any]] | None = None,
+    runbooks: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     defaults: dict[str, Any] = {"unit": unit}
     if thresholds is not None:
@@ -90,22 +104,80 @@ def _panel(
         defaults["max"] = max_
     if threshold_lines:
         defaults["custom"] = {"thresholdsStyle": {"mode": "line+area"}}
-    return {
+    if mappings:
+        defaults["mappings"] = mappings
+    panel: dict[str, Any] = {
         "type": kind,
         "title": title,
         "description": description,
         "targets": targets,
-        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
         "options": options or {},
+    }
+    if transformations:
+        panel["transformations"] = transformations
+    if runbooks:
+        # Resolved to URLs by `_link_runbooks`, which knows where the runbooks are published.
+        panel["links"] = [_link(f"Runbook: {alert}", alert, f"What {alert} means and what to do") for alert in runbooks]
+    return panel
+
+
+def _link(title: str, url: str, tooltip: str) -> dict[str, Any]:
+    # Grafana's schema types panel links as dashboard links: every field spelled out.
+    return {
+        "title": title,
+        "type": "link",
+        "url": url,
+        "icon": "doc",
+        "tooltip": tooltip,
+        "targetBlank": True,
+        "asDropdown": False,
+        "includeVars": False,
+        "keepTime": False,
+        "tags": [],
     }
 
 
+def _link_runbooks(panels: list[dict[str, Any]], p: Params) -> None:
+    for panel in panels:
+        for link in panel.get("links", []):
+            link["url"] = p.runbook(link["url"])
+
+
+def _value_map(options: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """A value mapping: each raw value shown as a word, in a colour."""
+    return {
+        "type": "value",
+        "options": {
+            raw: {"text": text, "color": color, "index": i} for i, (raw, (text, color)) in enumerate(options.items())
+        },
+    }
+
+
+# Each verdict the exporter emits, as a word and a colour (the stateset's label values, mixin-side; the tests
+# check them against spec_exporter's Verdict).
+VERDICT_WORDS = {
+    "disable": ("Disable: net-negative", "red"),
+    "break_even": ("Break-even: measure P99", "orange"),
+    "beneficial": ("Beneficial", "green"),
+    "insufficient_data": ("Too little traffic", "#8e8e8e"),
+}
+UP_WORDS = {"0": ("down", "red"), "1": ("up", "green")}
+
+
 def _query_var(
-    name: str, label: str, query: str, *, include_all: bool = True, current: dict[str, Any] | None = None
+    name: str,
+    label: str,
+    query: str,
+    *,
+    include_all: bool = True,
+    current: dict[str, Any] | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     return {
         "name": name,
         "label": label,
+        **({"description": description} if description else {}),
         "type": "query",
         "datasource": DATASOURCE,
         "query": {"query": query, "refId": f"{name}-var"},
@@ -123,26 +195,51 @@ def _acc(num: str, den: str, by: str, sel: str = ENGINE) -> str:
     return f"sum by ({by}) (rate({num}{{{sel}}}{RATE})) / (sum by ({by}) (rate({den}{{{sel}}}{RATE})) > 0)"
 
 
-def overview() -> dict[str, Any]:
+def overview(p: Params | None = None) -> dict[str, Any]:
+    p = p or Params()
     g = _Layout()
     g.row("Verdict")
     g.add(
         _panel(
             "table",
             "Verdict by model and temperature band",
-            "What the exporter concludes over its verdict window: disable below 0.5 acceptance, break_even up to 0.65, "
-            'beneficial above, insufficient_data when too few draft tokens flowed. Band "all" is the engine\'s own '
+            "What the exporter concludes over its verdict window: disable below 0.5 acceptance, break-even up to 0.65, "
+            'beneficial above, too little traffic when too few draft tokens flowed. Band "all" is the engine\'s own '
             "counters; the other bands come from the tap.",
             [
                 _target(
-                    f"max by (model_name, temperature_band, verdict) (spec_decode_verdict{{{ENGINE}}}) == 1",
+                    # The tap's bands carry engine="": `|` keeps them whichever engine is selected.
+                    "max by (model_name, temperature_band, verdict) "
+                    f'(spec_decode_verdict{{{TAP}, engine=~"$engine|"}}) == 1',
                     "",
                     "A",
                     instant=True,
                     format="table",
                 )
             ],
-            options={"showHeader": True},
+            options={"showHeader": True, "sortBy": [{"displayName": "Verdict", "desc": False}]},
+            mappings=[_value_map(VERDICT_WORDS)],
+            transformations=[
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Value": True},
+                        "indexByName": {"model_name": 0, "temperature_band": 1, "verdict": 2},
+                        "renameByName": {
+                            "model_name": "Model",
+                            "temperature_band": "Temperature band",
+                            "verdict": "Verdict",
+                        },
+                    },
+                }
+            ],
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "Verdict"},
+                    "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}}],
+                }
+            ],
+            runbooks=("SpecDecodeNetNegative", "SpecDecodeNearBreakEven", "SpecDecodeTemperatureBandNetNegative"),
         ),
         12,
     )
@@ -167,6 +264,7 @@ def overview() -> dict[str, Any]:
                 "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                 "colorMode": "background",
             },
+            runbooks=("SpecDecodeNetNegative", "SpecDecodeNearBreakEven"),
         ),
         6,
     )
@@ -186,6 +284,7 @@ def overview() -> dict[str, Any]:
             unit="x",
             thresholds=_thresholds((None, "red"), (1, "green")),
             options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+            runbooks=("SpecDecodeSlowerThanBaselineAtLoad",),
         ),
         6,
     )
@@ -205,6 +304,7 @@ def overview() -> dict[str, Any]:
                 )
             ],
             **ACCEPTANCE_AXIS,
+            runbooks=("SpecDecodeNetNegative", "SpecDecodeNearBreakEven", "SpecDecodeAcceptanceDropped"),
         ),
         12,
     )
@@ -265,6 +365,7 @@ def overview() -> dict[str, Any]:
                 )
             ],
             options={"calculate": False, "yAxis": {"unit": "percentunit"}, "color": {"scheme": "Oranges"}},
+            runbooks=("SpecDecodeTemperatureBandNetNegative",),
         ),
         12,
     )
@@ -284,6 +385,7 @@ def overview() -> dict[str, Any]:
                 for q, ref in ((0.1, "A"), (0.5, "B"), (0.9, "C"))
             ],
             **ACCEPTANCE_AXIS,
+            runbooks=("SpecDecodeTemperatureBandNetNegative",),
         ),
         12,
     )
@@ -306,6 +408,7 @@ def overview() -> dict[str, Any]:
                 )
             ],
             **ACCEPTANCE_AXIS,
+            runbooks=("SpecDecodeTemperatureBandNetNegative",),
         ),
         12,
     )
@@ -325,19 +428,26 @@ def overview() -> dict[str, Any]:
                 )
             ],
             unit="reqps",
+            runbooks=("SpecDecodeTapWithoutPerRequestMetrics",),
         ),
         12,
     )
 
     g.row("Latency")
-    for metric, title, note in (
-        ("ttft", "TTFT", "Speculative decoding does not speed up the first token (it may slow it slightly)."),
-        ("tpot", "TPOT", "Per request: decode time / (tokens - 1). This is where speculation should help."),
+    for metric, title, note, runbooks in (
+        ("ttft", "TTFT", "Speculative decoding does not speed up the first token (it may slow it slightly).", ()),
+        (
+            "tpot",
+            "TPOT",
+            "Per request: decode time / (tokens - 1). This is where speculation should help.",
+            ("SpecDecodeTailDivergenceWidening", "SpecDecodeTailWorseThanBaseline"),
+        ),
         (
             "itl",
             "ITL",
             "One observation per engine step, and with speculation a step emits 1 + accepted tokens: "
             "compare it with the mean acceptance length, not with TPOT.",
+            (),
         ),
     ):
         g.add(
@@ -355,6 +465,7 @@ def overview() -> dict[str, Any]:
                     )
                 ],
                 unit="s",
+                runbooks=runbooks,
             ),
             8,
         )
@@ -373,6 +484,7 @@ def overview() -> dict[str, Any]:
                 )
             ],
             unit="x",
+            runbooks=("SpecDecodeTailDivergenceWidening",),
         ),
         12,
     )
@@ -397,6 +509,7 @@ def overview() -> dict[str, Any]:
                 ),
             ],
             unit="x",
+            runbooks=("SpecDecodeTailWorseThanBaseline",),
         ),
         12,
     )
@@ -417,7 +530,7 @@ def overview() -> dict[str, Any]:
             ],
             unit="short",
         ),
-        8,
+        6,
     )
     g.add(
         _panel(
@@ -433,28 +546,89 @@ def overview() -> dict[str, Any]:
                     f"sum by (model_name) (spec_decode_requests_waiting{{{ENGINE}}})", "{{model_name}} waiting", "B"
                 ),
             ],
+            runbooks=("SpecDecodeSlowerThanBaselineAtLoad",),
         ),
-        8,
+        6,
     )
     g.add(
         _panel(
             "timeseries",
-            "KV cache and preemptions",
-            "KV-cache usage and preemptions per second. The draft's weights "
-            "and KV come out of the same memory: high usage with preemptions is the squeeze.",
+            "KV-cache usage",
+            "Share of the KV cache in use. The draft's weights and KV come out of the same memory: high usage with "
+            "preemptions (next panel) is the squeeze.",
+            [_target(f"max by (model_name) (spec_decode_kv_cache_usage_ratio{{{ENGINE}}})", "{{model_name}}", "A")],
+            unit="percentunit",
+            min_=0,
+            max_=1,
+            runbooks=("SpecDecodeKVCacheSqueeze",),
+        ),
+        6,
+    )
+
+    g.add(
+        _panel(
+            "timeseries",
+            "Preemptions per second",
+            "Requests preempted per second over the window (vLLM recomputes their KV): with a full cache, the draft "
+            "is taking memory the target needs.",
             [
                 _target(
-                    f"max by (model_name) (spec_decode_kv_cache_usage_ratio{{{ENGINE}}})", "{{model_name}} usage", "A"
-                ),
-                _target(
                     f'sum by (model_name) (spec_decode_preemptions_per_second{{{ENGINE}, window="$window"}})',
-                    "{{model_name}} preemptions/s",
-                    "B",
-                ),
+                    "{{model_name}}",
+                    "A",
+                )
             ],
-            unit="percentunit",
+            unit="suffix:/s",
+            min_=0,
+            runbooks=("SpecDecodeKVCacheSqueeze",),
         ),
-        8,
+        6,
+    )
+    g.row("Load against the baseline pool")
+    g.add(
+        _panel(
+            "stat",
+            "Load band now",
+            "Running requests per engine averaged over the window, as the band the exporter files it under. "
+            "Speculation that pays at batch 1 can lose at 17-32: the next panel says which bands it loses in.",
+            [
+                _target(
+                    f"max by (target, engine, load_band) (spec_decode_load_band_info{{{ENGINE}}}) == 1",
+                    "{{target}} engine {{engine}}: {{load_band}}",
+                    "A",
+                    instant=True,
+                )
+            ],
+            options={
+                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "textMode": "name",
+                "colorMode": "none",
+            },
+            runbooks=("SpecDecodeSlowerThanBaselineAtLoad",),
+        ),
+        6,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Measured speedup by load band",
+            "Baseline pool's TPOT / this pool's TPOT at each load band (running requests per engine), where both "
+            "pools were observed in the window. Below 1 speculation is slower there: turn it off for that batch-size "
+            "range with num_speculative_tokens_per_batch_size. Empty without a baseline target.",
+            [
+                _target(
+                    "max by (target, baseline, load_band) "
+                    f'(spec_decode_baseline_load_band_tpot_speedup{{{POD}, window="$window"}})',
+                    "{{target}} at {{load_band}}",
+                    "A",
+                )
+            ],
+            unit="x",
+            thresholds=_thresholds((None, "red"), (1, "green")),
+            threshold_lines=True,
+            runbooks=("SpecDecodeSlowerThanBaselineAtLoad",),
+        ),
+        18,
     )
 
     g.row("Tap and exporter health")
@@ -477,15 +651,29 @@ def overview() -> dict[str, Any]:
     )
     g.add(
         _panel(
+            "state-timeline",
+            "Exporter: targets up",
+            "Whether the last poll of each target's /metrics succeeded. Down during a cold start is expected (vLLM "
+            "serves no /metrics while it loads); the alert waits for the start-up budget.",
+            [_target(f"min by (target) (spec_decode_exporter_target_up{{{POD}}})", "{{target}}", "A")],
+            unit="none",
+            thresholds=_thresholds((None, "red"), (1, "green")),
+            mappings=[_value_map(UP_WORDS)],
+            min_=0,
+            max_=1,
+            runbooks=("SpecDecodeExporterTargetDown", "SpecDecodeExporterDown"),
+        ),
+        8,
+    )
+    g.add(
+        _panel(
             "timeseries",
-            "Exporter: targets up and poll duration",
-            "1 when the last poll of the target's /metrics succeeded; the poll's duration (fetch, parse, derive).",
-            [
-                _target(f"min by (target) (spec_decode_exporter_target_up{{{POD}}})", "{{target}} up", "A"),
-                _target(
-                    f"max by (target) (spec_decode_exporter_poll_duration_seconds{{{POD}}})", "{{target}} poll s", "B"
-                ),
-            ],
+            "Exporter: poll duration",
+            "How long the last poll of each target took: fetch, parse and derive.",
+            [_target(f"max by (target) (spec_decode_exporter_poll_duration_seconds{{{POD}}})", "{{target}}", "A")],
+            unit="s",
+            min_=0,
+            runbooks=("SpecDecodeExporterTargetDown",),
         ),
         8,
     )
@@ -507,12 +695,14 @@ def overview() -> dict[str, Any]:
                 ),
             ],
             unit="reqps",
+            runbooks=("SpecDecodeExporterTargetDown",),
         ),
         8,
     )
 
+    _link_runbooks(g.panels, p)
     return {
-        "uid": "spec-decode-overview",
+        "uid": OVERVIEW_UID,
         "title": "Speculative decoding",
         "description": "Is speculative decoding paying off on this traffic? From spec_exporter.",
         "tags": ["spec-exporter", "vllm", "speculative-decoding"],
@@ -527,8 +717,8 @@ def overview() -> dict[str, Any]:
         "fiscalYearStartMonth": 0,
         "liveNow": False,
         "weekStart": "",
-        "links": [],
-        "annotations": {"list": []},
+        "links": [_link("Runbooks", p.runbook_url, "What each spec-decode alert means and what to do")],
+        "annotations": {"list": _annotations()},
         "templating": {
             "list": [
                 {
@@ -544,22 +734,42 @@ def overview() -> dict[str, Any]:
                     "includeAll": False,
                     "multi": False,
                 },
-                _query_var("namespace", "Namespace", "label_values(spec_decode_exporter_build_info, namespace)"),
-                _query_var("pod", "Pod", 'label_values(spec_decode_exporter_build_info{namespace=~"$namespace"}, pod)'),
                 _query_var(
-                    "model_name",
-                    "Model",
-                    'label_values(spec_decode_enabled{namespace=~"$namespace", pod=~"$pod"}, model_name)',
+                    "cluster",
+                    "Cluster",
+                    "label_values(spec_decode_exporter_build_info, cluster)",
+                    description="The cluster external label of a multi-cluster Prometheus (Thanos, Mimir); "
+                    "empty and harmless where series have no cluster label.",
+                ),
+                _query_var("job", "Job", 'label_values(spec_decode_exporter_build_info{cluster=~"$cluster"}, job)'),
+                _query_var(
+                    "namespace",
+                    "Namespace",
+                    'label_values(spec_decode_exporter_build_info{cluster=~"$cluster", job=~"$job"}, namespace)',
+                ),
+                _query_var(
+                    "pod",
+                    "Pod",
+                    'label_values(spec_decode_exporter_build_info{cluster=~"$cluster", job=~"$job", '
+                    'namespace=~"$namespace"}, pod)',
+                ),
+                _query_var("model_name", "Model", f"label_values(spec_decode_enabled{{{SCOPE}}}, model_name)"),
+                _query_var(
+                    "engine",
+                    "Engine",
+                    f'label_values(spec_decode_enabled{{{SCOPE}, model_name=~"$model_name"}}, engine)',
+                    description="vLLM's data-parallel rank (empty on the V0 engine). The tap's panels are per "
+                    "request and have no engine.",
                 ),
                 _query_var(
                     "temperature_band",
                     "Temperature band",
-                    'label_values(spec_decode_tap_requests_total{namespace=~"$namespace"}, temperature_band)',
+                    f"label_values(spec_decode_tap_requests_total{{{SCOPE}}}, temperature_band)",
                 ),
                 _query_var(
                     "window",
                     "Window",
-                    'label_values(spec_decode_latency_seconds_count{namespace=~"$namespace"}, window)',
+                    f"label_values(spec_decode_latency_seconds_count{{{SCOPE}}}, window)",
                     include_all=False,
                     current={"selected": True, "text": "5m", "value": "5m"},
                 ),
@@ -569,5 +779,63 @@ def overview() -> dict[str, Any]:
     }
 
 
-def dashboards() -> list[dict[str, Any]]:
-    return [overview()]
+def _annotations() -> list[dict[str, Any]]:
+    """Events to read the panels against: vLLM restarts, speculation config changes and firing alerts."""
+
+    def prometheus(name: str, color: str, expr: str, title: str, tags: str, text: str = "") -> dict[str, Any]:
+        return {
+            "name": name,
+            "datasource": DATASOURCE,
+            "enable": True,
+            "hide": False,
+            "iconColor": color,
+            "expr": expr,
+            "step": "1m",
+            "titleFormat": title,
+            "textFormat": text,
+            "tagKeys": tags,
+            "useValueForTime": False,
+        }
+
+    return [
+        {
+            "name": "Annotations & Alerts",
+            "builtIn": 1,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True,
+            "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "type": "dashboard",
+        },
+        prometheus(
+            "vLLM restarts",
+            "purple",
+            # vLLM's process (its own job), not the exporter's, which shares the pod: only instances that
+            # serve vllm:* series.
+            f"changes(process_start_time_seconds{{{VLLM}}}[$__rate_interval]) > 0"
+            f' and on (job, instance) {{__name__="vllm:num_requests_running", {VLLM}}}',
+            "vLLM restarted: {{pod}}",
+            "namespace,pod",
+        ),
+        prometheus(
+            "Speculation config changed",
+            "orange",
+            f"changes(spec_decode_num_speculative_tokens{{{ENGINE}}}[$__rate_interval]) > 0"
+            f" or changes(spec_decode_enabled{{{ENGINE}}}[$__rate_interval]) > 0",
+            "Speculation config changed: {{target}} ({{model_name}})",
+            "namespace,target",
+            "num_speculative_tokens or speculative decoding on/off changed",
+        ),
+        prometheus(
+            "Spec-decode alerts",
+            "red",
+            'ALERTS{alertname=~"SpecDecode.*", alertstate="firing", cluster=~"$cluster", namespace=~"$namespace"}',
+            "{{alertname}}",
+            "alertname,severity",
+            "{{alertname}} firing ({{severity}})",
+        ),
+    ]
+
+
+def dashboards(p: Params | None = None) -> list[dict[str, Any]]:
+    return [overview(p)]

@@ -38,10 +38,10 @@ def render_rules(params: Params) -> dict[str, str]:
     return {RULE_FILES[kind]: render_yaml(doc) for kind, doc in groups.items()}
 
 
-def render_dashboards() -> dict[str, str]:
+def render_dashboards(params: Params | None = None) -> dict[str, str]:
     from mixin.dashboards import dashboards
 
-    return {f"{d['uid']}.json": json.dumps(d, indent=2, sort_keys=False) + "\n" for d in dashboards()}
+    return {f"{d['uid']}.json": json.dumps(d, indent=2, sort_keys=False) + "\n" for d in dashboards(params)}
 
 
 def write_all(root: Path, params: Params | None = None) -> list[Path]:
@@ -50,7 +50,7 @@ def write_all(root: Path, params: Params | None = None) -> list[Path]:
         path = root / "alerts" / name
         path.write_text(text)
         written.append(path)
-    dashboards = render_dashboards()
+    dashboards = render_dashboards(params)
     for name, text in dashboards.items():
         path = root / "dashboards" / name
         path.write_text(text)

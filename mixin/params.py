@@ -1,8 +1,15 @@
-"""Every threshold, duration and selector of the rules, with the guidance's defaults (DESIGN.md)."""
+"""Every threshold, duration, selector and link of the rules and dashboards, with the defaults of the decision
+framework in docs/runbooks.md (acceptance 0.5 / 0.65, traffic floors, week-over-week baselines)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# Where the project is published; the runbooks are read from there unless `runbook_url` says otherwise.
+PROJECT_URL = "https://github.com/spec-exporter/spec-exporter"
+RUNBOOKS_PATH = "/blob/main/docs/runbooks.md"
+# The overview dashboard's uid (mixin/dashboards.py): alerts link to it by uid, so renaming it breaks no link.
+OVERVIEW_UID = "spec-decode-overview"
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,9 @@ class Params:
     # Traffic floors: idle pools and quiet bands carry no signal and must stay silent.
     min_draft_tokens_per_second: float = 5.0
     min_band_draft_tokens_per_second: float = 1.0
+    # Finished requests per second, now and a week ago, below which a TPOT P99/P50 ratio is too thin to compare:
+    # a pool that was a canary (or did not exist) a week ago has no baseline worth paging on.
+    min_tpot_requests_per_second: float = 0.1
     # A drop of more than this much acceptance against the baseline means revisit (e.g. after quantizing).
     acceptance_drop: float = 0.05
     # P99/P50 growing by this factor against the baseline means the tail is paying for the median.
@@ -32,6 +42,14 @@ class Params:
     # Spec pool p99 over the baseline pool's p99 above this, while its p50 is better.
     tail_vs_baseline: float = 1.2
     kv_cache_usage_high: float = 0.9
+    # Measured TPOT speedup against the baseline pool at the current load band below which speculation is
+    # slower (below 1.0 rather than at it: two p50 estimates from histogram buckets are a few percent noisy).
+    slower_at_load_below: float = 0.95
+    # Requests the speculative pool finished at that band in the exporter window, below which it is too idle.
+    min_load_band_requests: float = 20.0
+    # How long a fresh target may take to answer its first poll: vLLM loads its model before serving /metrics,
+    # and prometheus-operator scrapes pods that are not ready yet. The chart's startupProbe allows 20m.
+    startup_budget: str = "20m"
     for_net_negative: str = "15m"
     for_break_even: str = "30m"
     for_band: str = "15m"
@@ -40,9 +58,26 @@ class Params:
     for_squeeze: str = "10m"
     for_target_down: str = "5m"
     for_missing: str = "10m"
-    # Where docs/runbooks.md is published; each alert links to its section. Set it to your copy (the chart does).
-    runbook_url: str = "docs/runbooks.md"
+    for_slower_at_load: str = "15m"
+    # Where the project is published. The runbook links of alerts and dashboard panels derive from it.
+    project_url: str = PROJECT_URL
+    # The runbook document itself, to point at your own copy (a fork, a wiki); empty: the project's,
+    # project_url + /blob/main/docs/runbooks.md. Each alert and panel links to its section.
+    runbook_url: str = ""
+    # Grafana's root URL, for the dashboard_url of each alert (Grafana's own default root_url).
+    grafana_url: str = "http://localhost:3000"
     extra_labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.runbook_url:
+            object.__setattr__(self, "runbook_url", self.project_url.rstrip("/") + RUNBOOKS_PATH)
 
     def rate_suffix(self, window: str | None = None) -> str:
         return "rate" + (window or self.rate_window)
+
+    def runbook(self, alert: str) -> str:
+        """The link to an alert's section of the runbooks (GitHub's anchor for `## Name` is the lower-cased name)."""
+        return f"{self.runbook_url}#{alert.lower()}"
+
+    def dashboard(self, uid: str = OVERVIEW_UID) -> str:
+        return f"{self.grafana_url.rstrip('/')}/d/{uid}"

@@ -103,6 +103,13 @@ def _vllm(metric: str, selector: str) -> str:
     return "{" + ",".join([f'__name__="{metric}"', *([selector] if selector else [])]) + "}"
 
 
+def _dashboard_url(p: Params, variables: tuple[str, ...]) -> str:
+    """The overview dashboard, its variables set from the alert's labels (an absent label selects series without
+    it, which is what the alert saw)."""
+    query = "&".join(f"var-{v}={{{{ $labels.{v} | urlquery }}}}" for v in variables)
+    return p.dashboard() + (f"?{query}" if query else "")
+
+
 def _alert(
     p: Params,
     name: str,
@@ -111,6 +118,7 @@ def _alert(
     severity: str,
     summary: str,
     description: str,
+    variables: tuple[str, ...] = ("namespace", "model_name"),
 ) -> dict[str, Any]:
     return {
         "alert": name,
@@ -120,7 +128,8 @@ def _alert(
         "annotations": {
             "summary": summary,
             "description": description,
-            "runbook_url": f"{p.runbook_url}#{name.lower()}",
+            "runbook_url": p.runbook(name),
+            "dashboard_url": _dashboard_url(p, variables),
         },
     }
 
@@ -133,6 +142,8 @@ def alerting_rules(p: Params) -> list[dict[str, Any]]:
     ns = "{{ $labels.namespace }}"
     value = "{{ $value | humanizePercentage }}"
     exporter_window = f'window="{p.exporter_window}"'
+    target_up = f"spec_decode_exporter_target_up{s}"
+    week = p.baseline_offset
     return [
         _alert(
             p,
@@ -168,18 +179,24 @@ def alerting_rules(p: Params) -> list[dict[str, Any]]:
             f"Requests to {model} in {ns} at temperature {{{{ $labels.temperature_band }}}} accept {value} of "
             f"their drafts, below {_n(p.disable_below)}, while the model's average still looks healthy: this slice "
             "adds tail latency to every batch it shares. Route it to a pool without speculative decoding.",
+            ("namespace", "model_name", "temperature_band"),
         ),
         _alert(
             p,
             "SpecDecodeTailDivergenceWidening",
-            f"({n['tpot_ratio']} / ({n['tpot_ratio']} offset {p.baseline_offset}) > {_n(p.divergence_growth)})"
-            f" and on ({BY_MODEL}) ({n['tpot_requests']} > 0)",
+            # vLLM's histogram exists with or without speculation: only pools that speculate are this alert's
+            # business, and only with traffic now and a week ago (a canary then has no baseline worth paging on).
+            f"({n['tpot_ratio']} / ({n['tpot_ratio']} offset {week}) > {_n(p.divergence_growth)})"
+            f" and on ({BY_MODEL}) ({n['tpot_requests']} > {_n(p.min_tpot_requests_per_second)})"
+            f" and on ({BY_MODEL}) ({n['tpot_requests']} offset {week} > {_n(p.min_tpot_requests_per_second)})"
+            f" and on ({BY_MODEL}) (spec_decode_enabled{s} == 1)",
             p.for_divergence,
             "warning",
             "TPOT P99/P50 divergence of {{ $labels.model_name }} is widening.",
             f"The TPOT P99/P50 ratio of {model} in {ns} is {{{{ $value | humanize }}}}x what it was "
-            f"{p.baseline_offset} ago: the median may have improved while the tail regressed. Compare against a "
-            "pool without speculative decoding.",
+            f"{week} ago: the median may have improved while the tail regressed. Compare against a "
+            "pool without speculative decoding. After a deliberate change, silence it for the "
+            f"{week} the baseline takes to catch up (see the runbook).",
         ),
         _alert(
             p,
@@ -193,21 +210,43 @@ def alerting_rules(p: Params) -> list[dict[str, Any]]:
             "TPOT p99 on {{ $labels.target }} is {{ $value | humanize }}x that of the baseline pool "
             "{{ $labels.baseline }} while its p50 is better: the mixed-workload signature. Check acceptance by "
             "temperature band.",
+            ("namespace", "pod"),
+        ),
+        _alert(
+            p,
+            "SpecDecodeSlowerThanBaselineAtLoad",
+            # The band the target is in now (per engine, from spec_decode_load_band_info) picks which of the
+            # per-band comparisons counts; the request floor keeps a band the pool only passed through quiet.
+            f"((spec_decode_baseline_load_band_tpot_speedup{_sel(p.selector, exporter_window)}"
+            f" < {_n(p.slower_at_load_below)})"
+            " and ignoring (model_name, engine, baseline, window)"
+            f" (spec_decode_load_band_info{s} == 1))"
+            f" and (spec_decode_baseline_load_band_requests{_sel(p.selector, exporter_window)}"
+            f" > {_n(p.min_load_band_requests)})",
+            p.for_slower_at_load,
+            "warning",
+            "{{ $labels.target }} is slower than its baseline pool at {{ $labels.load_band }} running requests.",
+            "At the load {{ $labels.target }} runs at now ({{ $labels.load_band }} running requests per engine), "
+            'its TPOT speedup over the baseline pool {{ $labels.baseline }} is {{ printf "%.2f" $value }}x (below '
+            f"{_n(p.slower_at_load_below)}): speculative decoding costs more than it saves at this batch size. "
+            "Turn it off for this range with speculative_config.num_speculative_tokens_per_batch_size.",
+            ("namespace", "pod"),
         ),
         _alert(
             p,
             "SpecDecodeAcceptanceDropped",
-            f"(({n['acceptance_baseline']} offset {p.baseline_offset}) - {n['acceptance_baseline']}"
+            f"(({n['acceptance_baseline']} offset {week}) - {n['acceptance_baseline']}"
             f" > {_n(p.acceptance_drop)})"
             f" and on ({BY_MODEL}) ({n['draft_rate_baseline']} > {_n(p.min_draft_tokens_per_second)})"
-            f" and on ({BY_MODEL}) ({n['draft_rate_baseline']} offset {p.baseline_offset}"
+            f" and on ({BY_MODEL}) ({n['draft_rate_baseline']} offset {week}"
             f" > {_n(p.min_draft_tokens_per_second)})",
             p.for_drop,
             "warning",
             "Draft acceptance of {{ $labels.model_name }} dropped against its baseline.",
             f"Acceptance for {model} in {ns} is {{{{ $value | humanizePercentage }}}} lower than "
-            f"{p.baseline_offset} ago (more than {_points(p.acceptance_drop)} points). A changed target (e.g. "
-            "quantized), draft or traffic mix: revisit the configuration.",
+            f"{week} ago (more than {_points(p.acceptance_drop)} points). A changed target (e.g. "
+            "quantized), draft or traffic mix: revisit the configuration. After a deliberate change, silence it for "
+            f"the {week} the baseline takes to catch up (see the runbook).",
         ),
         _alert(
             p,
@@ -223,17 +262,25 @@ def alerting_rules(p: Params) -> list[dict[str, Any]]:
             "KV-cache usage on {{ $labels.target }} ({{ $labels.model_name }}, engine {{ $labels.engine }}) is "
             "{{ $value | humanizePercentage }} and requests are being preempted. The draft model's weights and "
             "KV come out of the same budget: consider a smaller draft, fewer speculative tokens, or more memory.",
+            ("namespace", "model_name", "engine"),
         ),
         _alert(
             p,
             "SpecDecodeExporterTargetDown",
-            f"spec_decode_exporter_target_up{s} == 0",
+            # Down now, and either it answered within the start-up budget (a serving vLLM stopped) or the series
+            # is older than the budget (a start that never finished). A cold start inside the budget is neither:
+            # vLLM serves no /metrics while it loads its model, and not-ready pods are scraped all the same.
+            f"({target_up} == 0)"
+            f" and ((max_over_time({target_up}[{p.startup_budget}]) == 1)"
+            f" or ({target_up} offset {p.startup_budget}))",
             p.for_target_down,
             "warning",
             "spec_exporter cannot read vLLM metrics from {{ $labels.target }}.",
             "The exporter's polls of {{ $labels.target }} have failed for "
-            f"{p.for_target_down}; see spec_decode_exporter_poll_errors_total for the reason. Speculative-decoding "
-            "health for it is unknown.",
+            f"{p.for_target_down} after it had answered, or it has not answered since the exporter started more than "
+            f"{p.startup_budget} ago (the start-up budget); see spec_decode_exporter_poll_errors_total for the reason. "
+            "Speculative-decoding health for it is unknown.",
+            ("namespace", "pod"),
         ),
         _alert(
             p,
@@ -243,17 +290,25 @@ def alerting_rules(p: Params) -> list[dict[str, Any]]:
             "warning",
             "spec_exporter is not being scraped.",
             "Prometheus has no successful scrape of spec_exporter: none of the speculative-decoding alerts can fire.",
+            # absent() carries no labels, and an empty variable would select nothing: the whole dashboard.
+            (),
         ),
         _alert(
             p,
             "SpecDecodeMetricsMissing",
-            f"(max_over_time(spec_decode_enabled{s}[6h]) == 1 unless spec_decode_enabled{s} == 1)"
-            f" unless on (target) (spec_decode_exporter_target_up{s} == 0)",
+            # Only a target the exporter still reads (its target_up series is here and 1) can be said to have
+            # lost its spec series: a pod that went away (rollout, reschedule, scale-down) takes its target_up
+            # along. A target that still speculates under another model or engine label is no loss either.
+            f"((max_over_time(spec_decode_enabled{s}[6h]) == 1)"
+            f" unless ignoring (model_name, engine) (spec_decode_enabled{s} == 1))"
+            f" and ignoring (model_name, engine) ({target_up} == 1)",
             p.for_missing,
             "warning",
             "{{ $labels.target }} stopped exposing speculative-decoding metrics.",
             "{{ $labels.target }} ({{ $labels.model_name }}) exposed vllm:spec_decode_* series in the last 6h and no "
-            "longer does: speculative decoding was turned off or the metrics were lost in an upgrade.",
+            "longer does, while the exporter still reads it: speculative decoding was turned off or the metrics "
+            "were lost in an upgrade.",
+            ("namespace", "pod", "model_name"),
         ),
         _alert(
             p,
@@ -264,6 +319,7 @@ def alerting_rules(p: Params) -> list[dict[str, Any]]:
             "The tap cannot measure acceptance by temperature on {{ $labels.target }}.",
             "vLLM behind the tap on {{ $labels.target }} answers without per-request speculative-decoding metrics. "
             "Start it with --per-request-spec-decode-metrics summary (vLLM >= 0.29).",
+            ("namespace", "pod"),
         ),
     ]
 

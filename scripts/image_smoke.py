@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -29,8 +28,13 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+# Run as a script, the repository root is not on the path; the shared harness lives there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # The environment of the python:*-slim base images before the Dockerfile adds to it.
@@ -220,8 +224,11 @@ def _rewrite(text: str, paths: list[str], root: Path) -> str:
     return text
 
 
-def build(repo: Path, root: Path, *, python: str, pip_python: str) -> Image:
-    """Stage, build and trim the image under `root`, a scratch directory standing in for `/`."""
+def build(
+    repo: Path, root: Path, *, python: str, pip_python: str, build_args: Mapping[str, str] | None = None
+) -> Image:
+    """Stage, build and trim the image under `root`, a scratch directory standing in for `/`. `build_args` are
+    `docker build --build-arg`s: a build-stage ARG is in the environment of the RUN steps after it, as in Docker."""
     _, stages = parse_dockerfile((repo / "Dockerfile").read_text())
     final = stages[-1]
     context = context_files(repo)
@@ -237,10 +244,14 @@ def build(repo: Path, root: Path, *, python: str, pip_python: str) -> Image:
 
     # The build stage: COPY from the context, then RUN with container paths pointing into the scratch root.
     env = dict(BASE_ENV)
+    args: dict[str, str | None] = {}
     workdir = "/"
     created = list(kept)
     for ins in build_stage.instructions:
-        if ins.keyword == "ENV":
+        if ins.keyword == "ARG":
+            name, sep, default = ins.args.partition("=")
+            args[name.strip()] = (build_args or {}).get(name.strip(), default.strip() if sep else None)
+        elif ins.keyword == "ENV":
             env.update(parse_env(ins.args, env))
         elif ins.keyword == "WORKDIR":
             workdir = _container_path(ins.args.strip(), workdir)
@@ -258,13 +269,17 @@ def build(repo: Path, root: Path, *, python: str, pip_python: str) -> Image:
                 command[2] = _rewrite(command[2], created, root)
             run_env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
             run_env.update({k: v for k, v in env.items() if k != "PATH"})
+            # An ARG nobody set is unset in the RUN, whatever the replaying shell has.
+            run_env.update({k: v for k, v in args.items() if v is not None})
+            for k in [k for k, v in args.items() if v is None]:
+                run_env.pop(k, None)
             # pip's cache only changes how long this takes, not what gets installed: keep it here.
             run_env.pop("PIP_NO_CACHE_DIR", None)
             run_env.update(PYTHON=python, PIP_PYTHON=pip_python)
             cwd = root / workdir.lstrip("/")
             cwd.mkdir(parents=True, exist_ok=True)
             subprocess.run(command, cwd=cwd, env=run_env, check=True)
-        elif ins.keyword not in ("ARG", "LABEL"):
+        elif ins.keyword != "LABEL":
             raise ValueError(f"line {ins.line}: the smoke replay does not know build-stage {ins.keyword}")
 
     wheels = sorted(root.rglob("spec_exporter-*.whl"))
@@ -340,12 +355,6 @@ def _copy_from_context(repo: Path, context: list[str], source: str, dest: str, r
             out = target / PurePosixPath(f).relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / f, out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

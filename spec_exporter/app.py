@@ -1,28 +1,34 @@
-"""The aiohttp application: routes, the shared client session and the poller task."""
+"""The aiohttp application: routes, the shared client session, the poller task, and the proxy tap beside it.
+
+Nothing here may hold up serving: /readyz answers 200 as soon as the exporter (and the tap, when it is in the
+request path) listens, whatever the targets do; their health is in the metrics and in /readyz's body.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+import gzip
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from spec_exporter import __version__
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.config import Settings
-from spec_exporter.poller import Poller
-from spec_exporter.state import StateStore
-from spec_exporter.tap.recorder import REMEDY, TapRecorder
+from spec_exporter.poller import Poller, TextSource
+from spec_exporter.state import ExporterState, StateStore
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 STORE_KEY = web.AppKey("store", StateStore)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 POLLER_KEY = web.AppKey("poller", Poller)
+REMEDY = "--per-request-spec-decode-metrics summary"
 
 _LANDING = """<!doctype html>
 <html><head><title>spec_exporter</title></head><body>
@@ -33,12 +39,12 @@ _LANDING = """<!doctype html>
 </body></html>
 """
 
+PollerFactory = Callable[[Settings, aiohttp.ClientSession, StateStore], Poller]
 
-def build_registry(
-    store: StateStore, *, tap: TapRecorder | None = None, process_metrics: bool = True
-) -> CollectorRegistry:
+
+def build_registry(store: StateStore, *, process_metrics: bool = True) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SpecDecodeCollector(store.current, tap.snapshot if tap is not None else None))
+    registry.register(SpecDecodeCollector(store.current))
     if process_metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -46,26 +52,80 @@ def build_registry(
     return registry
 
 
+class ExpositionCache:
+    """One rendering per exporter state and format, shared by every scrape until the next poll publishes.
+
+    Rendering runs in a worker thread, so fifty scrapers cost one rendering per poll, not fifty renderings on the
+    event loop that relays the tap's token streams. Process metrics are as fresh as the last poll.
+    """
+
+    def __init__(self, registry: CollectorRegistry, state: Callable[[], ExporterState]) -> None:
+        self._registry = registry
+        self._state = state
+        self._cache: dict[str, tuple[ExporterState, asyncio.Future[bytes]]] = {}
+        self._gzip: dict[str, tuple[asyncio.Future[bytes], bytes]] = {}
+
+    async def render(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        state = self._state()
+        cached = self._cache.get(content_type)
+        if cached is None or cached[0] is not state:
+            future = asyncio.get_running_loop().run_in_executor(None, encoder, self._registry)
+            cached = self._cache[content_type] = (state, future)
+        return await asyncio.shield(cached[1]), content_type
+
+    async def gzipped(self, accept: str) -> tuple[bytes, str]:
+        body, content_type = await self.render(accept)
+        future = self._cache[content_type][1]
+        packed = self._gzip.get(content_type)
+        if packed is None or packed[0] is not future:
+            packed = self._gzip[content_type] = (future, gzip.compress(body, 6))
+        return packed[1], content_type
+
+
+def _readiness(state: ExporterState, tap_warning: bool) -> str:
+    lines = ["ready"]
+    for name, t in sorted(state.targets.items()):
+        if t.up:
+            lines.append(f"target {name!r}: up")
+        elif t.ever_succeeded:
+            lines.append(f"target {name!r}: down ({t.last_error.value if t.last_error else 'unknown'})")
+        else:
+            reason = f", last error {t.last_error.value}" if t.last_error else ""
+            lines.append(f"target {name!r}: not polled successfully yet{reason}")
+    if tap_warning:
+        # Not a reason to take anything out of service, but the one place an operator looks first.
+        lines.append(
+            "warning: vLLM answers without per-request speculative-decoding metrics, so acceptance by "
+            f"temperature cannot be measured; start vLLM with {REMEDY}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def create_app(
     settings: Settings,
     *,
     session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
     telemetry_path: str = "/metrics",
-    poller_factory: Callable[[Settings, aiohttp.ClientSession, StateStore], Poller] = Poller,
+    poller_factory: PollerFactory | None = None,
     run_poller: bool = True,
-    tap: TapRecorder | None = None,
+    extra_text: dict[str, TextSource] | None = None,
+    middlewares: Iterable[Any] = (),
 ) -> web.Application:
     """The exporter as an aiohttp app; the poller runs from startup to cleanup unless `run_poller` is off."""
-    app = web.Application()
+    app = web.Application(middlewares=list(middlewares))
     store = StateStore.for_settings(settings)
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = store
-    registry = build_registry(store, tap=tap)
+    exposition = ExpositionCache(build_registry(store), store.current)
+
+    def default_poller(settings: Settings, session: aiohttp.ClientSession, store: StateStore) -> Poller:
+        return Poller(settings, session, store, extra_text=extra_text)
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
         async with session_factory() as session:
             app[SESSION_KEY] = session
-            app[POLLER_KEY] = poller_factory(settings, session, store)
+            app[POLLER_KEY] = (poller_factory or default_poller)(settings, session, store)
             yield
 
     async def poller_task(app: web.Application) -> AsyncIterator[None]:
@@ -87,19 +147,21 @@ def create_app(
 
     async def readyz(_: web.Request) -> web.Response:
         state = store.current()
-        waiting = sorted(name for name, t in state.targets.items() if not t.ever_succeeded)
-        lines = [f"target {name!r} has not been polled successfully yet" for name in waiting]
-        if tap is not None and tap.missing_spec_metrics:
-            # Not a reason to take the exporter out of service, but the one place an operator looks first.
-            lines.append(
-                f"warning: vLLM answers without per-request speculative-decoding metrics, so the tap "
-                f"cannot measure acceptance by temperature; start vLLM with {REMEDY}"
-            )
-        body = ("ready" if not waiting else "not ready") + "\n" + "".join(line + "\n" for line in lines)
-        return web.Response(status=503 if waiting else 200, text=body)
+        warning = any(
+            t.health is not None and t.health.tap and t.health.tap.missing_spec_metrics for t in state.targets.values()
+        )
+        return web.Response(text=_readiness(state, bool(warning)))
+
+    async def metrics(request: web.Request) -> web.Response:
+        accept = ",".join(request.headers.getall("Accept", []))
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body, content_type = await exposition.gzipped(accept)
+            return web.Response(body=body, headers={"Content-Type": content_type, "Content-Encoding": "gzip"})
+        body, content_type = await exposition.render(accept)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     app.router.add_get("/", landing)
-    app.router.add_get(telemetry_path, make_aiohttp_handler(registry))
+    app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -111,6 +173,11 @@ def listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def tap_text_source(registry: CollectorRegistry) -> TextSource:
+    """The proxy tap's families as exposition text, read by the poller with its target's scrape."""
+    return lambda: generate_latest(registry).decode()
+
+
 async def serve(
     settings: Settings,
     *,
@@ -118,44 +185,30 @@ async def serve(
     telemetry_path: str = "/metrics",
     tap_listen: str | None = None,
     stop: asyncio.Event,
+    ssl_context: ssl.SSLContext | None = None,
+    middlewares: Iterable[Any] = (),
 ) -> None:
-    """Run the exporter (and the tap, if it has an address) until `stop` is set."""
-    from spec_exporter.tap.bands import Bands
-    from spec_exporter.tap.proxy import create_tap_app
-
-    recorder = None
-    runners = []
+    """Run the exporter (and the proxy tap, if it has an address) until `stop` is set."""
+    runners: list[tuple[web.AppRunner, str, ssl.SSLContext | None]] = []
+    extra: dict[str, TextSource] = {}
     if tap_listen:
-        tap_cfg = settings.tap
-        target = settings.tap_target
-        params = settings.derive_params(target)
-        recorder = TapRecorder(
-            target.name,
-            Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
-            params.windows,
-            params.thresholds,
-            verdict_window=params.verdict_window,
-            clock=time.monotonic,
-            max_models=tap_cfg.max_models,
-        )
-        tap_app = create_tap_app(
-            str(tap_cfg.upstream_url or target.url),
-            recorder,
-            inject_usage=tap_cfg.inject_usage,
-            max_inspect_bytes=tap_cfg.max_inspect_bytes,
-            clock=time.monotonic,
-        )
+        from spec_exporter.tap.proxy import create_tap_app
+
+        tap_registry = CollectorRegistry(auto_describe=False)
+        tap_app = create_tap_app(settings.tap, str(settings.tap.upstream_url or settings.tap_target.url), tap_registry)
+        extra[settings.tap_target.name] = tap_text_source(tap_registry)
         # handler_cancellation: a client that goes away cancels its handler, which closes the upstream
         # connection, which makes vLLM abort the request instead of generating for nobody.
-        runners.append((web.AppRunner(tap_app, access_log=None, handler_cancellation=True), tap_listen))
-    app = create_app(settings, telemetry_path=telemetry_path, tap=recorder)
-    runners.insert(0, (web.AppRunner(app, access_log=None), listen))
+        runners.append((web.AppRunner(tap_app, access_log=None, handler_cancellation=True), tap_listen, None))
+    app = create_app(settings, telemetry_path=telemetry_path, extra_text=extra, middlewares=middlewares)
+    # The exporter starts last: once /readyz answers, the tap in the request path is already listening.
+    runners.append((web.AppRunner(app, access_log=None), listen, ssl_context))
     try:
-        for runner, address in runners:
+        for runner, address, context in runners:
             await runner.setup()
             host, port = listen_address(address)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
         await stop.wait()
     finally:
-        for runner, _ in reversed(runners):
+        for runner, _, _ in reversed(runners):
             await runner.cleanup()

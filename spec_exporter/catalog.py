@@ -193,7 +193,10 @@ BASELINE_P99_RATIO = MetricSpec(
     "with speculative decoding. " + _FRESH,
 )
 BAND = ("target", "model_name", "temperature_band")
-_TAP = "Per request, from the tap (metrics.speculative_decoding in vLLM's responses), by the request's temperature."
+_TAP = (
+    "Per request, from the tap (metrics.speculative_decoding in vLLM's responses, joined with the request's "
+    "temperature by the vLLM middleware or the proxy tap), by temperature band; restarts stitched out."
+)
 REQUEST_ACCEPTANCE = MetricSpec(
     "spec_decode_request_acceptance_rate",
     "histogram",
@@ -224,8 +227,9 @@ REQUEST_ACCEPTANCE_QUANTILE = MetricSpec(
     "spec_decode_request_acceptance_rate_quantile",
     "summary",
     (*BAND, "window"),
-    "P10/P50/P90 of per-request acceptance over the window (quantile label); _count and _sum are cumulative "
-    "over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
+    "P10/P50/P90 of per-request acceptance over the window (quantile label), from the increase of the tap's "
+    "acceptance histogram (buckets every 0.025) computed as PromQL histogram_quantile does; _count and _sum are "
+    "cumulative over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
 )
 REQUEST_WINDOW_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_window_draft_tokens",
@@ -243,8 +247,9 @@ TAP_REQUESTS = MetricSpec(
     "spec_decode_tap_requests",
     "counter",
     ("target", "temperature_band", "outcome"),
-    "Completion requests through the tap by outcome: measured, no_spec_metrics (n > 1, or vLLM without "
-    "--per-request-spec-decode-metrics summary), upstream_error, client_disconnected, not_understood.",
+    "Completion requests through the tap by outcome: measured, no_spec_metrics (vLLM without "
+    "--per-request-spec-decode-metrics summary), not_measurable (n > 1, or a response the tap cannot read "
+    "safely), upstream_error, client_disconnected, not_understood. Restarts stitched out.",
 )
 TAP_ERRORS = MetricSpec(
     "spec_decode_tap_errors",
@@ -273,6 +278,13 @@ TAP_METRICS_MISSING = MetricSpec(
     "1 while vLLM answers single-sequence requests without per-request speculative-decoding metrics: start it "
     "with --per-request-spec-decode-metrics summary.",
 )
+FOLDED_MODELS = MetricSpec(
+    "spec_decode_exporter_folded_models",
+    "gauge",
+    ("target",),
+    'model_name values beyond the per-target cap (poll.max_models) folded into model_name="other" at the last '
+    "poll: above 0, raise the cap or look at what names the target serves.",
+)
 TARGET_UP = MetricSpec(
     "spec_decode_exporter_target_up",
     "gauge",
@@ -295,8 +307,9 @@ POLL_ERRORS = MetricSpec(
     "spec_decode_exporter_poll_errors",
     "counter",
     ("target", "reason"),
-    "Failed polls by reason: timeout, connection_error, http_status, body_too_large, truncated, "
-    "parse_error, unknown_layout.",
+    "Failed polls by reason: timeout, connection_error, http_status, body_too_large, truncated, parse_error, "
+    "unknown_layout, not_an_engine (a router or proxy, not a vLLM engine), duplicate_series (the same series "
+    "twice in one scrape), multiple_processes (the URL reaches several vLLM processes: poll each pod).",
 )
 BUILD_INFO = MetricSpec(
     "spec_decode_exporter_build_info",
@@ -305,7 +318,53 @@ BUILD_INFO = MetricSpec(
     "Always 1; labels carry the exporter's version.",
 )
 
-ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))
+# Every metric, in exposition order.
+ALL: tuple[MetricSpec, ...] = (
+    ENABLED,
+    ACCEPTANCE_RATE,
+    MEAN_ACCEPTANCE_LENGTH,
+    POSITION_ACCEPTANCE_RATE,
+    WINDOW_DRAFT_TOKENS,
+    WINDOW_ACCEPTED_TOKENS,
+    WINDOW_DRAFTS,
+    WINDOW_POSITION_ACCEPTED,
+    DRAFT_TOKENS,
+    ACCEPTED_TOKENS,
+    DRAFTS,
+    POSITION_ACCEPTED,
+    NUM_SPECULATIVE_TOKENS,
+    LATENCY,
+    DIVERGENCE,
+    GENERATION_TOKENS_RATE,
+    PREEMPTIONS_RATE,
+    REQUESTS_RUNNING,
+    REQUESTS_WAITING,
+    KV_CACHE_USAGE,
+    VERDICT,
+    BREAK_EVEN,
+    EXPECTED_SPEEDUP,
+    BASELINE_TPOT_SPEEDUP,
+    BASELINE_P99_RATIO,
+    REQUEST_ACCEPTANCE,
+    REQUEST_DRAFT_TOKENS,
+    REQUEST_ACCEPTED_TOKENS,
+    REQUEST_TTFT,
+    REQUEST_TPOT,
+    REQUEST_ACCEPTANCE_QUANTILE,
+    REQUEST_WINDOW_DRAFT_TOKENS,
+    REQUEST_WINDOW_ACCEPTED_TOKENS,
+    TAP_REQUESTS,
+    TAP_ERRORS,
+    TAP_COVERAGE,
+    TAP_WINDOW_DRAFT_TOKENS,
+    TAP_METRICS_MISSING,
+    FOLDED_MODELS,
+    TARGET_UP,
+    POLL_DURATION,
+    LAST_SUCCESS,
+    POLL_ERRORS,
+    BUILD_INFO,
+)
 
 
 def markdown() -> str:

@@ -2,22 +2,32 @@
 
 spec_decode_draft_acceptance_rate{engine="0",model_name="tiny",target="vllm",window="1m"} 0.374
 spec_decode_verdict{engine="0",model_name="tiny",target="vllm",temperature_band="all",verdict="disable"} 1.0
+
+One generator per source of numbers (the exporter itself, each engine, the tap's bands, the baseline
+comparisons); each only renders what the derivations already decided.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spec_exporter import __version__, catalog
 from spec_exporter.catalog import MetricSpec
-from spec_exporter.state import ExporterState
-from spec_exporter.tap.recorder import TapSnapshot
+from spec_exporter.derive.bands import TapHealth
+from spec_exporter.derive.baseline import Comparison
+from spec_exporter.derive.health import EngineHealth
+from spec_exporter.state import ExporterState, TargetState
 from spec_exporter.types import Histogram, PollError, Verdict
+
+# The per-request acceptance histogram is re-exported on the contract's buckets; the tap's finer ones (every
+# 0.025) are kept for the quantiles, which are computed before re-bucketing.
+ACCEPTANCE_EXPORT_BOUNDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, math.inf)
+INVALID_LABEL = "invalid"
 
 
 def _family(spec: MetricSpec) -> Metric:
@@ -31,149 +41,168 @@ def _family(spec: MetricSpec) -> Metric:
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
-def _add_summary(
-    family: Metric, spec: MetricSpec, values: list[str], quantiles: Mapping[float, float], count: float, total: float
-) -> None:
-    labels = dict(zip(spec.labels, values, strict=True))
-    for q, v in sorted(quantiles.items()):
-        family.add_sample(family.name, {**labels, "quantile": str(q)}, v)
-    family.add_sample(family.name + "_count", labels, count)
-    family.add_sample(family.name + "_sum", labels, total)
+def _label(value: str) -> str:
+    # A value that cannot be encoded would fail the whole scrape at render time; the tap replaces and counts such
+    # names where they come in, so this only guards against a bug of ours.
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return INVALID_LABEL
+    return value
 
 
-def _add_histogram(family: Metric, values: list[str], h: Histogram) -> None:
-    buckets = [("+Inf" if math.isinf(b) else str(b), c) for b, c in zip(h.bounds, h.counts, strict=True)]
-    family.add_metric(values, buckets, h.sum)  # type: ignore[attr-defined]
+class _Families:
+    """The families of one scrape, filled by the generators below."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Metric] = {spec.name: _family(spec) for spec in catalog.ALL}
+
+    def add(self, spec: MetricSpec, labels: Sequence[str], value: float | None) -> None:
+        if value is not None and not math.isnan(value):
+            self.by_name[spec.name].add_metric([_label(v) for v in labels], value)  # type: ignore[attr-defined]
+
+    def summary(
+        self, spec: MetricSpec, labels: Sequence[str], quantiles: Mapping[float, float], count: float, total: float
+    ) -> None:
+        family = self.by_name[spec.name]
+        named = dict(zip(spec.labels, (_label(v) for v in labels), strict=True))
+        for q, v in sorted(quantiles.items()):
+            family.add_sample(family.name, {**named, "quantile": str(q)}, v)
+        family.add_sample(family.name + "_count", named, count)
+        family.add_sample(family.name + "_sum", named, total)
+
+    def histogram(self, spec: MetricSpec, labels: Sequence[str], h: Histogram) -> None:
+        buckets = [("+Inf" if math.isinf(b) else str(b), c) for b, c in zip(h.bounds, h.counts, strict=True)]
+        self.by_name[spec.name].add_metric([_label(v) for v in labels], buckets, h.sum)  # type: ignore[attr-defined]
+
+    def nonempty(self) -> Iterator[Metric]:
+        return (f for f in self.by_name.values() if f.samples)
 
 
 class SpecDecodeCollector(Collector):
     """Renders the state; never touches the network or the clock."""
 
-    def __init__(self, state: Callable[[], ExporterState], tap: Callable[[], TapSnapshot] | None = None) -> None:
+    def __init__(self, state: Callable[[], ExporterState]) -> None:
         self._state = state
-        self._tap = tap
 
     def collect(self) -> Iterator[Metric]:
         state = self._state()
-        fam = {spec.name: _family(spec) for spec in catalog.ALL}
-
-        def add(spec: MetricSpec, labels: list[str], value: float | None) -> None:
-            if value is not None and not math.isnan(value):
-                fam[spec.name].add_metric(labels, value)
-
-        add(catalog.BUILD_INFO, [__version__, platform.python_version()], 1.0)
-        for name, t in state.targets.items():
-            add(catalog.TARGET_UP, [name], 1.0 if t.up else 0.0)
-            add(catalog.POLL_DURATION, [name], t.last_poll_duration_seconds)
-            add(catalog.LAST_SUCCESS, [name], t.last_success_timestamp_seconds)
-            for reason in PollError:
-                add(catalog.POLL_ERRORS, [name, reason.value], float(t.errors.get(reason, 0)))
-            if t.health is None:
+        out = _Families()
+        out.add(catalog.BUILD_INFO, [__version__, platform.python_version()], 1.0)
+        for name, target in state.targets.items():
+            _exporter_families(out, name, target)
+            if target.health is None:
                 continue
-            for (model, engine), e in t.health.engines.items():
-                base = [name, model, engine]
-                add(catalog.ENABLED, base, 1.0 if e.spec_enabled else 0.0)
-                add(catalog.REQUESTS_RUNNING, base, e.requests_running)
-                add(catalog.REQUESTS_WAITING, base, e.requests_waiting)
-                add(catalog.KV_CACHE_USAGE, base, e.kv_cache_usage)
-                for w in e.windows:
-                    labels = [*base, w.window.label]
-                    add(catalog.GENERATION_TOKENS_RATE, labels, w.generation_tokens_per_second)
-                    add(catalog.PREEMPTIONS_RATE, labels, w.preemptions_per_second)
-                    for metric, qs in sorted(w.latency.items()):
-                        totals = e.totals.histograms.get(metric)
-                        if totals is not None:
-                            _add_summary(
-                                fam[catalog.LATENCY.name],
-                                catalog.LATENCY,
-                                [*labels, metric.value],
-                                qs,
-                                totals.count,
-                                totals.sum,
-                            )
-                    for metric, ratio in sorted(w.divergence.items()):
-                        add(catalog.DIVERGENCE, [*labels, metric.value], ratio)
-                if not e.spec_enabled:
-                    # Off means no acceptance series at all: zeros would read as "drafts all rejected".
-                    continue
-                add(catalog.NUM_SPECULATIVE_TOKENS, base, e.num_speculative_tokens)
-                add(catalog.BREAK_EVEN, base, e.break_even_acceptance)
-                for verdict in Verdict:
-                    add(catalog.VERDICT, [*base, "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
-                if e.lifetime_acceptance is not None:
-                    add(catalog.ACCEPTANCE_RATE, [*base, "lifetime"], e.lifetime_acceptance)
-                spec = e.totals.spec
-                if spec is not None:
-                    add(catalog.DRAFTS, base, spec.drafts)
-                    add(catalog.DRAFT_TOKENS, base, spec.draft_tokens)
-                    add(catalog.ACCEPTED_TOKENS, base, spec.accepted_tokens)
-                    for i, v in enumerate(spec.per_position):
-                        add(catalog.POSITION_ACCEPTED, [*base, str(i)], v)
-                for w in e.windows:
-                    a = w.acceptance
-                    if a is None:
-                        continue
-                    labels = [*base, w.window.label]
-                    add(catalog.WINDOW_DRAFTS, labels, a.drafts)
-                    add(catalog.WINDOW_DRAFT_TOKENS, labels, a.draft_tokens)
-                    add(catalog.WINDOW_ACCEPTED_TOKENS, labels, a.accepted_tokens)
-                    add(catalog.ACCEPTANCE_RATE, labels, a.rate)
-                    add(catalog.MEAN_ACCEPTANCE_LENGTH, labels, a.mean_length)
-                    add(catalog.EXPECTED_SPEEDUP, labels, w.expected_speedup)
-                    for i, (accepted, rate) in enumerate(zip(a.accepted_per_position, a.per_position, strict=True)):
-                        add(catalog.WINDOW_POSITION_ACCEPTED, [*labels, str(i)], accepted)
-                        add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
-        for c in state.comparisons:
-            add(catalog.BASELINE_TPOT_SPEEDUP, [c.target, c.baseline, c.window], c.tpot_speedup)
-            for metric, ratio in sorted(c.p99_ratio.items()):
-                add(catalog.BASELINE_P99_RATIO, [c.target, c.baseline, c.window, metric.value], ratio)
-        if self._tap is not None:
-            self._collect_tap(self._tap(), state, add, fam)
-        for spec in catalog.ALL:
-            if fam[spec.name].samples:
-                yield fam[spec.name]
+            for engine in target.health.engines.values():
+                _engine_families(out, name, engine)
+            if target.health.tap is not None:
+                _tap_families(out, name, target.health.tap)
+        _baseline_families(out, state.comparisons)
+        yield from out.nonempty()
 
-    @staticmethod
-    def _collect_tap(tap: TapSnapshot, state: ExporterState, add: Callable[..., None], fam: dict[str, Metric]) -> None:
-        target = tap.target
-        for (band, outcome), n in sorted(tap.requests.items()):
-            add(catalog.TAP_REQUESTS, [target, band, outcome.value], float(n))
-        for stage, n in sorted(tap.errors.items()):
-            add(catalog.TAP_ERRORS, [target, stage.value], float(n))
-        add(catalog.TAP_METRICS_MISSING, [target], 1.0 if tap.missing_spec_metrics else 0.0)
-        for s in tap.series:
-            labels = [target, s.model, s.band]
-            add(catalog.REQUEST_DRAFT_TOKENS, labels, float(s.drafted))
-            add(catalog.REQUEST_ACCEPTED_TOKENS, labels, float(s.accepted))
-            if s.acceptance.count:
-                _add_histogram(fam[catalog.REQUEST_ACCEPTANCE.name], labels, s.acceptance)
-            if s.ttft.count:
-                _add_histogram(fam[catalog.REQUEST_TTFT.name], labels, s.ttft)
-            if s.tpot.count:
-                _add_histogram(fam[catalog.REQUEST_TPOT.name], labels, s.tpot)
-            if not s.acceptance.count:
-                continue
-            for w in s.windows:
-                wl = [*labels, w.window.label]
-                _add_summary(
-                    fam[catalog.REQUEST_ACCEPTANCE_QUANTILE.name],
-                    catalog.REQUEST_ACCEPTANCE_QUANTILE,
-                    wl,
-                    w.percentiles,
-                    s.acceptance.count,
-                    s.acceptance.sum,
-                )
-                add(catalog.REQUEST_WINDOW_DRAFT_TOKENS, wl, float(w.drafted))
-                add(catalog.REQUEST_WINDOW_ACCEPTED_TOKENS, wl, float(w.accepted))
-            for verdict in Verdict:
-                add(catalog.VERDICT, [target, s.model, "", s.band, verdict.value], 1.0 if verdict is s.verdict else 0.0)
-        engine = state.targets.get(target)
-        health = engine.health if engine is not None else None
-        for label, drafted in sorted(tap.drafted_in_window.items()):
-            add(catalog.TAP_WINDOW_DRAFT_TOKENS, [target, label], float(drafted))
-            if health is None:
-                continue
-            window = next((w for w in health.combined if w.window.label == label), None)
-            engine_drafted = window.acceptance.draft_tokens if window is not None and window.acceptance else 0.0
-            if engine_drafted > 0:
-                add(catalog.TAP_COVERAGE, [target, label], drafted / engine_drafted)
+
+def _exporter_families(out: _Families, name: str, t: TargetState) -> None:
+    out.add(catalog.TARGET_UP, [name], 1.0 if t.up else 0.0)
+    out.add(catalog.POLL_DURATION, [name], t.last_poll_duration_seconds)
+    out.add(catalog.LAST_SUCCESS, [name], t.last_success_timestamp_seconds)
+    out.add(catalog.FOLDED_MODELS, [name], float(t.folded_models) if t.ever_succeeded else None)
+    for reason in PollError:
+        out.add(catalog.POLL_ERRORS, [name, reason.value], float(t.errors.get(reason, 0)))
+
+
+def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
+    base = [name, *e.key]
+    out.add(catalog.ENABLED, base, 1.0 if e.spec_enabled else 0.0)
+    out.add(catalog.REQUESTS_RUNNING, base, e.requests_running)
+    out.add(catalog.REQUESTS_WAITING, base, e.requests_waiting)
+    out.add(catalog.KV_CACHE_USAGE, base, e.kv_cache_usage)
+    for w in e.windows:
+        labels = [*base, w.window.label]
+        out.add(catalog.GENERATION_TOKENS_RATE, labels, w.generation_tokens_per_second)
+        out.add(catalog.PREEMPTIONS_RATE, labels, w.preemptions_per_second)
+        for metric, qs in sorted(w.latency.items()):
+            totals = e.totals.histograms.get(metric)
+            if totals is not None:
+                out.summary(catalog.LATENCY, [*labels, metric.value], qs, totals.count, totals.sum)
+        for metric, ratio in sorted(w.divergence.items()):
+            out.add(catalog.DIVERGENCE, [*labels, metric.value], ratio)
+    if e.spec_enabled:
+        # Off means no acceptance series at all: zeros would read as "drafts all rejected".
+        _speculation_families(out, base, e)
+
+
+def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> None:
+    out.add(catalog.NUM_SPECULATIVE_TOKENS, base, e.num_speculative_tokens)
+    out.add(catalog.BREAK_EVEN, base, e.break_even_acceptance)
+    for verdict in Verdict:
+        out.add(catalog.VERDICT, [*base, "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
+    if e.lifetime_acceptance is not None:
+        out.add(catalog.ACCEPTANCE_RATE, [*base, "lifetime"], e.lifetime_acceptance)
+    spec = e.totals.spec
+    if spec is not None:
+        out.add(catalog.DRAFTS, base, spec.drafts)
+        out.add(catalog.DRAFT_TOKENS, base, spec.draft_tokens)
+        out.add(catalog.ACCEPTED_TOKENS, base, spec.accepted_tokens)
+        for i, v in enumerate(spec.per_position):
+            out.add(catalog.POSITION_ACCEPTED, [*base, str(i)], v)
+    for w in e.windows:
+        a = w.acceptance
+        if a is None:
+            continue
+        labels = [*base, w.window.label]
+        out.add(catalog.WINDOW_DRAFTS, labels, a.drafts)
+        out.add(catalog.WINDOW_DRAFT_TOKENS, labels, a.draft_tokens)
+        out.add(catalog.WINDOW_ACCEPTED_TOKENS, labels, a.accepted_tokens)
+        out.add(catalog.ACCEPTANCE_RATE, labels, a.rate)
+        out.add(catalog.MEAN_ACCEPTANCE_LENGTH, labels, a.mean_length)
+        out.add(catalog.EXPECTED_SPEEDUP, labels, w.expected_speedup)
+        for i, (accepted, rate) in enumerate(zip(a.accepted_per_position, a.per_position, strict=True)):
+            out.add(catalog.WINDOW_POSITION_ACCEPTED, [*labels, str(i)], accepted)
+            out.add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
+
+
+def rebucket(h: Histogram, bounds: tuple[float, ...]) -> Histogram:
+    """`h` on a subset of its own bounds (cumulative counts are exact there); `h` itself if any is missing."""
+    at = dict(zip(h.bounds, h.counts, strict=True))
+    if any(b not in at for b in bounds):
+        return h
+    return Histogram(bounds, tuple(at[b] for b in bounds), h.count, h.sum)
+
+
+def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
+    for (band, outcome), n in sorted(tap.requests.items()):
+        out.add(catalog.TAP_REQUESTS, [target, band, outcome], n)
+    for stage, n in sorted(tap.errors.items()):
+        out.add(catalog.TAP_ERRORS, [target, stage], n)
+    out.add(catalog.TAP_METRICS_MISSING, [target], 1.0 if tap.missing_spec_metrics else 0.0)
+    for label, drafted in sorted(tap.drafted_in_window.items()):
+        out.add(catalog.TAP_WINDOW_DRAFT_TOKENS, [target, label], drafted)
+        out.add(catalog.TAP_COVERAGE, [target, label], tap.coverage.get(label))
+    for b in tap.bands:
+        labels = [target, *b.key]
+        t = b.totals
+        out.add(catalog.REQUEST_DRAFT_TOKENS, labels, t.draft_tokens)
+        out.add(catalog.REQUEST_ACCEPTED_TOKENS, labels, t.accepted_tokens)
+        for spec, h in ((catalog.REQUEST_TTFT, t.ttft), (catalog.REQUEST_TPOT, t.tpot)):
+            if h is not None and h.count:
+                out.histogram(spec, labels, h)
+        acceptance = t.acceptance
+        if acceptance is None or not acceptance.count:
+            continue
+        out.histogram(catalog.REQUEST_ACCEPTANCE, labels, rebucket(acceptance, ACCEPTANCE_EXPORT_BOUNDS))
+        for w in b.windows:
+            wl = [*labels, w.window.label]
+            out.summary(catalog.REQUEST_ACCEPTANCE_QUANTILE, wl, w.percentiles, acceptance.count, acceptance.sum)
+            out.add(catalog.REQUEST_WINDOW_DRAFT_TOKENS, wl, w.drafted)
+            out.add(catalog.REQUEST_WINDOW_ACCEPTED_TOKENS, wl, w.accepted)
+        for verdict in Verdict:
+            out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
+
+
+def _baseline_families(out: _Families, comparisons: Sequence[Comparison]) -> None:
+    for c in comparisons:
+        out.add(catalog.BASELINE_TPOT_SPEEDUP, [c.target, c.baseline, c.window], c.tpot_speedup)
+        for metric, ratio in sorted(c.p99_ratio.items()):
+            out.add(catalog.BASELINE_P99_RATIO, [c.target, c.baseline, c.window, metric.value], ratio)

@@ -95,6 +95,8 @@ class PollConfig(Model):
     interval: Duration = 5.0
     timeout: Duration = 4.0
     max_body_bytes: ByteSize = 16 * 1024**2
+    # model_name values per target with their own label (LoRA adapters count); the rest fold into "other".
+    max_models: int = Field(default=50, ge=1, le=10_000)
 
     @model_validator(mode="before")
     @classmethod

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
 import aiohttp
 import structlog
 
+from spec_exporter.cardinality import cap_models
 from spec_exporter.config import Settings, TargetConfig
 from spec_exporter.derive.health import TargetHealth, derive_target
 from spec_exporter.fetch import FetchError, fetch_metrics
@@ -21,16 +22,41 @@ from spec_exporter.window import SnapshotRing, window_delta
 
 log = structlog.get_logger("spec_exporter.poller")
 
+TextSource = Callable[[], str]
+"""Extra exposition text read with a target's scrape: the proxy tap's own `spec_tap_*` families."""
+
+
+class _MultipleProcesses(Exception):
+    pass
+
 
 class _TargetRuntime:
     """What the poller remembers about one target between polls."""
 
-    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float) -> None:
+    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, extra: TextSource | None):
         self.config = config
         self.params = params
+        self.keep_seconds = keep_seconds
+        self.extra = extra
         self.parser = ExpositionParser()
         self.ring = SnapshotRing(keep_seconds)
         self.failures_in_a_row = 0
+        self.models: tuple[str, ...] = ()
+        self.process_starts: tuple[float, ...] = ()
+
+
+_PROCESS_HISTORY = 16
+
+
+def _another_process(starts: tuple[float, ...], current: float | None) -> bool:
+    """A process start older than the latest, or one seen before it: the URL answers from several processes.
+
+    A restart brings a later start than any before it; a Service in front of several pods brings the same few
+    starts back in turn.
+    """
+    if current is None or not starts or current == starts[-1]:
+        return False
+    return current < starts[-1] or current in starts
 
 
 class Poller:
@@ -43,6 +69,7 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        extra_text: Mapping[str, TextSource] | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
@@ -51,7 +78,10 @@ class Poller:
         self._wall_clock = wall_clock
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
-        self._targets = [_TargetRuntime(t, settings.derive_params(t), keep) for t in settings.targets]
+        extra = extra_text or {}
+        self._targets = [
+            _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
+        ]
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(t) for t in self._targets))
@@ -71,14 +101,14 @@ class Poller:
         previous = self._store.current().targets[name]
         try:
             text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes)
-            taken_at = self._clock()
-            snapshot = rt.parser.parse(text, taken_at)
-            point = rt.ring.push(snapshot)
-            slack = poll.interval / 2
-            deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
-            health: TargetHealth = derive_target(point, deltas, rt.params)
+            if rt.extra is not None:
+                text = text + rt.extra()
+            health, folded = self._derive(rt, text)
         except (FetchError, ParseError) as e:
             self._failed(rt, previous, e.reason, str(e), started)
+            return
+        except _MultipleProcesses as e:
+            self._failed(rt, previous, PollError.MULTIPLE_PROCESSES, str(e), started)
             return
         except Exception as e:  # a bug of ours must not stop the loop or the other targets
             log.exception("poll crashed", target=name, error=type(e).__name__)
@@ -87,8 +117,6 @@ class Poller:
         if rt.failures_in_a_row:
             log.info("poll recovered", target=name, failed_polls=rt.failures_in_a_row)
         rt.failures_in_a_row = 0
-        if point.restarted:
-            log.info("target restarted", target=name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
         self._store.publish(
             replace(
                 previous,
@@ -98,8 +126,31 @@ class Poller:
                 last_success_timestamp_seconds=self._wall_clock(),
                 last_error=None,
                 health=health,
+                folded_models=folded,
             )
         )
+
+    def _derive(self, rt: _TargetRuntime, text: str) -> tuple[TargetHealth, int]:
+        snapshot = rt.parser.parse(text, self._clock())
+        snapshot, rt.models = cap_models(snapshot, rt.models, self._settings.poll.max_models)
+        start = snapshot.process_start
+        if _another_process(rt.process_starts, start):
+            # Differencing two processes' counters gives numbers that mean nothing: start again from here.
+            latest = rt.process_starts[-1]
+            rt.ring = SnapshotRing(rt.keep_seconds)
+            rt.process_starts = ()
+            raise _MultipleProcesses(
+                f"process_start_time_seconds went from {latest} back to {start}: {rt.config.metrics_url} reaches "
+                "several vLLM processes (a Service in front of a pool?); make each pod its own target"
+            )
+        if start is not None and (not rt.process_starts or start != rt.process_starts[-1]):
+            rt.process_starts = (*rt.process_starts, start)[-_PROCESS_HISTORY:]
+        point = rt.ring.push(snapshot)
+        if point.restarted:
+            log.info("target restarted", target=rt.config.name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
+        slack = self._settings.poll.interval / 2
+        deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
+        return derive_target(point, deltas, rt.params), snapshot.folded_models
 
     def _failed(
         self, rt: _TargetRuntime, previous: TargetState, reason: PollError, message: str, started: float

@@ -22,6 +22,7 @@ class TargetState:
     last_success_timestamp_seconds: float | None = None
     errors: Mapping[PollError, int] = field(default_factory=lambda: MappingProxyType({e: 0 for e in PollError}))
     last_error: PollError | None = None
+    folded_models: int = 0
     # None while the target is down: derived numbers are not exported from stale data.
     health: TargetHealth | None = None
 

@@ -39,6 +39,13 @@ class PollError(StrEnum):
     TRUNCATED = "truncated"
     PARSE_ERROR = "parse_error"
     UNKNOWN_LAYOUT = "unknown_layout"
+    # A production-stack router (or another proxy) answers with router gauges only: not an engine to poll.
+    NOT_AN_ENGINE = "not_an_engine"
+    # The same series twice in one scrape: summing them would silently halve or double a ratio.
+    DUPLICATE_SERIES = "duplicate_series"
+    # process_start_time_seconds changed with no counter going down: the URL reaches several vLLM processes
+    # (a Service in front of a pool), whose counters cannot be differenced.
+    MULTIPLE_PROCESSES = "multiple_processes"
 
 
 class Verdict(StrEnum):
@@ -125,10 +132,43 @@ EngineKey = tuple[str, str]
 """(model_name, engine); engine is "" on V0, which has no engine label."""
 
 
+BandKey = tuple[str, str]
+"""(model_name, temperature_band) of the tap's per-band series."""
+
+
+@dataclass(frozen=True, slots=True)
+class BandSample:
+    """The join core's cumulative series for one (model_name, temperature_band)."""
+
+    accepted_tokens: float = 0.0
+    draft_tokens: float = 0.0
+    acceptance: Histogram | None = None
+    ttft: Histogram | None = None
+    tpot: Histogram | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TapSample:
+    """Everything the tap's `spec_tap_*` families held in one scrape (the middleware's, or the proxy's own)."""
+
+    bands: Mapping[BandKey, BandSample] = field(default_factory=dict)
+    # (temperature_band, outcome) → requests, summed over model names.
+    requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    errors: Mapping[str, float] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One parsed scrape of one target, stamped with the (monotonic) time it was taken."""
+    """One parsed scrape of one target, stamped with the (monotonic) time it was taken.
+
+    `process_start` is `process_start_time_seconds` when the scrape has it: it changes at a restart, and
+    changing with no counter going down means the URL reaches more than one vLLM process.
+    `folded_models` counts the `model_name` values beyond the per-target cap that were folded into `other`.
+    """
 
     taken_at: float
     generation: EngineGeneration
     engines: Mapping[EngineKey, EngineSample]
+    tap: TapSample | None = None
+    process_start: float | None = None
+    folded_models: int = 0

@@ -4,6 +4,10 @@ Each snapshot is turned into *totals*: counters as they would read had vLLM neve
 moment the exporter first saw the series. A counter that goes down between two polls means vLLM restarted, so
 that step adds nothing (never a negative delta, never the post-restart value as a spike); the totals carry on
 from the next step. A window's delta is then one subtraction of totals, whatever happened inside it.
+
+A series missing from one scrape is missing, not zero: its totals and its last reading are kept, and the next
+scrape that has it again steps from that reading. So a gap, an engine that drops out for a poll, interleaved
+families or a V0/V1 switch never bring totals down.
 """
 
 from __future__ import annotations
@@ -11,9 +15,20 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from spec_exporter.types import EngineKey, EngineSample, Histogram, LatencyMetric, Snapshot, SpecCounters
+from spec_exporter.types import (
+    BandKey,
+    BandSample,
+    EngineKey,
+    EngineSample,
+    Histogram,
+    LatencyMetric,
+    Snapshot,
+    SpecCounters,
+    TapSample,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +43,18 @@ class EngineTotals:
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One snapshot in the ring with the totals it brought the engines to."""
+    """One snapshot in the ring with the totals it brought the engines (and the tap's series) to.
+
+    `totals` and `seen` (the last reading of every series, for the next step) keep engines that this snapshot
+    lacks; what is exported comes from `snapshot.engines` only.
+    """
 
     snapshot: Snapshot
     totals: Mapping[EngineKey, EngineTotals]
     restarted: frozenset[EngineKey] = frozenset()
+    seen: Mapping[EngineKey, EngineSample] = field(default_factory=dict)
+    tap: TapSample | None = None
+    tap_seen: TapSample | None = None
 
     @property
     def taken_at(self) -> float:
@@ -45,6 +67,7 @@ class WindowDelta:
 
     span_seconds: float
     engines: Mapping[EngineKey, EngineTotals]
+    tap: TapSample | None = None
 
 
 def _step(previous: float | None, current: float | None) -> float:
@@ -110,7 +133,7 @@ def _carry_spec(
     totals: SpecCounters | None, previous: SpecCounters | None, current: SpecCounters | None, restarted: bool
 ) -> SpecCounters | None:
     if current is None:
-        return None
+        return totals
     if totals is None:
         return _zero_spec(current)
     n = len(current.per_position)
@@ -149,31 +172,154 @@ def _carry_histogram(
     )
 
 
+def _seen(previous: EngineSample, current: EngineSample) -> EngineSample:
+    """The last reading of every counter series: this scrape's where it has one, else the one before."""
+    return EngineSample(
+        spec=current.spec if current.spec is not None else previous.spec,
+        lifetime_acceptance=current.lifetime_acceptance,
+        histograms={**previous.histograms, **current.histograms},
+        generation_tokens=_either(current.generation_tokens, previous.generation_tokens),
+        preemptions=_either(current.preemptions, previous.preemptions),
+        requests_running=current.requests_running,
+        requests_waiting=current.requests_waiting,
+        kv_cache_usage=current.kv_cache_usage,
+    )
+
+
+def _either(current: float | None, previous: float | None) -> float | None:
+    return current if current is not None else previous
+
+
+def _engine_step(totals: EngineTotals, previous: EngineSample, current: EngineSample, reset: bool) -> EngineTotals:
+    histograms = dict(totals.histograms)
+    for m, h in current.histograms.items():
+        histograms[m] = _carry_histogram(totals.histograms.get(m), previous.histograms.get(m), h, reset)
+    return EngineTotals(
+        spec=_carry_spec(totals.spec, previous.spec, current.spec, reset),
+        histograms=histograms,
+        generation_tokens=totals.generation_tokens
+        + (0.0 if reset else _step(previous.generation_tokens, current.generation_tokens)),
+        preemptions=totals.preemptions + (0.0 if reset else _step(previous.preemptions, current.preemptions)),
+    )
+
+
 def advance(previous: Point | None, snapshot: Snapshot) -> Point:
     """The point `snapshot` makes after `previous` (pure)."""
-    totals: dict[EngineKey, EngineTotals] = {}
+    totals: dict[EngineKey, EngineTotals] = dict(previous.totals) if previous is not None else {}
+    seen: dict[EngineKey, EngineSample] = dict(previous.seen) if previous is not None else {}
     restarted: set[EngineKey] = set()
+    # A new process behind the URL is a restart even when its counters already passed the old ones.
+    before = previous.snapshot.process_start if previous is not None else None
+    new_process = before is not None and snapshot.process_start is not None and snapshot.process_start != before
     for key, current in snapshot.engines.items():
-        prev_sample = previous.snapshot.engines.get(key) if previous is not None else None
-        prev_totals = previous.totals.get(key) if previous is not None else None
-        if prev_sample is None or prev_totals is None:
-            totals[key] = initial_totals(current)
+        last, running = seen.get(key), totals.get(key)
+        if last is None or running is None:
+            totals[key], seen[key] = initial_totals(current), current
             continue
-        reset = engine_restarted(prev_sample, current)
+        reset = new_process or engine_restarted(last, current)
         if reset:
             restarted.add(key)
-        totals[key] = EngineTotals(
-            spec=_carry_spec(prev_totals.spec, prev_sample.spec, current.spec, reset),
-            histograms={
-                m: _carry_histogram(prev_totals.histograms.get(m), prev_sample.histograms.get(m), h, reset)
-                for m, h in current.histograms.items()
-            },
-            generation_tokens=prev_totals.generation_tokens
-            + (0.0 if reset else _step(prev_sample.generation_tokens, current.generation_tokens)),
-            preemptions=prev_totals.preemptions
-            + (0.0 if reset else _step(prev_sample.preemptions, current.preemptions)),
+        totals[key], seen[key] = _engine_step(running, last, current, reset), _seen(last, current)
+    tap, tap_seen = _advance_tap(
+        previous.tap if previous is not None else None,
+        previous.tap_seen if previous is not None else None,
+        snapshot.tap,
+    )
+    return Point(snapshot, totals, frozenset(restarted), seen, tap, tap_seen)
+
+
+def _tap_restarted(previous: TapSample, current: TapSample) -> bool:
+    """Any tap counter or histogram count that went down: the process holding the series restarted."""
+    for mapping_name in ("requests", "errors"):
+        before, now = getattr(previous, mapping_name), getattr(current, mapping_name)
+        if any(k in before and v < before[k] for k, v in now.items()):
+            return True
+    for key, band in current.bands.items():
+        old = previous.bands.get(key)
+        if old is None:
+            continue
+        if band.accepted_tokens < old.accepted_tokens or band.draft_tokens < old.draft_tokens:
+            return True
+        for name in _BAND_HISTOGRAMS:
+            h, oh = getattr(band, name), getattr(old, name)
+            if h is not None and oh is not None and (h.bounds != oh.bounds or h.count < oh.count):
+                return True
+    return False
+
+
+def _carry_counts(
+    totals: Mapping[Any, float], previous: Mapping[Any, float], current: Mapping[Any, float], reset: bool
+) -> dict[Any, float]:
+    out = dict(totals)
+    for key, value in current.items():
+        if key not in previous:
+            # A labelled prometheus_client series appears at its first increment, from zero: count all of it.
+            out[key] = totals.get(key, 0.0) + (0.0 if reset or not math.isfinite(value) else max(value, 0.0))
+        else:
+            out[key] = totals.get(key, 0.0) + (0.0 if reset else _step(previous[key], value))
+    return out
+
+
+_BAND_HISTOGRAMS = ("acceptance", "ttft", "tpot")
+
+
+def _zero_band(like: BandSample) -> BandSample:
+    return BandSample(0.0, 0.0, *(_zero_or_none(getattr(like, n)) for n in _BAND_HISTOGRAMS))
+
+
+def _carry_band(total: BandSample | None, previous: BandSample | None, current: BandSample, reset: bool) -> BandSample:
+    if total is None or previous is None:
+        # New in a tap already seen: prometheus_client creates a labelled series at its first observation, so
+        # the series started at zero since the last poll.
+        total = previous = _zero_band(current)
+    hists = []
+    for name in _BAND_HISTOGRAMS:
+        h, th, ph = getattr(current, name), getattr(total, name), getattr(previous, name)
+        if h is None:
+            hists.append(th)
+            continue
+        zero = _zero_histogram(h)
+        hists.append(_carry_histogram(th or zero, ph or zero, h, reset))
+
+    def stepped(name: str) -> float:
+        running: float = getattr(total, name)
+        return running + (0.0 if reset else _step(getattr(previous, name), getattr(current, name)))
+
+    return BandSample(stepped("accepted_tokens"), stepped("draft_tokens"), *hists)
+
+
+def _zero_or_none(h: Histogram | None) -> Histogram | None:
+    return _zero_histogram(h) if h is not None else None
+
+
+def _advance_tap(
+    totals: TapSample | None, last: TapSample | None, current: TapSample | None
+) -> tuple[TapSample | None, TapSample | None]:
+    if current is None:
+        return totals, last
+    if totals is None or last is None:
+        # The first sight of the tap's series: count from here, like an engine first seen.
+        zero = TapSample(
+            bands={k: _zero_band(b) for k, b in current.bands.items()},
+            requests={k: 0.0 for k in current.requests},
+            errors={k: 0.0 for k in current.errors},
         )
-    return Point(snapshot=snapshot, totals=totals, restarted=frozenset(restarted))
+        return zero, current
+    reset = _tap_restarted(last, current)
+    bands: dict[BandKey, BandSample] = dict(totals.bands)
+    for key, band in current.bands.items():
+        bands[key] = _carry_band(totals.bands.get(key), last.bands.get(key), band, reset)
+    new_totals = TapSample(
+        bands=bands,
+        requests=_carry_counts(totals.requests, last.requests, current.requests, reset),
+        errors=_carry_counts(totals.errors, last.errors, current.errors, reset),
+    )
+    seen = TapSample(
+        bands={**last.bands, **current.bands},
+        requests={**last.requests, **current.requests},
+        errors={**last.errors, **current.errors},
+    )
+    return new_totals, seen
 
 
 def _sub_spec(later: SpecCounters | None, earlier: SpecCounters | None) -> SpecCounters | None:
@@ -234,6 +380,35 @@ def window_delta(points: Sequence[Point], window_seconds: float, slack_seconds: 
     return WindowDelta(
         span_seconds=latest.taken_at - base.taken_at,
         engines={key: subtract(t, base.totals.get(key)) for key, t in latest.totals.items()},
+        tap=subtract_tap(latest.tap, base.tap),
+    )
+
+
+def _sub_maybe(later: Histogram | None, earlier: Histogram | None) -> Histogram | None:
+    return _sub_histogram(later, earlier) if later is not None else None
+
+
+def subtract_tap(later: TapSample | None, earlier: TapSample | None) -> TapSample | None:
+    """The increase of the tap's totals between two points (pure; never negative)."""
+    if later is None or earlier is None:
+        return later
+    bands = {}
+    for key, b in later.bands.items():
+        e = earlier.bands.get(key)
+        if e is None:
+            bands[key] = b
+            continue
+        bands[key] = BandSample(
+            accepted_tokens=b.accepted_tokens - e.accepted_tokens,
+            draft_tokens=b.draft_tokens - e.draft_tokens,
+            acceptance=_sub_maybe(b.acceptance, e.acceptance),
+            ttft=_sub_maybe(b.ttft, e.ttft),
+            tpot=_sub_maybe(b.tpot, e.tpot),
+        )
+    return TapSample(
+        bands=bands,
+        requests={k: v - earlier.requests.get(k, 0.0) for k, v in later.requests.items()},
+        errors={k: v - earlier.errors.get(k, 0.0) for k, v in later.errors.items()},
     )
 
 

@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+
+from harness.ports import free_port
 
 READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
@@ -41,13 +42,6 @@ def require_binaries(*names: str) -> list[str]:
             pytrace=False,
         )
     return [path for path in paths if path is not None]
-
-
-def free_port() -> int:
-    """A currently free loopback port (the kernel picks it; another process could still take it before us)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def escape_label_value(value: str) -> str:

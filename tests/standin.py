@@ -25,10 +25,22 @@ NVIDIA_NO_SPEC = "armandossrecife-vllm-server-api-chat_v1-nvidia-25.09_no-spec.t
 ALL_SAMPLES = (V032_IDLE, V032_LOAD, V033_MP, V085_V0, V085_V0_MP, NVIDIA_NO_SPEC)
 
 
-def sample(name: str) -> str:
+# The captures come from several vLLM runs. A stand-in is one vLLM process, so its bodies share one start time
+# unless a scenario restarts it (`with_process_start`).
+PROCESS_START = 1.7954761e9
+
+
+def sample(name: str, *, process_start: float | None = PROCESS_START) -> str:
+    """A captured body; `process_start=None` keeps the capture's own process_start_time_seconds."""
     text = (FIXTURES / name).read_text()
     # One capture was stored without the final newline every real /metrics body ends with.
-    return text if text.endswith("\n") else text + "\n"
+    text = text if text.endswith("\n") else text + "\n"
+    return text if process_start is None else with_process_start(text, process_start)
+
+
+def with_process_start(text: str, start: float) -> str:
+    """The body as another process (started at `start`) would serve it."""
+    return re.sub(r"^process_start_time_seconds \S+$", f"process_start_time_seconds {start!r}", text, flags=re.M)
 
 
 def rewrite(text: str, values: Mapping[str, float]) -> str:
@@ -58,6 +70,24 @@ def scale_counters(text: str, factor: float) -> str:
                 line = f"{series} {float(value) * factor!r}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def stretch_latency(text: str, family: str, factor: float) -> str:
+    """`family`'s histogram as if every observation had taken `factor` times as long: bucket bounds and sum scaled.
+
+    Quantiles interpolated inside buckets scale by exactly `factor`, so a comparison has a known answer.
+    """
+
+    def bound(m: re.Match[str]) -> str:
+        le = m.group(1)
+        return m.group(0) if le == "+Inf" else m.group(0).replace(f'le="{le}"', f'le="{float(le) * factor!r}"')
+
+    out = re.sub(rf'^{re.escape(family)}_bucket{{[^}}]*le="([^"]+)"[^}}]*}}', bound, text, flags=re.M)
+
+    def total(m: re.Match[str]) -> str:
+        return f"{m.group(1)} {float(m.group(2)) * factor!r}"
+
+    return re.sub(rf"^({re.escape(family)}_sum{{[^}}]*}}) (\S+)$", total, out, flags=re.M)
 
 
 def with_engines(text: str, engines: int) -> str:

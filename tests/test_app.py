@@ -15,14 +15,15 @@ async def test_endpoints_before_and_after_the_first_successful_poll(standin: Any
     app = create_app(make_settings(url), run_poller=False)
     client = await aiohttp_client(app)
 
+    # Readiness is the exporter's own: a target not polled yet is reported in the body, not by failing the probe.
     ready = await client.get("/readyz")
-    assert ready.status == 503
-    assert "'vllm' has not been polled successfully yet" in await ready.text()
+    assert ready.status == 200
+    assert await ready.text() == "ready\ntarget 'vllm': not polled successfully yet\n"
     assert (await client.get("/healthz")).status == 200
 
     await app[POLLER_KEY].poll_once()
     ready = await client.get("/readyz")
-    assert ready.status == 200 and await ready.text() == "ready\n"
+    assert ready.status == 200 and await ready.text() == "ready\ntarget 'vllm': up\n"
 
     metrics = await client.get("/metrics")
     assert metrics.status == 200
@@ -50,8 +51,59 @@ async def test_the_poller_task_starts_with_the_app_and_stops_with_it(standin: An
     client = await aiohttp_client(create_app(make_settings(url)))
     # The first poll runs at startup; wait for it by condition, with a bound.
     for _ in range(200):
-        if (await client.get("/readyz")).status == 200:
+        if "up" in await (await client.get("/readyz")).text():
             break
         await __import__("asyncio").sleep(0.01)
     assert polled == ["/metrics"]
     await client.close()
+
+
+async def test_an_unreachable_baseline_never_fails_the_pods_probes(standin: Any, aiohttp_client: Any) -> None:
+    """In sidecar mode /readyz is a serving pod's readiness probe: a remote pool that is down must not matter."""
+    server, url = standin
+    server.push(sample(V032_LOAD))
+    targets = [{"name": "vllm", "url": url}, {"name": "base", "url": "http://127.0.0.1:9", "role": "baseline"}]
+    app = create_app(make_settings(url, targets=targets), run_poller=False)
+    client = await aiohttp_client(app)
+    await app[POLLER_KEY].poll_once()
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    body = await ready.text()
+    assert "target 'vllm': up" in body
+    assert "target 'base': not polled successfully yet, last error connection_error" in body
+    assert (await client.get("/healthz")).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'spec_decode_exporter_target_up{target="base"} 0.0' in metrics
+
+
+async def test_concurrent_scrapes_share_one_rendering_per_state() -> None:
+    """Fifty scrapers between two polls cost one rendering, not fifty on the loop that relays the tap's streams."""
+    import asyncio
+    import gzip
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    from spec_exporter.app import ExpositionCache
+
+    collected = []
+
+    class Counting:
+        def collect(self):  # type: ignore[no-untyped-def]
+            collected.append(1)
+            yield GaugeMetricFamily("polls", "how many states", value=len(collected))
+
+    registry = CollectorRegistry()
+    registry.register(Counting())  # type: ignore[arg-type]
+    state = [object()]
+    cache = ExpositionCache(registry, lambda: state[0])  # type: ignore[arg-type,return-value]
+    bodies = await asyncio.gather(*(cache.render("") for _ in range(50)))
+    assert {b for b, _ in bodies} == {b"# HELP polls how many states\n# TYPE polls gauge\npolls 1.0\n"}
+    assert len(collected) == 1
+    state[0] = object()  # the poller published a new state
+    body, content_type = await cache.render("")
+    assert b"polls 2.0" in body and content_type.startswith("text/plain")
+    packed, _ = await cache.gzipped("")
+    assert gzip.decompress(packed) == body and len(collected) == 2
+    om, om_type = await cache.render("application/openmetrics-text; version=1.0.0")
+    assert om_type.startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")

@@ -166,3 +166,46 @@ def test_check_json_gives_a_v0_engine_its_lifetime_verdict(capsys: pytest.Captur
     (engine,) = doc["engines"]
     assert engine["lifetime_acceptance"] == pytest.approx(0.49583333333333335)
     assert engine["verdict"] == doc["verdict"] == "disable"
+
+
+SIDECAR_CONFIG = """\
+# The chart's sidecar config: the pod's vLLM as the one target, the proxy tap in front of it.
+targets:
+  - name: vllm
+    url: http://127.0.0.1:8000
+tap:
+  listen_address: ":8001"
+  target: vllm
+thresholds:
+  disable_below: 0.4
+  beneficial_at: 0.6
+  min_draft_tokens: 50
+"""
+
+
+def test_check_accepts_the_sidecars_own_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue: check replaced the targets but kept `tap`, so the chart's config failed with exit 2."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SIDECAR_CONFIG)
+    # 66 of 147 draft tokens: 0.449, `disable` by the defaults, `break_even` by this file's 0.4 / 0.6.
+    load = rewrite(sample(V032_LOAD), {ACCEPTED: 66})
+    with standin_thread(sample(V032_IDLE), load) as url:
+        code = run_check(["--target", url, "--config.file", str(config), "--output", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "break_even" and code == 1
+
+
+def test_probe_reads_thresholds_from_the_config_file_and_rejects_a_missing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue: probe accepted --config.file and ignored it, even a file that does not exist."""
+    from spec_exporter.commands.probe import probe_parser, probe_settings
+
+    missing = tmp_path / "nope.yaml"
+    assert cli.main(["probe", "--target", "http://127.0.0.1:9", "--config.file", str(missing)]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    config = tmp_path / "config.yaml"
+    config.write_text(SIDECAR_CONFIG)
+    args = probe_parser().parse_args(["--target", "http://127.0.0.1:9", "--config.file", str(config)])
+    thresholds = probe_settings(args).thresholds
+    assert (thresholds.disable_below, thresholds.beneficial_at, thresholds.min_draft_tokens) == (0.4, 0.6, 50)

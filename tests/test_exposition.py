@@ -135,10 +135,13 @@ async def test_a_dead_target_keeps_only_its_health_series(standin: Any, make_pol
 
 
 async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, clock: Any, aiohttp_server: Any) -> None:
-    from tests.standin import StandIn
+    from tests.standin import StandIn, stretch_latency
 
+    tpot = "vllm:request_time_per_output_token_seconds"
+    ttft = "vllm:time_to_first_token_seconds"
     base = StandIn()
-    base.push(sample(V032_IDLE), sample(V032_LOAD))
+    # The baseline pool's requests took twice as long per token and 1.5 times as long to the first token.
+    base.push(*(stretch_latency(stretch_latency(sample(b), tpot, 2.0), ttft, 1.5) for b in (V032_IDLE, V032_LOAD)))
     base_server = await aiohttp_server(base.app())
     base_url = str(base_server.make_url("")).rstrip("/")
     _, spec_url = standin
@@ -151,46 +154,41 @@ async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, c
         targets=[{"name": "spec", "url": spec_url}, {"name": "base", "url": base_url, "role": "baseline"}],
     )
     labels = {"target": "spec", "baseline": "base", "window": "1m"}
-    # Same traffic on both sides: a measured speedup of exactly 1 and the same tail.
-    assert registry.get_sample_value("spec_decode_baseline_tpot_speedup_ratio", labels) == 1.0
-    assert registry.get_sample_value("spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "ttft"}) == 1.0
+    assert registry.get_sample_value("spec_decode_baseline_tpot_speedup_ratio", labels) == pytest.approx(2.0)
+    assert registry.get_sample_value(
+        "spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "tpot"}
+    ) == pytest.approx(0.5)
+    assert registry.get_sample_value(
+        "spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "ttft"}
+    ) == pytest.approx(1 / 1.5)
+    # ITL was left alone: the same on both sides.
+    assert registry.get_sample_value(
+        "spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "itl"}
+    ) == pytest.approx(1.0)
 
 
-def _tap_recorder(clock: Any):  # type: ignore[no-untyped-def]
-    from spec_exporter.tap.bands import Bands
-    from spec_exporter.tap.recorder import Outcome, TapRecorder
-    from spec_exporter.types import Thresholds, Window
+def tap_exposition(metrics: Any, registry: CollectorRegistry) -> str:
+    """What the join core's families look like on the wire after a 60/40 mix (greedy 82%, hot 38%)."""
+    from spec_exporter.join.metrics import ErrorStage, Outcome
 
-    recorder = TapRecorder(
-        "vllm",
-        Bands(),
-        (Window("1m", 60.0), Window("5m", 300.0)),
-        Thresholds(min_draft_tokens=10),
-        verdict_window="5m",
-        clock=clock,
-    )
-    # A 60/40 mix: greedy requests accept 82%, hot ones 38%; the engine-wide average looks healthy.
     for _ in range(6):
-        recorder.measured("tiny", "0", 41, 50, 0.03, 0.012)
+        metrics.measured("tiny", "0", 41, 50, 0.03, 0.012)
     for _ in range(4):
-        recorder.measured("tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
-    recorder.count("0.7-1.0", Outcome.NO_SPEC_METRICS)
-    return recorder
+        metrics.measured("tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
+    metrics.outcome("tiny", "0.7-1.0", Outcome.NO_SPEC_METRICS)
+    metrics.error(ErrorStage.REQUEST)
+    return generate_latest(registry).decode()
 
 
 async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock: Any) -> None:
-    from spec_exporter.tap.recorder import ErrorStage
+    from spec_exporter.join.metrics import TapMetrics
 
-    store, _ = await polled(
-        standin,
-        make_poller,
-        clock,
-        scale_counters(sample(V032_LOAD), 0.0),
-        scale_counters(sample(V032_LOAD), 500 / 147),
-    )
-    recorder = _tap_recorder(clock)
-    recorder.error(ErrorStage.REQUEST)
-    registry = build_registry(store, tap=recorder, process_metrics=False)
+    tap_registry = CollectorRegistry()
+    metrics = TapMetrics(tap_registry)
+    # The middleware's series ride vLLM's own scrape: first before any request, then after the mix.
+    before = scale_counters(sample(V032_LOAD), 0.0) + generate_latest(tap_registry).decode()
+    after = scale_counters(sample(V032_LOAD), 500 / 147) + tap_exposition(metrics, tap_registry)
+    _, registry = await polled(standin, make_poller, clock, before, after)
     text = render(registry)
     check_golden("v0.32_with_tap.prom", text)
     band = {"target": "vllm", "model_name": "tiny"}
@@ -203,10 +201,12 @@ async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock
         )
         == 4
     )
-    assert registry.get_sample_value(
+    # 0.82 sits in the (0.8, 0.825] bucket: P10 of six equal requests, interpolated as histogram_quantile does.
+    p10 = registry.get_sample_value(
         "spec_decode_request_acceptance_rate_quantile",
         {**band, "temperature_band": "0", "window": "1m", "quantile": "0.1"},
-    ) == pytest.approx(0.82)
+    )
+    assert p10 == pytest.approx(0.8 + 0.025 * 0.6 / 6) and abs(p10 - 0.82) <= 0.025
     verdicts = {
         b: next(
             v
@@ -223,3 +223,10 @@ async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock
     assert registry.get_sample_value(
         "spec_decode_tap_coverage_ratio", {"target": "vllm", "window": "1m"}
     ) == pytest.approx(1.0)
+    assert (
+        registry.get_sample_value(
+            "spec_decode_tap_requests_total", {"target": "vllm", "temperature_band": "0.7-1.0", "outcome": "measured"}
+        )
+        == 4
+    )
+    assert registry.get_sample_value("spec_decode_tap_errors_total", {"target": "vllm", "stage": "request"}) == 1

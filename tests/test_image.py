@@ -23,6 +23,8 @@ import yaml
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 CHART_VALUES = ROOT / "helm" / "spec-exporter" / "values.yaml"
+# As `docker build --build-arg REVISION=$(git rev-parse HEAD) --build-arg BRANCH=...` would pass them.
+BUILD_ARGS = {"REVISION": "0123456789abcdef0123456789abcdef01234567", "BRANCH": "release-test"}
 
 
 def _smoke_module() -> ModuleType:
@@ -125,7 +127,7 @@ def image() -> Iterator[Any]:
     root = smoke.scratch_root()
     try:
         python, pip_python = smoke.interpreters()
-        yield smoke.build(ROOT, root, python=python, pip_python=pip_python)
+        yield smoke.build(ROOT, root, python=python, pip_python=pip_python, build_args=BUILD_ARGS)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -149,6 +151,17 @@ def test_image_keeps_only_the_virtualenv(image: Any) -> None:
     assert not [f for f in image.image_files if "/site-packages/pip/" in f]
     assert not [f for f in image.image_files if "/site-packages/tests/" in f]
     assert image.not_replayed and all("useradd" in r or "pip uninstall" in r for r in image.not_replayed)
+
+
+def test_the_image_reports_the_revision_and_branch_it_was_built_from(image: Any) -> None:
+    probe = "from spec_exporter import buildinfo; print(buildinfo.revision(), buildinfo.branch(), buildinfo.__file__)"
+    python = image.host("/opt/spec-exporter/bin/python")
+    env = {**image.env, "HOME": "/nonexistent"}
+    out = subprocess.run([python, "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    revision, branch, module = out.stdout.split()
+    assert (revision, branch) == (BUILD_ARGS["REVISION"], BUILD_ARGS["BRANCH"])
+    assert module.startswith(str(image.host("/opt/spec-exporter/")))  # the image's copy answered, not the checkout
 
 
 def test_entrypoint_validates_a_configuration(run: Any) -> None:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from harness.ports import free_port
 from spec_exporter.types import PollError, Verdict
 from tests.conftest import make_settings
 from tests.standin import V032_IDLE, V032_LOAD, Reply, rewrite, sample, scale_counters
 
 SPEC = 'vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="tiny"}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_two_polls_a_minute_apart_give_the_window_numbers(

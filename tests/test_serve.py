@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from typing import Any
 
 import aiohttp
 
+from harness.ports import free_port
 from spec_exporter.app import serve
 from tests.conftest import make_settings
 from tests.openai_standin import OpenAIStandIn
 from tests.standin import V032_LOAD, sample
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for(check: Any, timeout: float = 10.0) -> None:

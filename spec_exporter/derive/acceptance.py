@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spec_exporter.types import SpecCounters
@@ -36,4 +38,19 @@ def acceptance(delta: SpecCounters) -> Acceptance:
         rate=_ratio(delta.accepted_tokens, delta.draft_tokens),
         mean_length=None if per_draft is None else 1.0 + per_draft,
         per_position=tuple(_ratio(v, delta.drafts) for v in delta.per_position),
+    )
+
+
+def sum_spec(specs: Sequence[SpecCounters]) -> SpecCounters | None:
+    """Several engines' counters as one (positions aligned from 0); None when there are none."""
+    if not specs:
+        return None
+    width = max(len(s.per_position) for s in specs)
+    return SpecCounters(
+        drafts=math.fsum(s.drafts for s in specs),
+        draft_tokens=math.fsum(s.draft_tokens for s in specs),
+        accepted_tokens=math.fsum(s.accepted_tokens for s in specs),
+        per_position=tuple(
+            math.fsum(s.per_position[i] for s in specs if i < len(s.per_position)) for i in range(width)
+        ),
     )

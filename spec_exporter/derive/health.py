@@ -6,13 +6,15 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from spec_exporter.derive.acceptance import Acceptance, acceptance
+from spec_exporter.derive.acceptance import Acceptance, acceptance, sum_spec
+from spec_exporter.derive.bands import TapHealth, derive_tap
 from spec_exporter.derive.latency import divergence, merge, quantiles
 from spec_exporter.derive.verdict import break_even_acceptance, expected_speedup, verdict
 from spec_exporter.types import (
     DeriveParams,
     EngineGeneration,
     EngineKey,
+    EngineSample,
     Histogram,
     LatencyMetric,
     SpecCounters,
@@ -59,6 +61,8 @@ class TargetHealth:
     engines: Mapping[EngineKey, EngineHealth]
     combined: tuple[WindowHealth, ...] = field(default=())
     combined_verdict: Verdict = Verdict.INSUFFICIENT_DATA
+    # Acceptance by temperature band, when the scrape carries the tap's series (middleware or proxy).
+    tap: TapHealth | None = None
 
 
 def _window_health(
@@ -101,59 +105,67 @@ def _empty_window(window: Window) -> WindowHealth:
     return WindowHealth(window, 0.0, None, {}, {}, None, None, None, Verdict.INSUFFICIENT_DATA)
 
 
+def _engine_health(
+    key: EngineKey, sample: EngineSample, latest: Point, deltas: Mapping[str, WindowDelta | None], params: DeriveParams
+) -> EngineHealth:
+    generation = latest.snapshot.generation
+    v0 = generation is EngineGeneration.V0
+    spec_enabled = sample.spec is not None or (v0 and sample.lifetime_acceptance is not None)
+    k = params.num_speculative_tokens
+    if k is None and sample.spec is not None and sample.spec.per_position:
+        k = len(sample.spec.per_position)
+    windows = []
+    for window in params.windows:
+        delta = deltas.get(window.label)
+        d = delta.engines.get(key) if delta is not None else None
+        if delta is None or d is None:
+            windows.append(_empty_window(window))
+            continue
+        windows.append(
+            _window_health(
+                window,
+                delta.span_seconds,
+                # What this scrape lacks is missing, even though its totals carry on.
+                d.spec if sample.spec is not None else None,
+                {m: h for m, h in d.histograms.items() if m in sample.histograms},
+                d.generation_tokens if sample.generation_tokens is not None else None,
+                d.preemptions if sample.preemptions is not None else None,
+                k,
+                params,
+            )
+        )
+    lifetime = sample.lifetime_acceptance
+    if v0:
+        # V0's counters are sums of running totals; its lifetime gauge is the only honest acceptance.
+        engine_verdict = verdict(
+            None if lifetime is None or math.isnan(lifetime) else lifetime, None, params.thresholds
+        )
+    else:
+        engine_verdict = _verdict_of(windows, params)
+    return EngineHealth(
+        key=key,
+        generation=generation,
+        spec_enabled=spec_enabled,
+        num_speculative_tokens=k if spec_enabled else None,
+        break_even_acceptance=break_even_acceptance(k, params.draft_cost_ratio) if spec_enabled and k else None,
+        lifetime_acceptance=lifetime if v0 else None,
+        verdict=engine_verdict,
+        windows=tuple(windows),
+        totals=latest.totals[key],
+        requests_running=sample.requests_running,
+        requests_waiting=sample.requests_waiting,
+        kv_cache_usage=sample.kv_cache_usage,
+    )
+
+
+def _verdict_of(windows: Iterable[WindowHealth], params: DeriveParams) -> Verdict:
+    return next((w.verdict for w in windows if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA)
+
+
 def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], params: DeriveParams) -> TargetHealth:
     """Health of every engine of a target; `deltas` maps each window label to its delta (None: too early)."""
     snapshot = latest.snapshot
-    engines: dict[EngineKey, EngineHealth] = {}
-    for key, sample in snapshot.engines.items():
-        v0 = snapshot.generation is EngineGeneration.V0
-        spec_enabled = sample.spec is not None or (v0 and sample.lifetime_acceptance is not None)
-        k = params.num_speculative_tokens
-        if k is None and sample.spec is not None and sample.spec.per_position:
-            k = len(sample.spec.per_position)
-        windows = []
-        for window in params.windows:
-            delta = deltas.get(window.label)
-            d = delta.engines.get(key) if delta is not None else None
-            if delta is None or d is None:
-                windows.append(_empty_window(window))
-                continue
-            windows.append(
-                _window_health(
-                    window,
-                    delta.span_seconds,
-                    d.spec if sample.spec is not None else None,
-                    d.histograms,
-                    d.generation_tokens if sample.generation_tokens is not None else None,
-                    d.preemptions if sample.preemptions is not None else None,
-                    k,
-                    params,
-                )
-            )
-        lifetime = sample.lifetime_acceptance
-        if v0:
-            # V0's counters are sums of running totals; its lifetime gauge is the only honest acceptance.
-            engine_verdict = verdict(
-                None if lifetime is None or math.isnan(lifetime) else lifetime, None, params.thresholds
-            )
-        else:
-            engine_verdict = next(
-                (w.verdict for w in windows if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA
-            )
-        engines[key] = EngineHealth(
-            key=key,
-            generation=snapshot.generation,
-            spec_enabled=spec_enabled,
-            num_speculative_tokens=k if spec_enabled else None,
-            break_even_acceptance=break_even_acceptance(k, params.draft_cost_ratio) if spec_enabled and k else None,
-            lifetime_acceptance=lifetime if v0 else None,
-            verdict=engine_verdict,
-            windows=tuple(windows),
-            totals=latest.totals[key],
-            requests_running=sample.requests_running,
-            requests_waiting=sample.requests_waiting,
-            kv_cache_usage=sample.kv_cache_usage,
-        )
+    engines = {key: _engine_health(key, sample, latest, deltas, params) for key, sample in snapshot.engines.items()}
     if len(engines) == 1:
         # One engine is the whole target: its windows already are the combined ones.
         (only,) = engines.values()
@@ -163,29 +175,18 @@ def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], param
     if snapshot.generation is EngineGeneration.V0:
         combined_verdict = _v0_combined_verdict(engines.values())
     else:
-        combined_verdict = next(
-            (w.verdict for w in combined if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA
-        )
-    return TargetHealth(snapshot.generation, engines, combined, combined_verdict)
+        combined_verdict = _verdict_of(combined, params)
+    tap = None
+    if snapshot.tap is not None and latest.tap is not None:
+        engine_drafted = {w.window.label: w.acceptance.draft_tokens if w.acceptance else None for w in combined}
+        tap_deltas = {label: d.tap if d is not None else None for label, d in deltas.items()}
+        tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params)
+    return TargetHealth(snapshot.generation, engines, combined, combined_verdict, tap)
 
 
 def _v0_combined_verdict(engines: Iterable[EngineHealth]) -> Verdict:
     verdicts = [e.verdict for e in engines if e.spec_enabled]
     return verdicts[0] if len(verdicts) == 1 else Verdict.INSUFFICIENT_DATA
-
-
-def _sum_spec(specs: list[SpecCounters]) -> SpecCounters | None:
-    if not specs:
-        return None
-    width = max(len(s.per_position) for s in specs)
-    return SpecCounters(
-        drafts=math.fsum(s.drafts for s in specs),
-        draft_tokens=math.fsum(s.draft_tokens for s in specs),
-        accepted_tokens=math.fsum(s.accepted_tokens for s in specs),
-        per_position=tuple(
-            math.fsum(s.per_position[i] for s in specs if i < len(s.per_position)) for i in range(width)
-        ),
-    )
 
 
 def _combined_window(
@@ -204,7 +205,7 @@ def _combined_window(
     return _window_health(
         window,
         delta.span_seconds,
-        _sum_spec(specs),
+        sum_spec(specs),
         histograms,
         math.fsum(p.generation_tokens for p in parts),
         math.fsum(p.preemptions for p in parts),

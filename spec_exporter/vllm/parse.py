@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spec_exporter.types import (
+    BandKey,
+    BandSample,
     EngineGeneration,
     EngineKey,
     EngineSample,
@@ -21,6 +23,7 @@ from spec_exporter.types import (
     PollError,
     Snapshot,
     SpecCounters,
+    TapSample,
 )
 from spec_exporter.vllm import names
 
@@ -33,43 +36,69 @@ class ParseError(ValueError):
         self.reason = reason
 
 
-# What each wanted sample name feeds. Histogram suffixes are expanded below.
+# What each wanted sample name feeds.
 _SCALAR = 0
 _POSITION = 1
 _BUCKET = 2
 _HCOUNT = 3
 _HSUM = 4
+# The tap's `spec_tap_*` families (the join core's, on vLLM's /metrics when the middleware runs there).
+_TAP_COUNTER = 5
+_TAP_BUCKET = 6
+_TAP_HCOUNT = 7
+_TAP_HSUM = 8
+_PROCESS_START = 9
 
-_WANTED: dict[str, tuple[int, Any]] = {
-    names.SPEC_DRAFTS: (_SCALAR, "drafts"),
-    names.SPEC_DRAFT_TOKENS: (_SCALAR, "draft_tokens"),
-    names.SPEC_ACCEPTED_TOKENS: (_SCALAR, "accepted_tokens"),
-    names.SPEC_ACCEPTED_PER_POS: (_POSITION, None),
-    names.V0_ACCEPTANCE_RATE: (_SCALAR, "lifetime_acceptance"),
-    names.GENERATION_TOKENS: (_SCALAR, "generation_tokens"),
-    names.PREEMPTIONS: (_SCALAR, "preemptions"),
-    names.REQUESTS_RUNNING: (_SCALAR, "requests_running"),
-    names.REQUESTS_WAITING: (_SCALAR, "requests_waiting"),
-    names.KV_CACHE_USAGE: (_SCALAR, "kv_cache_usage"),
-    names.KV_CACHE_USAGE_LEGACY: (_SCALAR, "kv_cache_usage_legacy"),
-}
-for _family, _metric in (names.LATENCY_FAMILIES | names.LEGACY_LATENCY_FAMILIES).items():
-    _legacy = _family in names.LEGACY_LATENCY_FAMILIES
-    _WANTED[_family + "_bucket"] = (_BUCKET, (_metric, _legacy))  # type: ignore[assignment]
-    _WANTED[_family + "_count"] = (_HCOUNT, (_metric, _legacy))
-    _WANTED[_family + "_sum"] = (_HSUM, (_metric, _legacy))
+_HISTOGRAM_KINDS = frozenset({_BUCKET, _HCOUNT, _HSUM, _TAP_BUCKET, _TAP_HCOUNT, _TAP_HSUM})
+
+
+def _wanted_samples() -> dict[str, tuple[int, Any]]:
+    """Sample name → (kind, what it feeds); histogram families expand to their three sample names."""
+    wanted: dict[str, tuple[int, Any]] = {
+        names.SPEC_DRAFTS: (_SCALAR, "drafts"),
+        names.SPEC_DRAFT_TOKENS: (_SCALAR, "draft_tokens"),
+        names.SPEC_ACCEPTED_TOKENS: (_SCALAR, "accepted_tokens"),
+        names.SPEC_ACCEPTED_PER_POS: (_POSITION, None),
+        names.V0_ACCEPTANCE_RATE: (_SCALAR, "lifetime_acceptance"),
+        names.GENERATION_TOKENS: (_SCALAR, "generation_tokens"),
+        names.PREEMPTIONS: (_SCALAR, "preemptions"),
+        names.REQUESTS_RUNNING: (_SCALAR, "requests_running"),
+        names.REQUESTS_WAITING: (_SCALAR, "requests_waiting"),
+        names.KV_CACHE_USAGE: (_SCALAR, "kv_cache_usage"),
+        names.KV_CACHE_USAGE_LEGACY: (_SCALAR, "kv_cache_usage_legacy"),
+        names.PROCESS_START: (_PROCESS_START, None),
+    }
+    for family, metric in (names.LATENCY_FAMILIES | names.LEGACY_LATENCY_FAMILIES).items():
+        target = (metric, family in names.LEGACY_LATENCY_FAMILIES)
+        wanted[family + "_bucket"] = (_BUCKET, target)
+        wanted[family + "_count"] = (_HCOUNT, target)
+        wanted[family + "_sum"] = (_HSUM, target)
+    for name, field_name in names.TAP_COUNTERS.items():
+        wanted[name] = (_TAP_COUNTER, field_name)
+    for family, field_name in names.TAP_HISTOGRAMS.items():
+        wanted[family + "_bucket"] = (_TAP_BUCKET, field_name)
+        wanted[family + "_count"] = (_TAP_HCOUNT, field_name)
+        wanted[family + "_sum"] = (_TAP_HSUM, field_name)
+    return wanted
+
+
+def _family_names(wanted: dict[str, tuple[int, Any]]) -> frozenset[str]:
+    """TYPE-line names of the families holding `wanted` samples: the sample name for counters and gauges, the
+    base name for histograms; counter TYPE lines from older prometheus_client lack the `_total`."""
+    return frozenset(
+        set(wanted)
+        | {n.removesuffix("_total") for n in wanted}
+        | {n.rsplit("_", 1)[0] for n, (kind, _) in wanted.items() if kind in _HISTOGRAM_KINDS}
+    )
+
+
+_WANTED = _wanted_samples()
+_WANTED_FAMILIES = _family_names(_WANTED)
+_LINE_PREFIXES = (names.PREFIX, names.TAP_PREFIX, names.PROCESS_START)
 
 # Gauges of several series under one key (extra labels, e.g. Ray's) are combined: request gauges add up,
 # cache usage takes the fullest.
 _MAX_COMBINED = frozenset({"kv_cache_usage", "kv_cache_usage_legacy"})
-
-# TYPE-line names of the families holding those samples: the sample name for counters and gauges, the base
-# name for histograms; counter TYPE lines from older prometheus_client lack the `_total`.
-_WANTED_FAMILIES = frozenset(
-    {n for n in _WANTED}
-    | {n.removesuffix("_total") for n in _WANTED}
-    | {n.rsplit("_", 1)[0] for n, (kind, _) in _WANTED.items() if kind in (_BUCKET, _HCOUNT, _HSUM)}
-)
 
 _LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 
@@ -88,6 +117,26 @@ class _EngineBuilder:
     histograms: dict[tuple[LatencyMetric, bool], _HistogramBuilder] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _TapBuilder:
+    # (field, key) → value; key is (model, band) for tokens, (band, outcome) for requests, stage for errors.
+    counters: dict[tuple[str, Any], float] = field(default_factory=dict)
+    histograms: dict[tuple[str, BandKey], _HistogramBuilder] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What one parse has gathered so far."""
+
+    engines: dict[EngineKey, _EngineBuilder] = field(default_factory=dict)
+    tap: _TapBuilder | None = None
+    seen: set[str] = field(default_factory=set)
+    found: bool = False
+    with_model: bool = False
+    router_like: bool = False
+    process_start: float | None = None
+
+
 class ExpositionParser:
     """Parses vLLM expositions, remembering how each series line was understood (they repeat every poll)."""
 
@@ -98,34 +147,53 @@ class ExpositionParser:
 
     def parse(self, text: str, taken_at: float) -> Snapshot:
         """Parse a vLLM /metrics body; raise `ParseError` if a line we need is malformed or none is present."""
-        engines: dict[EngineKey, _EngineBuilder] = {}
+        scan = _Scan()
         # Families are contiguous in the text format, each introduced by its TYPE line, so splitting there lets
         # us skip the hundreds of families we don't read without looking at their lines. Samples before the
         # first TYPE line (an untyped exposition) are scanned line by line.
         blocks = text.split("\n# TYPE ")
-        found = self._scan(blocks[0], engines)
+        self._scan(blocks[0], scan)
         for block in blocks[1:]:
             if block[: block.find(" ")] in _WANTED_FAMILIES:
                 # The block's first line is the rest of its TYPE line.
-                found = self._scan(block[block.find("\n") + 1 :], engines) or found
-        if not found:
+                self._scan(block[block.find("\n") + 1 :], scan)
+        if not scan.found:
             raise ParseError(PollError.UNKNOWN_LAYOUT, "no vllm:* metric this exporter reads was found")
+        if scan.engines and not scan.with_model:
+            # Every vLLM engine labels its series with model_name; production-stack's router labels its
+            # vllm:* gauges with server= instead, and has no spec-decode counters to read.
+            what = "a vLLM router (its series carry server=, not model_name=)" if scan.router_like else "a proxy"
+            raise ParseError(
+                PollError.NOT_AN_ENGINE,
+                f"not a vLLM engine: no vllm:* series has a model_name label; this looks like {what}. "
+                "Poll each vLLM pod's own /metrics instead",
+            )
         generation = (
             EngineGeneration.V0
-            if any("lifetime_acceptance" in b.scalars for b in engines.values())
+            if any("lifetime_acceptance" in b.scalars for b in scan.engines.values())
             else EngineGeneration.V1
         )
         return Snapshot(
             taken_at=taken_at,
             generation=generation,
-            engines={key: _finish(b, generation, key) for key, b in engines.items()},
+            engines={key: _finish(b, generation, key) for key, b in scan.engines.items()},
+            tap=_finish_tap(scan.tap) if scan.tap is not None else None,
+            process_start=scan.process_start,
         )
 
-    def _scan(self, block: str, engines: dict[EngineKey, _EngineBuilder]) -> bool:
-        found = False
-        cache = self._series
+    def _describe(self, series_text: str) -> tuple[Any, ...]:
+        series = self._series.get(series_text)
+        if series is None:
+            series = _describe_series(series_text)
+            if len(self._series) >= self._CACHE_LIMIT:
+                self._series.clear()
+            self._series[series_text] = series
+        return series
+
+    def _scan(self, block: str, scan: _Scan) -> None:
+        seen = scan.seen
         for line in block.split("\n"):
-            if not line.startswith("vllm:"):
+            if not line.startswith(_LINE_PREFIXES):
                 continue
             # The series part (name and labels) repeats verbatim from poll to poll; only the value changes.
             close = line.rfind("}")
@@ -136,46 +204,76 @@ class ExpositionParser:
                 series_text, rest = line[:close], line[close:]
             else:
                 series_text, rest = line[: close + 1], line[close + 1 :]
-            series = cache.get(series_text)
-            if series is None:
-                series = _describe_series(series_text)
-                if len(cache) >= self._CACHE_LIMIT:
-                    cache.clear()
-                cache[series_text] = series
+            series = self._describe(series_text)
             if series is _UNWANTED:
                 continue
-            found = True
-            kind, target, key, extra = series
+            if series_text in seen:
+                raise ParseError(
+                    PollError.DUPLICATE_SERIES, f"{series_text[:200]} appears twice in one scrape; refusing to sum"
+                )
+            seen.add(series_text)
+            kind, target, key, extra, has_model, has_server = series
             value = _parse_value(rest, series_text)
-            builder = engines.get(key)
-            if builder is None:
-                builder = engines[key] = _EngineBuilder()
-            if kind == _SCALAR:
-                scalars = builder.scalars
-                if target in scalars:
-                    previous = scalars[target]
-                    value = max(previous, value) if target in _MAX_COMBINED else previous + value
-                scalars[target] = value
-            elif kind == _POSITION:
-                builder.positions[extra] = builder.positions.get(extra, 0.0) + value
-            else:
-                hist = builder.histograms.get(target)
-                if hist is None:
-                    hist = builder.histograms[target] = _HistogramBuilder()
-                if kind == _BUCKET:
-                    hist.buckets[extra] = hist.buckets.get(extra, 0.0) + value
-                elif kind == _HCOUNT:
-                    hist.count = value + (hist.count or 0.0)
-                else:
-                    hist.sum += value
-        return found
+            if kind == _PROCESS_START:
+                scan.process_start = value
+                continue
+            scan.found = True
+            if kind >= _TAP_COUNTER:
+                _add_tap(scan, kind, target, key, extra, value)
+                continue
+            scan.with_model = scan.with_model or has_model
+            scan.router_like = scan.router_like or has_server
+            _add_engine(scan, kind, target, key, extra, value)
+
+
+def _add_engine(scan: _Scan, kind: int, target: Any, key: EngineKey, extra: Any, value: float) -> None:
+    builder = scan.engines.get(key)
+    if builder is None:
+        builder = scan.engines[key] = _EngineBuilder()
+    if kind == _SCALAR:
+        scalars = builder.scalars
+        if target in scalars:
+            previous = scalars[target]
+            value = max(previous, value) if target in _MAX_COMBINED else previous + value
+        scalars[target] = value
+    elif kind == _POSITION:
+        builder.positions[extra] = builder.positions.get(extra, 0.0) + value
+    else:
+        hist = builder.histograms.get(target)
+        if hist is None:
+            hist = builder.histograms[target] = _HistogramBuilder()
+        _add_histogram_sample(hist, kind - _BUCKET, extra, value)
+
+
+def _add_tap(scan: _Scan, kind: int, target: str, key: Any, extra: Any, value: float) -> None:
+    tap = scan.tap
+    if tap is None:
+        tap = scan.tap = _TapBuilder()
+    if kind == _TAP_COUNTER:
+        slot = (target, key)
+        tap.counters[slot] = tap.counters.get(slot, 0.0) + value
+        return
+    hist = tap.histograms.get((target, key))
+    if hist is None:
+        hist = tap.histograms[(target, key)] = _HistogramBuilder()
+    _add_histogram_sample(hist, kind - _TAP_BUCKET, extra, value)
+
+
+def _add_histogram_sample(hist: _HistogramBuilder, part: int, le: Any, value: float) -> None:
+    """`part` 0: a bucket at `le`; 1: the count; 2: the sum (samples of one family may be split by extra labels)."""
+    if part == 0:
+        hist.buckets[le] = hist.buckets.get(le, 0.0) + value
+    elif part == 1:
+        hist.count = value + (hist.count or 0.0)
+    else:
+        hist.sum += value
 
 
 _UNWANTED: tuple[Any, ...] = ()
 
 
 def _describe_series(series_text: str) -> tuple[Any, ...]:
-    """`name{labels}` → (kind, target, engine key, le or position), or `_UNWANTED`."""
+    """`name{labels}` → (kind, target, key, le or position, has model_name, has server), or `_UNWANTED`."""
     brace = series_text.find("{")
     name = series_text if brace < 0 else series_text[:brace]
     wanted = _WANTED.get(name)
@@ -183,19 +281,33 @@ def _describe_series(series_text: str) -> tuple[Any, ...]:
         return _UNWANTED
     kind, target = wanted
     labels = {} if brace < 0 else _parse_labels(series_text[brace + 1 : -1])
-    key = (labels.get(names.LABEL_MODEL, ""), labels.get(names.LABEL_ENGINE, ""))
+    model = labels.get(names.LABEL_MODEL, "")
+    key: Any = (model, labels.get(names.LABEL_ENGINE, ""))
     extra: Any = None
     if kind == _POSITION:
         extra = _parse_position(labels.get(names.LABEL_POSITION), name)
-    elif kind == _BUCKET:
-        le_text = labels.get(names.LABEL_LE)
-        if le_text is None:
-            raise ParseError(PollError.PARSE_ERROR, f"bucket of {name} has no le label")
-        try:
-            extra = float(le_text)
-        except ValueError:
-            raise ParseError(PollError.PARSE_ERROR, f"bad le={le_text!r} in {name}") from None
-    return (kind, target, key, extra)
+    elif kind in (_BUCKET, _TAP_BUCKET):
+        extra = _parse_le(labels.get(names.LABEL_LE), name)
+    if kind == _TAP_COUNTER:
+        band = labels.get(names.LABEL_BAND, "")
+        if target == "requests":
+            key = (band, labels.get(names.LABEL_OUTCOME, ""))
+        elif target == "errors":
+            key = labels.get(names.LABEL_STAGE, "")
+        else:
+            key = (model, band)
+    elif kind >= _TAP_BUCKET:
+        key = (model, labels.get(names.LABEL_BAND, ""))
+    return (kind, target, key, extra, names.LABEL_MODEL in labels, names.LABEL_SERVER in labels)
+
+
+def _parse_le(text: str | None, name: str) -> float:
+    if text is None:
+        raise ParseError(PollError.PARSE_ERROR, f"bucket of {name} has no le label")
+    try:
+        return float(text)
+    except ValueError:
+        raise ParseError(PollError.PARSE_ERROR, f"bad le={text!r} in {name}") from None
 
 
 def parse_exposition(text: str, taken_at: float) -> Snapshot:
@@ -219,7 +331,7 @@ def _finish(builder: _EngineBuilder, generation: EngineGeneration, key: EngineKe
     # Current family names win over the pre-0.11 ones when a scrape has both.
     for (metric, legacy), hb in sorted(builder.histograms.items(), key=lambda item: not item[0][1]):
         del legacy
-        histograms[metric] = _finish_histogram(metric, hb, key)
+        histograms[metric] = _finish_histogram(metric.value, hb, key)
     kv = s.get("kv_cache_usage", s.get("kv_cache_usage_legacy"))
     return EngineSample(
         spec=spec,
@@ -233,11 +345,31 @@ def _finish(builder: _EngineBuilder, generation: EngineGeneration, key: EngineKe
     )
 
 
-def _finish_histogram(metric: LatencyMetric, hb: _HistogramBuilder, key: EngineKey) -> Histogram:
+def _finish_tap(tb: _TapBuilder) -> TapSample:
+    bands: dict[BandKey, dict[str, Any]] = {}
+    requests: dict[tuple[str, str], float] = {}
+    errors: dict[str, float] = {}
+    for (field_name, key), value in tb.counters.items():
+        if field_name == "requests":
+            requests[key] = requests.get(key, 0.0) + value
+        elif field_name == "errors":
+            errors[key] = errors.get(key, 0.0) + value
+        else:
+            bands.setdefault(key, {})[field_name] = value
+    for (field_name, key), hb in tb.histograms.items():
+        bands.setdefault(key, {})[field_name] = _finish_histogram(f"spec_tap {field_name}", hb, key)
+    return TapSample(
+        bands={k: BandSample(**v) for k, v in bands.items()},
+        requests=requests,
+        errors=errors,
+    )
+
+
+def _finish_histogram(what: str, hb: _HistogramBuilder, key: object) -> Histogram:
     bounds = sorted(hb.buckets)
     if not bounds or not math.isinf(bounds[-1]):
         # A body cut at a line boundary inside a histogram parses cleanly but lacks its +Inf bucket.
-        raise ParseError(PollError.PARSE_ERROR, f"{metric.value} histogram for {key} has no +Inf bucket")
+        raise ParseError(PollError.PARSE_ERROR, f"{what} histogram for {key} has no +Inf bucket")
     counts = tuple(hb.buckets[b] for b in bounds)
     return Histogram(
         bounds=tuple(bounds),

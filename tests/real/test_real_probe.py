@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from demo.vllm import MODEL_NAME, running_vllm
+from harness.vllm import MODEL_NAME, running_vllm
 from spec_exporter.derive.load import effective_k, speculated_share
 from spec_exporter.types import LatencyMetric, SpecCounters
 from spec_exporter.vllm.parse import parse_exposition

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from demo.processes import prometheus_cmd
-from demo.vllm import VLLM, free_port, running_vllm, stop
+from harness.ports import free_port
+from harness.processes import binary, exporter_cmd, prometheus_cmd, running
+from harness.vllm import VLLM, running_vllm, stop
 from mixin.generate import render_rules
 from mixin.params import Params
 from spec_exporter.vllm.parse import parse_exposition
-from tests.system.processes import binary, exporter_cmd, running
 
 pytestmark = pytest.mark.real
 

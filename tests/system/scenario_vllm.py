@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from tests.openai_standin import response, sse_events
-from tests.standin import V032_LOAD, rewrite, sample, scale_counters
+from tests.standin import PROCESS_START, V032_LOAD, rewrite, sample, scale_counters, with_process_start
 
 K = 3
 _SERIES = '{{engine="0",model_name="{model}"}}'
@@ -47,6 +47,8 @@ class ScenarioVLLM:
     in_flight: int = 0
     # Per active request, the most requests in flight seen while it ran.
     _peaks: dict[int, int] = field(default_factory=dict)
+    # Wall-clock times of the scrapes served after the restart, for tests to wait on.
+    scraped_after_restart: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -59,10 +61,17 @@ class ScenarioVLLM:
             return t - self.restart_after
         return t
 
+    def _restarted(self) -> bool:
+        return self.restart_after is not None and self.clock() - self.started >= self.restart_after
+
     def exposition(self) -> str:
         t = self._elapsed()
         # Latency histograms and other counters grow with time: a steady stream of requests.
         text = scale_counters(self._template, 1.0 + t)
+        if self._restarted():
+            # A new process: a later start time, counters from zero.
+            text = with_process_start(text, PROCESS_START + self.restart_after)
+            self.scraped_after_restart.append(time.time())
         draft = self.draft_tokens_per_second * t + self.served_drafted
         accepted = self.draft_tokens_per_second * t * self.acceptance + self.served_accepted
         drafts = draft / K if self.draft_tokens_per_second else self.served_steps

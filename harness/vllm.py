@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from demo.processes import answers, free_port
+from harness.ports import answers, free_port
 
 __all__ = ["VLLM", "free_port", "running_vllm", "stop", "tiny_model", "vllm_python"]
 

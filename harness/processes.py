@@ -1,30 +1,18 @@
-"""Subprocesses on loopback for the demo and the system and real test tiers: start, wait for ready, stop."""
+"""Subprocesses on loopback: start, wait (bounded) for ready, stop; the commands for Prometheus, Alertmanager and
+the exporter."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import shutil
 import subprocess
+import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    """True once `url` answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+from harness.ports import answers
 
 
 @contextlib.contextmanager
@@ -68,4 +56,26 @@ def alertmanager_cmd(config: Path, storage: Path, listen: str, binary: str = "pr
         f"--storage.path={storage}",
         f"--web.listen-address={listen}",
         "--cluster.listen-address=",
+    ]
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} not found: install Debian's prometheus and prometheus-alertmanager packages (.ci/run does)"
+    return path
+
+
+def exporter_cmd(config: Path, listen: str, *extra: str) -> list[str]:
+    """The exporter as a subprocess of this interpreter, logging warnings only."""
+    return [
+        sys.executable,
+        "-m",
+        "spec_exporter",
+        "--config.file",
+        str(config),
+        "--web.listen-address",
+        listen,
+        "--log.level",
+        "warn",
+        *extra,
     ]

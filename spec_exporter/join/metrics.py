@@ -1,0 +1,205 @@
+"""The tap's metric families (`spec_tap_*`): one definition both front ends fold into.
+
+The middleware registers them in prometheus_client's default registry, so they appear on vLLM's own /metrics (and
+are summed across API-server processes in its multiprocess mode: hence only Counter and Histogram). The proxy tap
+registers them in a private registry that the exporter's poller reads like any other scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import StrEnum
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+# 41 bounds, step 0.025: 0.5 and 0.65 (the verdict thresholds) are edges, and a percentile interpolated inside a
+# bucket is never further than one bucket width from the exact sample percentile.
+ACCEPTANCE_BUCKETS: tuple[float, ...] = tuple(round(i * 0.025, 3) for i in range(41))
+# vLLM's own default TTFT and TPOT buckets (TIME_TO_FIRST_TOKEN_BUCKETS, INTER_TOKEN_LATENCY_BUCKETS in
+# vllm/v1/metrics/buckets.py, 0.32), so tap and engine histograms line up.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+TPOT_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+
+# Model-name label values that are not model names.
+OTHER_MODEL = "other"  # past the per-process cap of distinct names
+INVALID_MODEL = "invalid"  # not encodable as UTF-8, or too long to be a name
+UNKNOWN_MODEL = "unknown"  # neither the response nor the request named one
+MAX_MODEL_CHARS = 200
+DEFAULT_MAX_MODELS = 20
+
+REQUESTS = "spec_tap_requests_total"
+DRAFT_TOKENS = "spec_tap_draft_tokens_total"
+ACCEPTED_TOKENS = "spec_tap_accepted_tokens_total"
+ACCEPTANCE_RATE = "spec_tap_request_acceptance_rate"
+TTFT = "spec_tap_request_ttft_seconds"
+TPOT = "spec_tap_request_tpot_seconds"
+ERRORS = "spec_tap_errors_total"
+
+
+class Outcome(StrEnum):
+    """What became of one completion request: the closed set of `outcome` values."""
+
+    MEASURED = "measured"
+    NO_SPEC_METRICS = "no_spec_metrics"
+    NOT_MEASURABLE = "not_measurable"
+    UPSTREAM_ERROR = "upstream_error"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    NOT_UNDERSTOOD = "not_understood"
+
+
+class ErrorStage(StrEnum):
+    REQUEST = "request"
+    RESPONSE = "response"
+    INTERNAL = "internal"
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class TapMetrics:
+    """The `spec_tap_*` families in `registry`; one instance per registry (prometheus_client refuses a second).
+
+    Fold each request exactly once (`request`, or its shorthands `measured` / `outcome`): the model-name label is
+    resolved, capped and sanitised there.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int = DEFAULT_MAX_MODELS) -> None:
+        if max_models < 0:
+            raise ValueError("max_models must not be negative")
+        self._max_models = max_models
+        self._models: set[str] = set()
+        self._lock = threading.Lock()
+        both = ("model_name", "temperature_band")
+        kw = {"registry": registry}
+        self.requests = Counter(
+            REQUESTS[: -len("_total")],
+            "Completion requests seen by the tap, by what became of them.",
+            (*both, "outcome"),
+            **kw,
+        )
+        self.draft_tokens = Counter(
+            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, **kw
+        )
+        self.accepted_tokens = Counter(
+            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, **kw
+        )
+        self.acceptance = Histogram(
+            ACCEPTANCE_RATE,
+            "Per-request draft acceptance rate (accepted / drafted) of measured requests.",
+            both,
+            buckets=ACCEPTANCE_BUCKETS,
+            **kw,
+        )
+        self.ttft = Histogram(
+            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, **kw
+        )
+        self.tpot = Histogram(
+            TPOT, "Per-request time per output token, as vLLM reports it.", both, buckets=TPOT_BUCKETS, **kw
+        )
+        self.errors = Counter(
+            ERRORS[: -len("_total")],
+            "Inputs the tap could not read, or failures of its own; the request passed through untouched.",
+            ("stage",),
+            **kw,
+        )
+        for stage in ErrorStage:
+            self.errors.labels(stage.value)
+
+    def model_label(self, model: str | None) -> str:
+        """The label value for a served model name; counts an `invalid` one as a request-stage error."""
+        if not isinstance(model, str):
+            return UNKNOWN_MODEL
+        if len(model) > MAX_MODEL_CHARS or not _encodable(model):
+            self.error(ErrorStage.REQUEST)
+            return INVALID_MODEL
+        with self._lock:
+            if model in self._models:
+                return model
+            if len(self._models) < self._max_models:
+                self._models.add(model)
+                return model
+        return OTHER_MODEL
+
+    def request(
+        self,
+        model: str | None,
+        band: str,
+        outcome: Outcome,
+        *,
+        accepted: int | None = None,
+        drafted: int | None = None,
+        ttft: float | None = None,
+        tpot: float | None = None,
+    ) -> None:
+        """Fold one request. Token counts count only for a measured request with drafts."""
+        label = self.model_label(model)
+        self.requests.labels(label, band, Outcome(outcome).value).inc()
+        if outcome is Outcome.MEASURED and accepted is not None and drafted:
+            self.draft_tokens.labels(label, band).inc(drafted)
+            self.accepted_tokens.labels(label, band).inc(accepted)
+            self.acceptance.labels(label, band).observe(accepted / drafted)
+        if ttft is not None:
+            self.ttft.labels(label, band).observe(ttft)
+        if tpot is not None:
+            self.tpot.labels(label, band).observe(tpot)
+
+    def measured(
+        self, model: str | None, band: str, accepted: int, drafted: int, ttft: float | None, tpot: float | None
+    ) -> None:
+        self.request(model, band, Outcome.MEASURED, accepted=accepted, drafted=drafted, ttft=ttft, tpot=tpot)
+
+    def outcome(
+        self, model: str | None, band: str, outcome: Outcome, ttft: float | None = None, tpot: float | None = None
+    ) -> None:
+        self.request(model, band, outcome, ttft=ttft, tpot=tpot)
+
+    def error(self, stage: ErrorStage) -> None:
+        self.errors.labels(ErrorStage(stage).value).inc()
