@@ -150,7 +150,7 @@ class Poller:
             log.info("target restarted", target=rt.config.name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
         slack = self._settings.poll.interval / 2
         deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
-        return derive_target(point, deltas, rt.params), snapshot.folded_models
+        return derive_target(point, deltas, rt.params, rt.ring.points, slack), snapshot.folded_models
 
     def _failed(
         self, rt: _TargetRuntime, previous: TargetState, reason: PollError, message: str, started: float

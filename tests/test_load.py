@@ -196,3 +196,24 @@ def test_tpot_per_load_band_and_the_measured_speedup_per_band() -> None:
     assert by_band["9-16"].speedup == pytest.approx(0.5) and by_band["9-16"].requests == 30
     # A band only one pool was seen at compares nothing.
     assert compare_bands(spec, {"1": base["1"]}) == (by_band["1"],)
+
+
+def test_window_loads_cover_each_window_per_engine_and_for_the_target() -> None:
+    from spec_exporter.derive.load import window_loads
+    from spec_exporter.types import Window
+
+    other = ("m", "1")
+    none, two = {TPOT: hist((0, 0, 0, 0))}, {TPOT: hist((0, 2, 2, 2))}
+    points = ring_of(
+        snap(0, (KEY, busy(engine(generation_tokens=0, histograms=none), 1)), (other, busy(engine(), 0))),
+        snap(30, (KEY, busy(engine(generation_tokens=10, histograms=none), 1)), (other, busy(engine(), 0))),
+        snap(60, (KEY, busy(engine(generation_tokens=90, histograms=two), 8)), (other, busy(engine(), 0))),
+    )
+    short, long = window_loads(points, (Window("30s", 30), Window("1m", 60)), 1.0, (KEY, other))
+    # The last 30 s ran at (1 + 8) / 2 = 4.5 on one engine, while the other idled: 2.25 per engine.
+    assert short.engines[KEY].mean_running == 4.5 and short.engines[KEY].band == "5-8"
+    assert short.engines[other].band is None
+    assert short.target.mean_running == 2.25 and short.target.band == "2-4"
+    assert long.engines[KEY].mean_running == (30 * 1 + 30 * 4.5) / 60
+    # Requests finishing in the last interval count at the target's band for it.
+    assert set(long.latency_by_band[TPOT]) == {"2-4"} and long.latency_by_band[TPOT]["2-4"].count == 2

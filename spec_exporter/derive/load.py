@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from spec_exporter.derive.latency import histogram_quantile, merge
-from spec_exporter.types import EngineKey, Histogram, LatencyMetric, SpecCounters
+from spec_exporter.types import EngineKey, Histogram, LatencyMetric, SpecCounters, Window
 from spec_exporter.window import Point, subtract
 
 # Running requests per engine, as whole batch sizes: (label, first, last); the last band is open.
@@ -244,4 +244,37 @@ def compare_bands(spec: Mapping[str, Histogram], baseline: Mapping[str, Histogra
         if math.isnan(sp50) or math.isnan(bp50) or sp50 <= 0:
             continue
         out.append(BandComparison(band, sp50, bp50, min(s.count, b.count)))
+    return tuple(out)
+
+
+# The latency families compared per load band: per-request TPOT, and ITL (per decode step of a request).
+BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLoad:
+    """The load of one window: per engine, for the target (per engine across its engines), and latency by band."""
+
+    window: Window
+    engines: Mapping[EngineKey, Load]
+    target: Load
+    latency_by_band: Mapping[LatencyMetric, Mapping[str, Histogram]]
+
+
+def window_loads(
+    points: Sequence[Point], windows: Sequence[Window], slack_seconds: float, keys: Sequence[EngineKey]
+) -> tuple[WindowLoad, ...]:
+    """Every window's load over the ring's points, for the engines in `keys` (those the latest scrape has)."""
+    out = []
+    for window in windows:
+        chosen = window_points(points, window.seconds, slack_seconds)
+        spans = intervals(chosen, keys)
+        out.append(
+            WindowLoad(
+                window=window,
+                engines={key: window_load(intervals(chosen, (key,))) for key in keys},
+                target=window_load(spans),
+                latency_by_band={m: histograms_by_band(spans, m) for m in BAND_LATENCIES},
+            )
+        )
     return tuple(out)
