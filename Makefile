@@ -13,6 +13,7 @@ deps:
 lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 unit: deps
 	$(PY) -m pytest -q -m "not system"

@@ -533,7 +533,10 @@ async def amain(args: argparse.Namespace) -> int:
         )
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        # No Accept-Encoding: the tap injects include_usage only for a client that accepts identity alone.
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+        ) as session:
             probe: dict[str, Any] | None = None
             if args.ttfb_probe:
                 probe, bad = await ttfb_probe(

@@ -183,24 +183,26 @@ class Upstream:
         return app
 
 
-def _recorder_summary(recorder: Any) -> dict[str, Any]:
-    snap = recorder.snapshot()
-    return {
-        "requests": {f"{band}/{outcome.value}": n for (band, outcome), n in snap.requests.items()},
-        "errors": {stage.value: n for stage, n in snap.errors.items()},
-        "series": [
-            {
-                "model": s.model,
-                "band": s.band,
-                "accepted": s.accepted,
-                "drafted": s.drafted,
-                "ttft_count": s.ttft.count,
-                "tpot_count": s.tpot.count,
-            }
-            for s in snap.series
-        ],
-        "missing_spec_metrics": snap.missing_spec_metrics,
-    }
+def _recorder_summary(registry: Any) -> dict[str, Any]:
+    """What the tap folded, from its spec_tap_* families (same shape the bench reads)."""
+    requests: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    series: dict[tuple[str, str], dict[str, Any]] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            labels = s.labels
+            if s.name == "spec_tap_requests_total":
+                key = f"{labels['temperature_band']}/{labels['outcome']}"
+                requests[key] = requests.get(key, 0) + s.value
+            elif s.name == "spec_tap_errors_total":
+                errors[labels["stage"]] = s.value
+            elif s.name in ("spec_tap_accepted_tokens_total", "spec_tap_draft_tokens_total"):
+                entry = series.setdefault(
+                    (labels["model_name"], labels["temperature_band"]),
+                    {"model": labels["model_name"], "band": labels["temperature_band"]},
+                )
+                entry["accepted" if "accepted" in s.name else "drafted"] = s.value
+    return {"requests": requests, "errors": errors, "series": list(series.values())}
 
 
 async def _serve(app: web.Application, runner_kwargs: dict[str, Any], on_stop: Any = None) -> None:
@@ -233,21 +235,20 @@ def run_upstream(args: argparse.Namespace) -> None:
 
 
 def run_tap(args: argparse.Namespace) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from spec_exporter.join.metrics import TapMetrics
     from spec_exporter.logs import setup_logging
-    from spec_exporter.tap.bands import Bands
-    from spec_exporter.tap.proxy import create_tap_app
-    from spec_exporter.tap.recorder import TapRecorder
-    from spec_exporter.types import Thresholds, Window
+    from spec_exporter.tap.proxy import SERVER_OPTIONS, create_tap_app
 
     setup_logging("warn")
-    windows = (Window("1m", 60.0), Window("5m", 300.0))
-    recorder = TapRecorder("vllm", Bands(), windows, Thresholds(), verdict_window="5m", clock=time.monotonic)
-    app = create_tap_app(args.upstream, recorder, clock=time.monotonic)
+    registry = CollectorRegistry()
+    app = create_tap_app(args.upstream, TapMetrics(registry), clock=time.monotonic)
 
     def report() -> None:
-        print("RECORDER " + json.dumps(_recorder_summary(recorder)), flush=True)
+        print("RECORDER " + json.dumps(_recorder_summary(registry)), flush=True)
 
-    asyncio.run(_serve(app, {"access_log": None, "handler_cancellation": True}, report))
+    asyncio.run(_serve(app, {"access_log": None, **SERVER_OPTIONS}, report))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gzip
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -188,18 +189,33 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     middlewares: Iterable[Any] = (),
 ) -> None:
-    """Run the exporter (and the proxy tap, if it has an address) until `stop` is set."""
+    """Run the exporter (and the proxy tap, if it has an address) until `stop` is set.
+
+    The proxy tap folds into the `spec_tap_*` families of a private registry, which the poller reads with its
+    target's scrape, exactly as it reads the middleware's families on vLLM's own /metrics.
+    """
     runners: list[tuple[web.AppRunner, str, ssl.SSLContext | None]] = []
     extra: dict[str, TextSource] = {}
     if tap_listen:
-        from spec_exporter.tap.proxy import create_tap_app
+        from spec_exporter.join.bands import Bands
+        from spec_exporter.join.exchange import JoinSettings
+        from spec_exporter.join.metrics import TapMetrics
+        from spec_exporter.tap.proxy import create_tap_app, tap_runner
 
+        tap_cfg = settings.tap
         tap_registry = CollectorRegistry(auto_describe=False)
-        tap_app = create_tap_app(settings.tap, str(settings.tap.upstream_url or settings.tap_target.url), tap_registry)
+        tap_app = create_tap_app(
+            str(tap_cfg.upstream_url or settings.tap_target.url),
+            TapMetrics(tap_registry, max_models=tap_cfg.max_models),
+            JoinSettings(
+                Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
+                inject_usage=tap_cfg.inject_usage,
+                max_inspect_bytes=tap_cfg.max_inspect_bytes,
+            ),
+            clock=time.monotonic,
+        )
         extra[settings.tap_target.name] = tap_text_source(tap_registry)
-        # handler_cancellation: a client that goes away cancels its handler, which closes the upstream
-        # connection, which makes vLLM abort the request instead of generating for nobody.
-        runners.append((web.AppRunner(tap_app, access_log=None, handler_cancellation=True), tap_listen, None))
+        runners.append((tap_runner(tap_app), tap_listen, None))
     app = create_app(settings, telemetry_path=telemetry_path, extra_text=extra, middlewares=middlewares)
     # The exporter starts last: once /readyz answers, the tap in the request path is already listening.
     runners.append((web.AppRunner(app, access_log=None), listen, ssl_context))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from spec_exporter.buildinfo import BUILD_INFO_LABELS
+
 ENGINE = ("target", "model_name", "engine")
 _FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_timestamp_seconds)."
 _NO_LOAD = (
@@ -392,8 +394,8 @@ POLL_ERRORS = MetricSpec(
 BUILD_INFO = MetricSpec(
     "spec_decode_exporter_build_info",
     "gauge",
-    ("version", "python_version"),
-    "Always 1; labels carry the exporter's version.",
+    BUILD_INFO_LABELS,
+    "Always 1; labels carry the exporter's version, git revision and branch, and Python version.",
 )
 
 # Every metric, in exposition order.

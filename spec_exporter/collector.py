@@ -10,13 +10,12 @@ comparisons); each only renders what the derivations already decided.
 from __future__ import annotations
 
 import math
-import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from spec_exporter import __version__, catalog
+from spec_exporter import buildinfo, catalog
 from spec_exporter.catalog import MetricSpec
 from spec_exporter.derive.bands import TapHealth
 from spec_exporter.derive.baseline import Comparison
@@ -92,7 +91,7 @@ class SpecDecodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = self._state()
         out = _Families()
-        out.add(catalog.BUILD_INFO, [__version__, platform.python_version()], 1.0)
+        out.add(catalog.BUILD_INFO, buildinfo.build_info_values(), 1.0)
         compared = {n for c in state.comparisons for n in (c.target, c.baseline)}
         for name, target in state.targets.items():
             _exporter_families(out, name, target)

@@ -79,7 +79,7 @@ HEADERS: dict[str, tuple[str, ...]] = {
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")
 
 
-def _refused(reason: str) -> Any:
+def _refused(reason: str) -> AfterValidator:
     """A key the toolkit knows but spec-exporter cannot honour: an error with the reason, never silently ignored."""
 
     def check(value: Any) -> Any:
@@ -87,12 +87,14 @@ def _refused(reason: str) -> Any:
             raise ValueError(reason)
         return None
 
-    return Annotated[Any, AfterValidator(check)]
+    return AfterValidator(check)
 
 
-Inline = _refused("inline certificates and keys are not supported: put them in files and use cert_file and key_file")
-ClientSANs = _refused("not supported: Python's ssl has no hook to match client SANs in the handshake")
-RateLimit = _refused("not supported by spec-exporter")
+Inline = Annotated[
+    Any, _refused("inline certificates and keys are not supported: put them in files and use cert_file and key_file")
+]
+ClientSANs = Annotated[Any, _refused("not supported: Python's ssl has no hook to match client SANs in the handshake")]
+RateLimit = Annotated[Any, _refused("not supported by spec-exporter")]
 
 
 class _Model(BaseModel):

@@ -32,9 +32,12 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def render(registry: CollectorRegistry) -> str:
-    # build_info carries the running Python's version; pin it so the golden file is the same everywhere.
+    # build_info carries the checkout's revision and the running Python's version; pin them so the golden file is
+    # the same everywhere.
     text = generate_latest(registry).decode()
-    return re.sub(r'python_version="[^"]+"', 'python_version="X"', text)
+    for label in ("python_version", "revision", "branch"):
+        text = re.sub(label + r'="[^"]*"', label + '="X"', text)
+    return text
 
 
 def check_golden(name: str, text: str) -> None:

@@ -159,7 +159,8 @@ def test_the_runbooks_silence_after_a_deliberate_change_works_on_a_real_alertman
     import json
     import urllib.request
 
-    from demo.processes import alertmanager_cmd, free_port, running
+    from harness.ports import free_port
+    from harness.processes import alertmanager_cmd, running
 
     runbook = (ROOT / "docs" / "runbooks.md").read_text()
     (command,) = re.findall(r"```sh\n(amtool silence add .*?)\n```", runbook, re.S)

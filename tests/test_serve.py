@@ -31,7 +31,13 @@ async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any
     upstream = OpenAIStandIn()
     # One vLLM: /metrics from the metrics stand-in, the OpenAI API from the other, behind one URL.
     api = await aiohttp_server(upstream.app())
-    settings = make_settings(metrics_url, tap={"upstream_url": str(api.make_url(""))})
+    # Windows of two 1s polls: the tap's numbers reach /metrics at the next poll after a request.
+    settings = make_settings(
+        metrics_url,
+        tap={"upstream_url": str(api.make_url(""))},
+        poll={"interval": "500ms", "timeout": "400ms"},
+        windows=["1s", "5s"],
+    )
     exporter_port, tap_port = free_port(), free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(
@@ -55,11 +61,19 @@ async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}
         async with client.post(f"http://127.0.0.1:{tap_port}/v1/chat/completions", json=body) as r:
             assert r.status == 200 and await r.read() == upstream.chat_json
-        async with client.get(f"http://127.0.0.1:{exporter_port}/metrics") as r:
-            text = await r.text()
-        assert (
+        band_line = (
             'spec_decode_request_draft_tokens_total{model_name="tiny",target="vllm",temperature_band="0.7-1.0"} 75.0'
-        ) in text
+        )
+
+        async def metrics_text() -> str:
+            async with client.get(f"http://127.0.0.1:{exporter_port}/metrics") as r:
+                return await r.text()
+
+        async def polled_since() -> bool:
+            return band_line in await metrics_text()
+
+        await wait_for(polled_since)
+        text = await metrics_text()
         assert 'spec_decode_tap_requests_total{outcome="measured",target="vllm",temperature_band="0.7-1.0"} 1.0' in text
 
         # vLLM without --per-request-spec-decode-metrics: say so where an operator looks first.
@@ -68,10 +82,12 @@ async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any
         upstream.chat_json = json.dumps(doc).encode()
         async with client.post(f"http://127.0.0.1:{tap_port}/v1/chat/completions", json=body) as r:
             assert r.status == 200
-        async with client.get(f"http://127.0.0.1:{exporter_port}/readyz") as r:
-            assert r.status == 200
-            assert "--per-request-spec-decode-metrics summary" in await r.text()
-        async with client.get(f"http://127.0.0.1:{exporter_port}/metrics") as r:
-            assert 'spec_decode_tap_per_request_metrics_missing{target="vllm"} 1.0' in await r.text()
+
+        async def remedy_shown() -> bool:
+            async with client.get(f"http://127.0.0.1:{exporter_port}/readyz") as r:
+                return r.status == 200 and "--per-request-spec-decode-metrics summary" in await r.text()
+
+        await wait_for(remedy_shown)
+        assert 'spec_decode_tap_per_request_metrics_missing{target="vllm"} 1.0' in await metrics_text()
     stop.set()
     await asyncio.wait_for(task, timeout=10)

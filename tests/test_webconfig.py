@@ -690,3 +690,76 @@ def test_prometheus_scrapes_the_exporter_over_tls_only_with_the_right_password(p
     assert up == {"right": "1", "wrong": "0", "anonymous": "0", "plain": "0"}
     assert "401" in targets["wrong"]["lastError"] and "401" in targets["anonymous"]["lastError"]
     assert [r["metric"]["job"] for r in build_info] == ["right"]
+
+
+def test_the_exporter_process_serves_tls_and_basic_auth_from_web_config_file(pki: PKI, tmp_path: Path) -> None:
+    """`spec-exporter --web.config.file` end to end: the flag reaches the listener, /healthz stays open."""
+    import base64
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from harness.ports import free_port
+
+    config = tmp_path / "web-config.yml"
+    config.write_text(tls_section(pki) + f"basic_auth_users:\n  prometheus: '{HASH}'\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spec_exporter",
+            "--target",
+            "http://127.0.0.1:9",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--web.config.file",
+            str(config),
+            "--log.level",
+            "warn",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    ctx = client_context(pki)
+
+    def status(path: str, auth: str | None = None) -> int:
+        request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+        if auth is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, context=ctx, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                healthz = status("/healthz")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the exporter did not listen"
+                time.sleep(0.1)
+        assert healthz == 200
+        assert status("/metrics") == 401
+        assert status("/metrics", "prometheus:wrong") == 401
+        assert status("/metrics", f"prometheus:{PASSWORD}") == 200
+        assert status("/readyz", f"prometheus:{PASSWORD}") == 200
+        # Plain HTTP to the TLS listener gets no answer.
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_bad_web_config_file_exits_2_before_listening(tmp_path: Path) -> None:
+    from spec_exporter import cli
+
+    config = tmp_path / "web-config.yml"
+    config.write_text("tls_server_config:\n  cert_file: /nope.crt\n  key_file: /nope.key\nsurprise: 1\n")
+    assert cli.main(["--target", "http://127.0.0.1:9", "--web.config.file", str(config), "--config.check"]) == 2

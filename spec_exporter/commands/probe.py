@@ -27,7 +27,8 @@ from spec_exporter.derive.load import best_k
 from spec_exporter.derive.sample import percentiles
 from spec_exporter.derive.verdict import ADVICE, verdict
 from spec_exporter.fetch import FetchError, fetch_metrics
-from spec_exporter.tap.inspect import NotUnderstood, spec_result
+from spec_exporter.join.request import NotUnderstood
+from spec_exporter.join.response import spec_result
 from spec_exporter.types import SpecCounters, Thresholds
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 
@@ -398,7 +399,8 @@ def suggest_schedule(
     there models (the configured k when it models none); elsewhere k = 0. Each level's k covers batch sizes from
     it up to the next level; vLLM carries the last range's k on to max_num_seqs. Adjacent equal ranges merge.
     """
-    basis = []
+    basis: list[dict[str, Any]] = []
+    levels: list[tuple[int, int]] = []  # (concurrency, k)
     for concurrency in sorted({c.concurrency for c in cells}):
         spec = [c for c in cells if c.concurrency == concurrency]
         base = [c for c in baseline if c.concurrency == concurrency]
@@ -426,16 +428,17 @@ def suggest_schedule(
                 "k": min(chosen, k),
             }
         )
-    if not basis:
+        levels.append((concurrency, min(chosen, k)))
+    if not levels:
         return None, basis
     ranges: list[list[int]] = []
-    for i, row in enumerate(basis):
-        first = 1 if i == 0 else row["concurrency"]
-        last = basis[i + 1]["concurrency"] - 1 if i + 1 < len(basis) else row["concurrency"]
-        if ranges and ranges[-1][2] == row["k"]:
+    for i, (concurrency, level_k) in enumerate(levels):
+        first = 1 if i == 0 else concurrency
+        last = levels[i + 1][0] - 1 if i + 1 < len(levels) else concurrency
+        if ranges and ranges[-1][2] == level_k:
             ranges[-1][1] = last
         else:
-            ranges.append([first, last, row["k"]])
+            ranges.append([first, last, level_k])
     return ranges, basis
 
 
@@ -465,7 +468,8 @@ def probe_document(settings: ProbeSettings, run: ProbeRun) -> dict[str, Any]:
         else:
             row |= {"baseline": None, "tpot_speedup": None, "throughput_ratio": None}
         rows.append(row)
-    schedule, basis = (None, [])
+    schedule: list[list[int]] | None = None
+    basis: list[dict[str, Any]] = []
     if run.baseline is not None:
         configured_k = settings.num_speculative_tokens
         schedule, basis = suggest_schedule(run.cells, run.baseline, configured_k, settings.draft_cost_ratio)

@@ -94,8 +94,8 @@ def _findings(doc: dict[str, Any]) -> str:
             f'<pre id="schedule">{html.escape(json.dumps(config))}</pre>'
         )
     if doc["warnings"]:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in doc["warnings"])
-        parts.append(f'<h2>Warnings</h2><ul id="warnings">{items}</ul>')
+        warnings = "".join(f"<li>{html.escape(w)}</li>" for w in doc["warnings"])
+        parts.append(f'<h2>Warnings</h2><ul id="warnings">{warnings}</ul>')
     return "".join(parts)
 
 

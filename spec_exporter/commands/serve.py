@@ -39,6 +39,14 @@ def serve_parser() -> argparse.ArgumentParser:
         help="path under which to expose metrics (default %(default)s)",
     )
     p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=env("WEB_CONFIG_FILE"),
+        metavar="PATH",
+        help="exporter-toolkit web config: TLS and basic auth for the exporter's endpoints "
+        "(env SPEC_EXPORTER_WEB_CONFIG_FILE; default plain HTTP, no auth)",
+    )
+    p.add_argument(
         "--target",
         dest="targets",
         action="append",
@@ -106,20 +114,28 @@ def serve(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     log = structlog.get_logger("spec_exporter")
+    from spec_exporter.webconfig import WebConfig, load_web_config
+
     try:
         settings = serve_settings(args)
         host, port = _listen(args.listen_address)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
     except ConfigError as e:
         return config_failed(e)
     if args.config_check:
         print(settings.model_dump_json(indent=2))
         return 0
+    from spec_exporter import buildinfo
     from spec_exporter.app import serve as serve_app
+
+    # Read once before serving, so git (in a checkout) never runs during a scrape.
+    build = buildinfo.current()
 
     tap_listen = settings.tap.listen_address
     log.info(
         "starting",
         version=__version__,
+        revision=build.revision,
         targets=[t.name for t in settings.targets],
         interval_seconds=settings.poll.interval,
     )
@@ -132,8 +148,16 @@ def serve(argv: Sequence[str]) -> int:
         log.info("listening", address=f"{host}:{port}", telemetry_path=args.telemetry_path)
         if tap_listen:
             log.info("tap listening", address=tap_listen, upstream=str(settings.tap_target.url))
+        # /healthz stays open: it is the kubelet's liveness probe, and says nothing but "ok".
+        auth = web_config.middleware(public_paths=("/healthz",))
         await serve_app(
-            settings, listen=args.listen_address, telemetry_path=args.telemetry_path, tap_listen=tap_listen, stop=stop
+            settings,
+            listen=args.listen_address,
+            telemetry_path=args.telemetry_path,
+            tap_listen=tap_listen,
+            stop=stop,
+            ssl_context=web_config.ssl_context(),
+            middlewares=[auth] if auth is not None else [],
         )
         log.info("stopped")
 

@@ -68,6 +68,8 @@ OTHER_MODEL = "other"  # past the per-process cap of distinct names
 INVALID_MODEL = "invalid"  # not encodable as UTF-8, or too long to be a name
 UNKNOWN_MODEL = "unknown"  # neither the response nor the request named one
 MAX_MODEL_CHARS = 200
+# What makes vLLM put per-request speculative-decoding metrics into its answers (no_spec_metrics otherwise).
+REMEDY = "--per-request-spec-decode-metrics summary"
 DEFAULT_MAX_MODELS = 20
 
 REQUESTS = "spec_tap_requests_total"
@@ -118,37 +120,40 @@ class TapMetrics:
         self._models: set[str] = set()
         self._lock = threading.Lock()
         both = ("model_name", "temperature_band")
-        kw = {"registry": registry}
         self.requests = Counter(
             REQUESTS[: -len("_total")],
             "Completion requests seen by the tap, by what became of them.",
             (*both, "outcome"),
-            **kw,
+            registry=registry,
         )
         self.draft_tokens = Counter(
-            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, **kw
+            DRAFT_TOKENS[: -len("_total")], "Draft tokens proposed for measured requests.", both, registry=registry
         )
         self.accepted_tokens = Counter(
-            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, **kw
+            ACCEPTED_TOKENS[: -len("_total")], "Draft tokens accepted for measured requests.", both, registry=registry
         )
         self.acceptance = Histogram(
             ACCEPTANCE_RATE,
             "Per-request draft acceptance rate (accepted / drafted) of measured requests.",
             both,
             buckets=ACCEPTANCE_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.ttft = Histogram(
-            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, **kw
+            TTFT, "Per-request time to first token, as vLLM reports it.", both, buckets=TTFT_BUCKETS, registry=registry
         )
         self.tpot = Histogram(
-            TPOT, "Per-request time per output token, as vLLM reports it.", both, buckets=TPOT_BUCKETS, **kw
+            TPOT,
+            "Per-request time per output token, as vLLM reports it.",
+            both,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
         )
         self.errors = Counter(
             ERRORS[: -len("_total")],
             "Inputs the tap could not read, or failures of its own; the request passed through untouched.",
             ("stage",),
-            **kw,
+            registry=registry,
         )
         for stage in ErrorStage:
             self.errors.labels(stage.value)

@@ -1,1 +1,1 @@
-"""The tap: a pass-through proxy in front of vLLM that joins each request's temperature with its acceptance."""
+"""The proxy tap: the join core (spec_exporter.join) as a pass-through proxy in front of vLLM."""

@@ -1,30 +1,45 @@
-"""The tap's HTTP side: forward every request to vLLM and every response back, byte for byte, reading the
-completion requests on the way. Anything the tap fails to understand is counted and passed through untouched;
-the tap must never be the reason a request fails."""
+"""The proxy tap: a pass-through HTTP proxy in front of vLLM, for a vLLM whose command line cannot take the
+middleware. A thin front end on the join core's Exchange, folding into the `spec_tap_*` families of a TapMetrics
+on a registry the exporter owns.
+
+It forwards exactly what it received and returns exactly what vLLM sent, the documented usage injection aside:
+- the request target byte for byte (`raw_path`: no dot-segment removal, no re-quoting);
+- request bodies as received: the server must run with `auto_decompress=False` (`SERVER_OPTIONS`), or aiohttp
+  would hand over a decompressed body still labelled Content-Encoding;
+- header values byte for byte in both directions, including bytes that are not UTF-8 (see `_keep_header_bytes`);
+  no Content-Type or Server of its own on a response that had none (Date is added if missing, as RFC 9110 §6.6.1
+  asks of a forwarding recipient).
+Usage is injected only for a client that accepts no content coding but identity: a compressed stream cannot be
+filtered, so it must not have been asked for usage in the first place.
+
+Judgement calls, each as a normal HTTP server would:
+- a client that half-closes its connection after the request counts as gone (client_disconnected): the request
+  is cancelled, so vLLM generates nothing for it. vLLM's own uvicorn closes a half-closed connection the same
+  way, as nginx reports one as a client abort (499); HTTP/1.1 clients do not half-close in practice;
+- `OPTIONS *` is answered 404 by the tap itself: there is no resource to forward it to, and vLLM's own server
+  answers it 404 as well;
+- request lines up to 64 KiB, header fields up to 64 KiB and up to 512 header fields are accepted (more than
+  vLLM's uvicorn needs in practice); beyond, 400, never a hang.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
+import aiohttp.http_writer
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
+from yarl import URL
 
-from spec_exporter.tap.inspect import (
-    INSPECTED_PATHS,
-    NotUnderstood,
-    RequestView,
-    SpecResult,
-    parse_json,
-    read_request,
-    spec_result,
-)
-from spec_exporter.tap.recorder import REMEDY, ErrorStage, Outcome, TapRecorder
-from spec_exporter.tap.sse import UsageChunkFilter
+from spec_exporter.join.exchange import Exchange, JoinSettings
+from spec_exporter.join.metrics import REMEDY, Outcome, TapMetrics
+from spec_exporter.join.request import INSPECTED_PATHS
 
 log = structlog.get_logger("spec_exporter.tap")
 
@@ -44,6 +59,42 @@ HOP_BY_HOP = frozenset(
 )
 _CHUNK = 1 << 16
 
+# Where serve() puts the proxy tap's private registry (on the exporter app and the tap app).
+TAP_REGISTRY_KEY = web.AppKey("tap_registry", CollectorRegistry)
+
+# Options for the aiohttp server that runs the tap app (AppRunner / TestServer keyword arguments).
+SERVER_OPTIONS: dict[str, Any] = {
+    "auto_decompress": False,
+    # A client that goes away cancels its handler, which closes the upstream connection, which makes vLLM abort
+    # the request instead of generating for nobody.
+    "handler_cancellation": True,
+    "max_line_size": 65536,
+    "max_field_size": 65536,
+    "max_headers": 512,
+}
+
+
+def _keep_header_bytes() -> None:
+    """Make aiohttp write header values back as the bytes it read them from.
+
+    aiohttp's parsers decode header bytes that are not UTF-8 with `surrogateescape`, but its serializer (the C one
+    cuts the value at the first such character; the Python one raises) cannot write them back. Values that are
+    plain ASCII, nearly all of them, still take the C serializer.
+    """
+    current = aiohttp.http_writer._serialize_headers
+    if getattr(current, "_keeps_bytes", False):
+        return
+    safe = aiohttp.http_writer._safe_header
+
+    def serialize(status_line: str, headers: CIMultiDict[str]) -> bytes:
+        if status_line.isascii() and all(k.isascii() and v.isascii() for k, v in headers.items()):
+            return current(status_line, headers)
+        lines = "\r\n".join(safe(k) + ": " + safe(v) for k, v in headers.items())
+        return (safe(status_line) + "\r\n" + lines + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+    serialize._keeps_bytes = True  # type: ignore[attr-defined]
+    aiohttp.http_writer._serialize_headers = serialize
+
 
 def forwardable(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: frozenset[str] = frozenset()
@@ -51,6 +102,24 @@ def forwardable(
     listed = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
     skip = HOP_BY_HOP | listed | drop
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in skip)
+
+
+def _joined(headers: CIMultiDictProxy[str], name: str) -> str | None:
+    values = headers.getall(name, [])
+    return ", ".join(values) if values else None
+
+
+class _RelayedResponse(web.StreamResponse):
+    """A StreamResponse that adds no Content-Type or Server header the upstream response did not have."""
+
+    def __init__(self, *, upstream_headers: CIMultiDictProxy[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._absent = [h for h in ("Content-Type", "Server") if h not in upstream_headers]
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        for name in self._absent:
+            self.headers.popall(name, None)
 
 
 def _bad_gateway(message: str) -> web.Response:
@@ -63,55 +132,57 @@ class TapProxy:
         self,
         upstream: str,
         session: aiohttp.ClientSession,
-        recorder: TapRecorder,
+        metrics: TapMetrics,
+        settings: JoinSettings,
         *,
-        inject_usage: bool = True,
-        max_inspect_bytes: int = 8 * 1024 * 1024,
         clock: Callable[[], float],
     ) -> None:
         self._upstream = upstream.rstrip("/")
         self._session = session
-        self._recorder = recorder
-        self._inject_usage = inject_usage
-        self._max_inspect = max_inspect_bytes
+        self._metrics = metrics
+        self._settings = settings
         self._clock = clock
         self._remedy_logged = False
 
+    def _note(self, exchange: Exchange) -> None:
+        if exchange.outcome is Outcome.NO_SPEC_METRICS and not self._remedy_logged:
+            self._remedy_logged = True
+            log.warning("vLLM returns no per-request speculative-decoding metrics", remedy=f"start vLLM with {REMEDY}")
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = self._clock()
-        inspected = request.method == "POST" and request.path in INSPECTED_PATHS
-        view: RequestView | None = None
-        band = "unknown"
+        target = request.raw_path
+        # Route as vLLM's uvicorn will: on the percent-decoded path.
+        inspected = request.method == "POST" and unquote(target.partition("?")[0]) in INSPECTED_PATHS
+        exchange = (
+            Exchange(self._metrics, self._settings, clock=self._clock, server_may_encode=True) if inspected else None
+        )
+        try:
+            return await self._forward(request, target, exchange)
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The client went away (before or while its answer was relayed).
+            if exchange is not None:
+                exchange.client_gone()
+            raise
+
+    async def _forward(self, request: web.Request, target: str, exchange: Exchange | None) -> web.StreamResponse:
         data: bytes | AsyncIterator[bytes] | None = None
-        if inspected:
+        if exchange is not None:
             head, complete = await self._read_head(request)
-            if complete:
-                try:
-                    view = read_request(head, self._recorder.bands, self._inject_usage)
-                    band = view.temperature_band
-                    data = view.upstream_body
-                except NotUnderstood as e:
-                    self._recorder.error(ErrorStage.REQUEST)
-                    log.info("tap request not understood", path=request.path, reason=str(e))
-                    data = head
-                except Exception as e:  # a bug of ours: forward the original bytes all the same
-                    self._recorder.error(ErrorStage.INTERNAL)
-                    log.exception("tap request inspection crashed", error=type(e).__name__)
-                    data = head
-            else:
-                self._recorder.error(ErrorStage.REQUEST)
-                log.info("tap request too large to inspect", path=request.path, limit_bytes=self._max_inspect)
-                data = self._rest_after(head, request)
+            forwarded = exchange.request(
+                head if complete else None,
+                accept_encoding=_joined(request.headers, "Accept-Encoding"),
+                content_encoding=_joined(request.headers, "Content-Encoding"),
+            )
+            data = forwarded if complete and forwarded is not None else self._rest_after(head, request)
         elif request.body_exists:
             data = self._rest_after(b"", request)
         # A body we hold (possibly rewritten) gets its own length; a streamed one keeps the client's framing.
         drop = {"host", "content-length"} if isinstance(data, bytes) else {"host"}
         headers = forwardable(request.headers, drop=frozenset(drop))
-        url = self._upstream + request.rel_url.raw_path_qs
         try:
             upstream_cm = self._session.request(
                 request.method,
-                url,
+                URL(self._upstream + target, encoded=True),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -120,18 +191,19 @@ class TapProxy:
             )
             upstream = await upstream_cm.__aenter__()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            if inspected:
-                self._recorder.count(band, Outcome.UPSTREAM_ERROR)
+            if exchange is not None:
+                exchange.upstream_failed()
             log.warning("tap upstream unreachable", error=type(e).__name__)
             return _bad_gateway(f"spec_exporter tap: upstream unreachable ({type(e).__name__})")
         try:
-            return await self._relay(request, upstream, view, band, inspected, started)
+            return await self._relay(request, upstream, exchange)
         finally:
             await upstream_cm.__aexit__(None, None, None)
 
     async def _read_head(self, request: web.Request) -> tuple[bytes, bool]:
         """Up to `max_inspect_bytes` of the body; complete=False if there is more (then it is not inspected)."""
-        if request.content_length is not None and request.content_length > self._max_inspect:
+        limit = self._settings.max_inspect_bytes
+        if request.content_length is not None and request.content_length > limit:
             return b"", False
         chunks = bytearray()
         while True:
@@ -139,7 +211,7 @@ class TapProxy:
             if not chunk:
                 return bytes(chunks), True
             chunks += chunk
-            if len(chunks) > self._max_inspect:
+            if len(chunks) > limit:
                 return bytes(chunks), False
 
     @staticmethod
@@ -150,54 +222,39 @@ class TapProxy:
             yield chunk
 
     async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        view: RequestView | None,
-        band: str,
-        inspected: bool,
-        started: float,
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange | None
     ) -> web.StreamResponse:
-        ok = upstream.status == 200
-        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
-        encoded = "Content-Encoding" in upstream.headers
-        watching = view is not None and ok and not encoded
-        sse = UsageChunkFilter(strip_usage=view.injected_usage) if watching and is_sse and view else None
-        copy: bytearray | None = bytearray() if watching and not is_sse else None
-        # Withholding the usage chunk changes the length: let aiohttp frame the body itself then.
-        drop = frozenset({"content-length"}) if sse is not None and sse.strip_usage else frozenset()
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers, drop=drop)
+        drop: frozenset[str] = frozenset()
+        if exchange is not None and exchange.response_start(
+            upstream.status,
+            content_type=_joined(upstream.headers, "Content-Type"),
+            content_encoding=_joined(upstream.headers, "Content-Encoding"),
+            content_length="Content-Length" in upstream.headers,
+        ):
+            # Withholding the usage chunk changes the length: let aiohttp frame the body itself then.
+            drop = frozenset({"content-length"})
+        response = _RelayedResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=forwardable(upstream.headers, drop=drop),
+            upstream_headers=upstream.headers,
         )
-        first_event_at = last_event_at = None
         try:
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():
-                    out = chunk
-                    if sse is not None:
-                        try:
-                            seen = sse.data_events
-                            out = sse.feed(chunk)
-                            if sse.data_events > seen:
-                                last_event_at = self._clock()
-                                first_event_at = first_event_at or last_event_at
-                        except Exception as e:
-                            out, sse = self._give_up_on_stream(sse, chunk, e), None
-                    elif copy is not None:
-                        copy += chunk
-                        if len(copy) > self._max_inspect:
-                            copy = None
+                    out = exchange.response_body(chunk) if exchange is not None else chunk
                     if out:
                         await response.write(out)
-                if sse is not None:
-                    rest = sse.finish()
+                if exchange is not None:
+                    rest = exchange.response_end()
+                    self._note(exchange)
                     if rest:
                         await response.write(rest)
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
                 # vLLM went away mid-body: end the client's connection the same abrupt way.
-                if inspected:
-                    self._recorder.count(band, Outcome.UPSTREAM_ERROR)
+                if exchange is not None:
+                    exchange.upstream_failed()
                 log.warning("tap upstream failed mid-response", error=type(e).__name__)
                 if request.transport is not None:
                     request.transport.abort()
@@ -206,97 +263,23 @@ class TapProxy:
         except (ConnectionResetError, asyncio.CancelledError):
             # The client went away: drop the upstream connection so vLLM aborts the request.
             upstream.close()
-            if inspected:
-                self._recorder.count(band, Outcome.CLIENT_DISCONNECTED)
             raise
-        if inspected:
-            self._record(view, band, upstream.status, sse, copy, started, first_event_at, last_event_at)
         return response
-
-    def _give_up_on_stream(self, sse: UsageChunkFilter, chunk: bytes, error: Exception) -> bytes:
-        # Fail open: whatever the filter held back plus this chunk goes out, and the rest passes raw.
-        self._recorder.error(ErrorStage.RESPONSE if isinstance(error, NotUnderstood) else ErrorStage.INTERNAL)
-        log.warning("tap stream not understood; passing it through", error=type(error).__name__)
-        # feed() raised before returning this chunk; whether it already sits in the held bytes depends on where.
-        held = sse.held()
-        return held if held.endswith(chunk) else held + chunk
-
-    def _record(
-        self,
-        view: RequestView | None,
-        band: str,
-        status: int,
-        sse: UsageChunkFilter | None,
-        copy: bytearray | None,
-        started: float,
-        first_event_at: float | None,
-        last_event_at: float | None,
-    ) -> None:
-        recorder = self._recorder
-        if view is None:
-            recorder.count(band, Outcome.NOT_UNDERSTOOD)
-            return
-        if status != 200:
-            recorder.count(band, Outcome.UPSTREAM_ERROR)
-            return
-        try:
-            if sse is not None:
-                result = spec_result(sse.usage) if sse.usage is not None else None
-            elif copy is not None:
-                result = spec_result(parse_json(bytes(copy)))
-            else:
-                result = None
-        except NotUnderstood as e:
-            recorder.error(ErrorStage.RESPONSE)
-            log.info("tap response not understood", reason=str(e))
-            result = None
-        except Exception as e:
-            recorder.error(ErrorStage.INTERNAL)
-            log.exception("tap response inspection crashed", error=type(e).__name__)
-            result = None
-        model = (result.model if result is not None else None) or view.model
-        ttft, tpot = _latency(result, started, first_event_at, last_event_at)
-        if result is None or result.accepted is None or result.drafted is None:
-            recorder.latency(model, band, ttft, tpot)
-            recorder.count(band, Outcome.NO_SPEC_METRICS)
-            if result is not None and view.n == 1:
-                self._spec_metrics_missing()
-            return
-        recorder.missing_spec_metrics = False
-        recorder.measured(model, band, result.accepted, result.drafted, ttft, tpot)
-
-    def _spec_metrics_missing(self) -> None:
-        self._recorder.missing_spec_metrics = True
-        if not self._remedy_logged:
-            self._remedy_logged = True
-            log.warning("vLLM returns no per-request speculative-decoding metrics", remedy=f"start vLLM with {REMEDY}")
-
-
-def _latency(
-    result: SpecResult | None, started: float, first_event_at: float | None, last_event_at: float | None
-) -> tuple[float | None, float | None]:
-    """Per-request TTFT and TPOT: vLLM's own numbers when the response has them, else measured here."""
-    ttft = result.ttft_seconds if result is not None else None
-    tpot = result.tpot_seconds if result is not None else None
-    if ttft is None and first_event_at is not None:
-        ttft = first_event_at - started
-    tokens = result.completion_tokens if result is not None else None
-    if tpot is None and first_event_at is not None and last_event_at is not None and tokens and tokens > 1:
-        tpot = (last_event_at - first_event_at) / (tokens - 1)
-    return ttft, tpot
 
 
 def create_tap_app(
     upstream: str,
-    recorder: TapRecorder,
+    metrics: TapMetrics,
+    settings: JoinSettings | None = None,
     *,
-    inject_usage: bool = True,
-    max_inspect_bytes: int = 8 * 1024 * 1024,
     clock: Callable[[], float],
     session_factory: Callable[[], aiohttp.ClientSession] | None = None,
 ) -> web.Application:
+    """The tap as an aiohttp app; run it with `SERVER_OPTIONS` (see `tap_runner`)."""
+    _keep_header_bytes()
     app = web.Application(client_max_size=0)
-    holder: dict[str, Any] = {}
+    holder: dict[str, TapProxy] = {}
+    join_settings = settings or JoinSettings()
 
     def default_session() -> aiohttp.ClientSession:
         # No pool limit: the tap must never queue a request vLLM itself would have taken.
@@ -308,9 +291,7 @@ def create_tap_app(
 
     async def session_ctx(_: web.Application) -> AsyncIterator[None]:
         async with (session_factory or default_session)() as session:
-            holder["proxy"] = TapProxy(
-                upstream, session, recorder, inject_usage=inject_usage, max_inspect_bytes=max_inspect_bytes, clock=clock
-            )
+            holder["proxy"] = TapProxy(upstream, session, metrics, join_settings, clock=clock)
             yield
 
     app.cleanup_ctx.append(session_ctx)
@@ -322,4 +303,8 @@ def create_tap_app(
     return app
 
 
-__all__ = ["TapProxy", "create_tap_app", "forwardable", "json"]
+def tap_runner(app: web.Application) -> web.AppRunner:
+    return web.AppRunner(app, access_log=None, **SERVER_OPTIONS)
+
+
+__all__ = ["SERVER_OPTIONS", "TAP_REGISTRY_KEY", "TapProxy", "create_tap_app", "forwardable", "tap_runner"]

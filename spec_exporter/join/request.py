@@ -1,0 +1,172 @@
+"""Reading a completion request the way vLLM will, and deciding whether to ask vLLM for the usage chunk (pure).
+
+vLLM validates requests with pydantic models in lax mode (0.32: `ChatCompletionRequest`, `CompletionRequest`,
+`StreamOptions` in vllm/entrypoints/{openai,generate}/...), so `"0.7"` is a temperature, `"true"` or `1` is a true
+`stream` / `include_usage`, `"2"` is an `n`. Each field the tap needs is read with the same type and defaults, or
+the band, and whether the client gets a usage chunk, would disagree with what vLLM actually does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from spec_exporter.join.bands import INVALID, UNKNOWN, Bands
+
+# The endpoints whose responses carry metrics.speculative_decoding in vLLM.
+INSPECTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+_FLOAT = TypeAdapter(float | None)
+_BOOL = TypeAdapter(bool | None)
+_INT = TypeAdapter(int | None)
+_STR = TypeAdapter(str | None)
+
+
+class _StreamOptions(BaseModel):
+    # vLLM's StreamOptions: an OpenAIBaseModel (extra fields allowed) with two lax bools defaulting to False.
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+
+class NotUnderstood(ValueError):
+    """Input the tap cannot read; it is passed through untouched all the same."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    model: str | None
+    temperature_band: str
+    n: int
+    stream: bool
+    # What vLLM will do with stream_options (should_include_usage in vllm/entrypoints/serve/utils/api_utils.py).
+    client_wants_usage: bool
+    continuous_usage: bool
+    # False when vLLM will reject the request anyway (a field it cannot validate).
+    valid: bool
+    injected_usage: bool
+    upstream_body: bytes
+
+
+def temperature_band(raw: Any, bands: Bands) -> str:
+    """The band of a request's `temperature` field as vLLM would read it; missing or null takes the default."""
+    try:
+        value = _FLOAT.validate_python(raw)
+    except ValidationError:
+        return INVALID
+    return bands.band_of(bands.default_temperature if value is None else value)
+
+
+def identity_only(accept_encoding: str | None) -> bool:
+    """Whether a client with this Accept-Encoding can only be answered unencoded (RFC 9110 §12.5.3).
+
+    Absent or empty means identity; otherwise every coding it accepts with q > 0 must be `identity`. The usage
+    chunk cannot be taken out of a compressed body, so the proxy only injects when the answer cannot be one.
+    """
+    if accept_encoding is None:
+        return True
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        if not coding or coding == "identity":
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    return False
+        if q > 0:
+            return False
+    return True
+
+
+def _lax(adapter: TypeAdapter[Any], raw: Any, default: Any) -> tuple[Any, bool]:
+    try:
+        value = adapter.validate_python(raw)
+    except ValidationError:
+        return default, False
+    return value, True
+
+
+def _stream_options(raw: Any) -> tuple[_StreamOptions | None, bool]:
+    if raw is None:
+        return None, True
+    try:
+        return _StreamOptions.model_validate(raw), True
+    except ValidationError:
+        return None, False
+
+
+def _injected_body(body: bytes, data: dict[str, Any], options: Any) -> bytes | None:
+    """The client's bytes with `stream_options.include_usage: true` added, or None if that cannot be done safely.
+
+    Only the one member is added; every other byte reaches vLLM as the client sent it. Without stream_options it
+    goes right after the opening brace; with one, a merged copy goes last, where json.loads (which vLLM's FastAPI
+    uses for the body) lets the last of duplicate keys win.
+    """
+    if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        return None
+    if options is None and "stream_options" not in data:
+        start = body.find(b"{")
+        return body[: start + 1] + b'"stream_options":{"include_usage":true},' + body[start + 1 :]
+    if options is not None and not isinstance(options, dict):
+        return None
+    end = body.rfind(b"}")
+    merged = json.dumps({**(options or {}), "include_usage": True}, separators=(",", ":")).encode()
+    return body[:end] + b',"stream_options":' + merged + body[end:]
+
+
+def read_request(body: bytes, bands: Bands, *, inject_usage: bool, may_encode: bool) -> RequestView:
+    """What the tap needs from a completion request, and the body to send upstream.
+
+    `may_encode`: the answer to this request could arrive content-encoded, so nothing is injected.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise NotUnderstood(f"request body is not JSON: {type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise NotUnderstood("request body is not a JSON object")
+    model, ok_model = _lax(_STR, data.get("model"), None)
+    stream, ok_stream = _lax(_BOOL, data.get("stream", False), False)
+    n, ok_n = _lax(_INT, data.get("n", 1), 1)
+    raw_options = data.get("stream_options")
+    options, ok_options = _stream_options(raw_options)
+    valid = ok_model and ok_stream and ok_n and ok_options
+    stream = bool(stream)
+    n = 1 if n is None else n
+    # vLLM: include_usage = bool(options.include_usage); continuous only together with it.
+    wants_usage = bool(options and options.include_usage)
+    continuous = bool(options and options.continuous_usage_stats)
+    upstream_body = None
+    if (
+        inject_usage
+        and valid
+        and stream
+        and n == 1
+        and not wants_usage
+        # Injecting include_usage next to continuous_usage_stats would put usage into every chunk the client gets.
+        and not continuous
+        and not may_encode
+    ):
+        upstream_body = _injected_body(body, data, raw_options)
+    return RequestView(
+        model=model,
+        temperature_band=temperature_band(data.get("temperature"), bands),
+        n=n,
+        stream=stream,
+        client_wants_usage=wants_usage,
+        continuous_usage=continuous,
+        valid=valid,
+        injected_usage=upstream_body is not None,
+        upstream_body=body if upstream_body is None else upstream_body,
+    )
+
+
+__all__ = ["INSPECTED_PATHS", "UNKNOWN", "NotUnderstood", "RequestView", "identity_only", "read_request"]

@@ -1,0 +1,83 @@
+"""Reading vLLM's answer: the per-request speculative-decoding numbers of a completion (pure)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from spec_exporter.join.request import NotUnderstood
+
+
+@dataclass(frozen=True, slots=True)
+class SpecResult:
+    """One response's per-request numbers; `accepted`/`drafted` are None when vLLM sent no spec metrics."""
+
+    model: str | None
+    accepted: int | None
+    drafted: int | None
+    ttft_seconds: float | None
+    tpot_seconds: float | None
+    completion_tokens: int | None
+    # Verification steps (num_spec_steps): the denominator of the request's mean acceptance length.
+    steps: int | None = None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
+def spec_result(obj: Any) -> SpecResult:
+    """Per-request numbers from a completion response or the final usage chunk of a stream."""
+    if not isinstance(obj, dict):
+        raise NotUnderstood("response is not a JSON object")
+    model = obj.get("model") if isinstance(obj.get("model"), str) else None
+    usage = obj.get("usage")
+    completion_tokens = _number(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+    metrics = obj.get("metrics")
+    accepted = drafted = steps = None
+    ttft = tpot = None
+    if isinstance(metrics, dict):
+        spec = metrics.get("speculative_decoding")
+        if isinstance(spec, dict):
+            a, d = _number(spec.get("num_accepted_draft_tokens")), _number(spec.get("num_draft_tokens"))
+            if a is not None and d is not None and a <= d and a == int(a) and d == int(d):
+                accepted, drafted = int(a), int(d)
+            n = _number(spec.get("num_spec_steps"))
+            steps = int(n) if n is not None and n == int(n) else None
+        # vLLM's per-request TTFT starts at scheduling; its Prometheus TTFT starts at arrival. Adding the
+        # queue time brings the two onto the same footing.
+        ttft_ms = _number(metrics.get("time_to_first_token_ms"))
+        ttft = (ttft_ms + (_number(metrics.get("queue_time_ms")) or 0.0)) / 1000 if ttft_ms is not None else None
+        tpot = _tpot_from_metrics(metrics, completion_tokens)
+    return SpecResult(
+        model=model,
+        accepted=accepted,
+        drafted=drafted,
+        ttft_seconds=ttft,
+        tpot_seconds=tpot,
+        completion_tokens=int(completion_tokens) if completion_tokens is not None else None,
+        steps=steps,
+    )
+
+
+def _tpot_from_metrics(metrics: dict[str, Any], completion_tokens: float | None) -> float | None:
+    # vLLM's TPOT is decode time / (generated tokens - 1), decode time running from the first token to the last:
+    # exactly its per-request mean_itl_ms (vllm/entrypoints/generate/base/serving.py, 0.33).
+    itl_ms = _number(metrics.get("mean_itl_ms"))
+    if itl_ms is not None:
+        return itl_ms / 1000
+    generation_ms = _number(metrics.get("generation_time_ms"))
+    if generation_ms is None or completion_tokens is None or completion_tokens < 2:
+        return None
+    return generation_ms / 1000 / (completion_tokens - 1)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise NotUnderstood(f"response body is not JSON: {type(e).__name__}") from None

@@ -1,0 +1,214 @@
+"""Server-sent events between vLLM and the client: split into events as they pass, find the usage chunk, and,
+when the tap asked vLLM for it on the client's behalf, hand the client exactly the stream it would have got
+without asking.
+
+Events end at a blank line, and lines end with CRLF, LF or CR (the SSE spec allows all three, mixed), so a CR at
+the end of one chunk may still be followed by the LF of its CRLF in the next: that LF belongs to the line before.
+
+What asking for usage changes in vLLM 0.32's stream (chat and completions serving, `include_usage`): a final
+event with `choices: []`, `usage` and the per-request metrics is added, and the `system_fingerprint` moves from
+the terminal chunk (the one with a `finish_reason`) to that final event. So the filter withholds the usage event
+and puts the fingerprint back where it would have been, holding the terminal chunk until the usage event (which
+vLLM writes right after it) arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from spec_exporter.join.request import NotUnderstood
+from spec_exporter.join.response import parse_json
+
+_CR, _LF = 13, 10
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_FINGERPRINT_SAFE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII without quote or backslash: no JSON escaping
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The data of one event (its `data` fields joined by LF, as the SSE spec says), or None if it has none."""
+    data = []
+    for line in _LINE_END.split(event):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif line == b"data":
+            data.append(b"")
+    return b"\n".join(data) if data else None
+
+
+def is_usage_chunk(obj: Any) -> bool:
+    # The final chunk vLLM adds for include_usage: no choices, and the usage (and per-request metrics).
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+def _is_terminal(obj: Any) -> bool:
+    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
+        return False
+    return any(isinstance(c, dict) and c.get("finish_reason") is not None for c in obj["choices"])
+
+
+class UsageFilter:
+    """Feed it upstream bytes; it returns what to send the client now.
+
+    With `strip_usage` off it only watches: every byte goes out at once. With it on, whole events go out as they
+    complete (vLLM writes whole events, so nothing waits in practice), the usage event is withheld, and the
+    terminal chunk waits for it. If vLLM turns out to include usage on its own (`--enable-force-include-usage`
+    puts it into every chunk), the client would have had the usage event anyway: stripping stops.
+    """
+
+    def __init__(self, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.usage: Any = None
+        self.data_events = 0
+        self.malformed = 0
+        self._buf = bytearray()  # the current event, not complete yet
+        self._line_start = 0
+        self._scan = 0
+        self._cr_pending = False  # the last byte seen was a CR ending a line: an LF next is part of it
+        # Where the last complete event went: withheld (usage) or held (terminal); else sent.
+        self._withheld_last = False
+        self._held_last = False
+        self._terminal: bytes | None = None
+        self._terminal_obj: Any = None
+
+    def unreturned(self) -> bytes:
+        """The bytes fed but not returned yet."""
+        if not self.strip_usage:
+            return b""
+        return (self._terminal or b"") + bytes(self._buf)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        if (
+            not self._buf
+            and not self._cr_pending
+            and self._terminal is None
+            and chunk.endswith(b"\n\n")
+            and b'"usage"' not in chunk
+            and (not self.strip_usage or chunk.count(b'"finish_reason"') == chunk.count(b'"finish_reason":null'))
+        ):
+            # The common case, token chunks: whole events, none to hold back or parse. Skipping the split and the
+            # copies keeps the per-chunk cost to two substring scans.
+            self.data_events += chunk.count(b"data:")
+            return chunk
+        strip = self.strip_usage
+        out = bytearray()
+        data = chunk
+        buf = self._buf
+        if self._cr_pending:
+            self._cr_pending = False
+            if data[0] == _LF:
+                data = data[1:]
+                if buf:
+                    buf.append(_LF)
+                    self._line_start += 1
+                    self._scan += 1
+                elif self._held_last:
+                    self._terminal = (self._terminal or b"") + b"\n"
+                elif not self._withheld_last:
+                    out.append(_LF)
+        buf += data
+        n = len(buf)
+        start, i = 0, self._scan
+        cr = lf = -2
+        switched_at: int | None = None
+        while i < n:
+            if -1 != cr < i:
+                cr = buf.find(b"\r", i)
+            if -1 != lf < i:
+                lf = buf.find(b"\n", i)
+            if cr == -1 and lf == -1:
+                i = n
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                j, end = lf, lf + 1
+            else:
+                j = cr
+                end = cr + 2 if cr + 1 < n and buf[cr + 1] == _LF else cr + 1
+                if end == n and cr + 1 == n:
+                    self._cr_pending = True
+            blank = j == self._line_start
+            self._line_start = i = end
+            if not blank:
+                continue
+            emitted = self._on_event(bytes(buf[start:end]))
+            start = end
+            if strip:
+                out += emitted
+                if not self.strip_usage:
+                    strip, switched_at = False, end
+        rest = bytes(buf[switched_at:]) if switched_at is not None else b""
+        del buf[:start]
+        self._line_start -= start
+        self._scan = i - start
+        if strip:
+            return bytes(out)
+        if switched_at is not None:
+            return bytes(out) + rest
+        return chunk
+
+    def finish(self) -> bytes:
+        """Whatever is still held when upstream ends (the terminal chunk, a last event without its blank line)."""
+        rest = self.unreturned()
+        self._terminal = None
+        self._buf.clear()
+        return rest
+
+    def _on_event(self, event: bytes) -> bytes:
+        """Watch one complete event; the bytes to send in its place (used only while stripping)."""
+        self._withheld_last = self._held_last = False
+        data = event_data(event)
+        if data is None:
+            return self._release() + event
+        self.data_events += 1
+        if b'"usage"' in data:
+            if _EMPTY_CHOICES.search(data):
+                obj = self._parse(data)
+                if is_usage_chunk(obj):
+                    self.usage = obj
+                    if self.strip_usage:
+                        self._withheld_last = True
+                        return self._release(obj)
+                    return b""
+            elif self.strip_usage:
+                obj = self._parse(data)
+                if isinstance(obj, dict) and obj.get("usage") is not None:
+                    self.strip_usage = False
+                    return self._release() + event
+        if self.strip_usage and data.count(b'"finish_reason"') != data.count(b'"finish_reason":null'):
+            obj = self._parse(data)
+            if _is_terminal(obj):
+                held = self._release()
+                self._terminal, self._terminal_obj = event, obj
+                self._held_last = True
+                return held
+        return self._release() + event
+
+    def _parse(self, data: bytes) -> Any:
+        try:
+            return parse_json(data)
+        except NotUnderstood:
+            self.malformed += 1
+            return None
+
+    def _release(self, usage: Any = None) -> bytes:
+        """The held terminal chunk, with the fingerprint vLLM would have put there had usage not been asked for."""
+        event, obj = self._terminal, self._terminal_obj
+        if event is None:
+            return b""
+        self._terminal = self._terminal_obj = None
+        fingerprint = usage.get("system_fingerprint") if isinstance(usage, dict) else None
+        if (
+            isinstance(fingerprint, str)
+            and _FINGERPRINT_SAFE.fullmatch(fingerprint)
+            and isinstance(obj, dict)
+            and "system_fingerprint" not in obj
+            and event.count(b"data:") == 1
+        ):
+            # vLLM serialises the field last (model_dump_json, field order), right before the closing brace.
+            end = event.rfind(b"}")
+            return event[:end] + b',"system_fingerprint":"' + fingerprint.encode() + b'"' + event[end:]
+        return event

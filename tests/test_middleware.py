@@ -1,0 +1,283 @@
+"""SpecDecodeMiddleware driven as a raw ASGI app around a stand-in vLLM that replays the captured responses.
+Properties it shares with the proxy tap run against both in tests/test_join_frontends.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import weakref
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from spec_exporter import middleware as middleware_module
+from spec_exporter.join import sse as sse_module
+from spec_exporter.join.bands import Bands
+from spec_exporter.join.exchange import JoinSettings
+from spec_exporter.join.metrics import TapMetrics
+from spec_exporter.middleware import SpecDecodeMiddleware, settings_from_env
+from tests.asgi_vllm import VLLMApp, call
+from tests.conftest import FakeClock
+from tests.test_join import counts
+from tests.vllm_answers import VLLMStandIn, direct
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}
+PATH = "/v1/chat/completions"
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, TapMetrics] = weakref.WeakKeyDictionary()
+
+
+def tapped(app: Any, registry: CollectorRegistry, **settings: Any) -> SpecDecodeMiddleware:
+    metrics = _METRICS.get(registry) or _METRICS.setdefault(registry, TapMetrics(registry))
+    return SpecDecodeMiddleware(app, metrics=metrics, settings=JoinSettings(**settings), clock=FakeClock())
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def every_offset(data: bytes) -> list[list[bytes]]:
+    return [[data[:k], data[k:]] for k in range(1, len(data))]
+
+
+async def test_streamed_events_split_at_every_byte_offset_reach_the_client_as_without_the_middleware(
+    registry: CollectorRegistry,
+) -> None:
+    body = json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode()
+    expected = direct(PATH, body)
+    upstream = direct(PATH, json.dumps({**CHAT, "stream": True, "stream_options": {"include_usage": True}}).encode())
+    cuts = every_offset(upstream)
+    for pieces in cuts:
+        app = VLLMApp(split=lambda _, p=pieces: [x for x in p if x])
+        got = await call(tapped(app, registry), PATH, body)
+        assert got.body == expected
+    assert counts(registry) == {("tiny", "measured", "0.3-0.5"): len(cuts)}
+    assert counts(registry, "spec_tap_accepted_tokens_total") == {("tiny", "0.3-0.5"): 7 * len(cuts)}
+
+
+@pytest.mark.parametrize("size", [1, 3, 17])
+async def test_byte_sized_messages_with_crlf_framing(size: int, registry: CollectorRegistry) -> None:
+    crlf = VLLMStandIn(frame=lambda e: e.replace(b"\n", b"\r\n"))
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    app = VLLMApp(standin=crlf, split=lambda d: [d[i : i + size] for i in range(0, len(d), size)])
+    got = await call(tapped(app, registry), PATH, body)
+    assert got.body == direct(PATH, body, crlf)
+    assert counts(registry) == {("tiny", "measured", "1.0+"): 1}
+
+
+async def test_the_app_gets_the_injected_body_with_a_matching_content_length(registry: CollectorRegistry) -> None:
+    app = VLLMApp()
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    await call(tapped(app, registry), PATH, body, body_pieces=7)
+    (received,) = app.standin.received
+    assert json.loads(received) == {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    assert dict(app.scopes[0]["headers"])[b"content-length"] == str(len(received)).encode()
+
+
+async def test_a_body_over_the_cap_reaches_the_app_message_for_message(registry: CollectorRegistry) -> None:
+    app = VLLMApp()
+    body = json.dumps({**CHAT, "stream": True, "pad": "x" * 20_000}).encode()
+    got = await call(tapped(app, registry, max_inspect_bytes=4096), PATH, body, body_pieces=1000)
+    assert app.standin.received == [body]
+    assert got.body == direct(PATH, body)
+    assert counts(registry) == {("unknown", "not_measurable", "unknown"): 1}
+
+
+async def test_the_whole_body_is_read_ahead_only_up_to_the_cap(registry: CollectorRegistry) -> None:
+    # Twenty megabytes in 64 KiB messages: passed through in the same messages, not inspected.
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(len(message.get("body", b"")))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"too large"})
+
+    body = b'{"stream": true, "pad": "' + b"x" * (20 * 1024 * 1024) + b'"}'
+    got = await call(tapped(app, registry), PATH, body, body_pieces=65536)
+    assert got.status == 413 and sum(seen) == len(body) and len(seen) == -(-len(body) // 65536)
+    assert counts(registry) == {("unknown", "upstream_error", "unknown"): 1}
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        (middleware_module, "_header"),
+        (middleware_module, "_with_length"),
+        (middleware_module._Tapped, "_rewrite"),
+        (sse_module.UsageFilter, "feed"),
+        (sse_module, "event_data"),
+    ],
+    ids=lambda w: w[1],
+)
+async def test_an_exception_inside_the_middleware_changes_nothing_and_is_counted(
+    where: tuple[Any, str], registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(*where, boom)
+    for body in (
+        json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode(),
+        json.dumps({**CHAT, "temperature": 0.7}).encode(),
+    ):
+        app = VLLMApp()
+        got = await call(tapped(app, registry), PATH, body)
+        plain = await call(VLLMApp(), PATH, app.standin.received[0])
+        # Exactly what vLLM sent for the body it received: status, headers, every byte.
+        assert (got.status, got.headers, got.body) == (plain.status, plain.headers, plain.body)
+    assert counts(registry, "spec_tap_errors_total")[("internal",)] >= 1
+
+
+async def test_a_client_disconnect_passes_through_and_is_counted(registry: CollectorRegistry) -> None:
+    app = VLLMApp()
+    body = json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode()
+    got = await call(tapped(app, registry), PATH, body, disconnect_after=3)
+    assert app.cancelled  # the app saw the disconnect and stopped generating, as without the middleware
+    assert got.body == b"".join(direct(PATH, body).split(b"\n\n")[i] + b"\n\n" for i in range(3))
+    assert counts(registry) == {("tiny", "client_disconnected", "0.3-0.5"): 1}
+
+
+async def test_cancellation_propagates_and_is_counted(registry: CollectorRegistry) -> None:
+    started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        started.set()
+        await asyncio.Event().wait()
+
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    task = asyncio.ensure_future(call(tapped(app, registry), PATH, body))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert counts(registry) == {("tiny", "client_disconnected", "1.0+"): 1}
+
+
+async def test_an_app_failing_mid_stream_raises_through_and_counts_upstream_error(
+    registry: CollectorRegistry,
+) -> None:
+    app = VLLMApp(raise_after=4)
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        await call(tapped(app, registry), PATH, json.dumps({**CHAT, "stream": True}).encode())
+    assert counts(registry) == {("tiny", "upstream_error", "1.0+"): 1}
+
+
+async def test_a_receive_failure_reaches_the_app_as_it_would_have() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await receive()
+            await receive()
+        except OSError as e:
+            seen.append(str(e))
+            raise
+
+    async def receive() -> dict[str, Any]:
+        if not seen and not hasattr(receive, "done"):
+            receive.done = True  # type: ignore[attr-defined]
+            return {"type": "http.request", "body": b'{"stream": true', "more_body": True}
+        raise OSError("connection lost")
+
+    async def send(_: Any) -> None:
+        raise AssertionError("nothing to send")
+
+    scope = {"type": "http", "method": "POST", "path": PATH, "headers": []}
+    mw = tapped(app, CollectorRegistry())
+    with pytest.raises(OSError, match="connection lost"):
+        await mw(scope, receive, send)
+    assert seen == ["connection lost"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/models"), ("POST", "/v1/embeddings"), ("GET", PATH), ("POST", "/metrics")]
+)
+async def test_other_requests_go_straight_to_the_app(method: str, path: str, registry: CollectorRegistry) -> None:
+    app = VLLMApp()
+    got = await call(tapped(app, registry), path, b"{}", method=method)
+    assert got.header("x-upstream") == "vllm" and counts(registry) == {}
+    assert app.scopes[0]["path"] == path
+
+
+async def test_non_http_scopes_go_straight_to_the_app() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    mw = tapped(app, CollectorRegistry())
+    for kind in ("lifespan", "websocket"):
+        await mw({"type": kind, "path": PATH, "method": "POST"}, None, None)
+    assert seen == ["lifespan", "websocket"]
+
+
+def test_settings_come_from_the_environment_with_the_exporters_defaults() -> None:
+    settings, max_models = settings_from_env({})
+    assert settings == JoinSettings() and max_models == 20
+    settings, max_models = settings_from_env(
+        {
+            "SPEC_EXPORTER_TAP_TEMPERATURE_BANDS": "0.2, 0.8",
+            "SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE": "0.7",
+            "SPEC_EXPORTER_TAP_MAX_MODELS": "3",
+            "SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES": "1024",
+            "SPEC_EXPORTER_TAP_INJECT_USAGE": "false",
+        }
+    )
+    assert settings == JoinSettings(Bands((0.2, 0.8), 0.7), inject_usage=False, max_inspect_bytes=1024)
+    assert max_models == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TEMPERATURE_BANDS", "0.5,0.3"),
+        ("TEMPERATURE_BANDS", "warm"),
+        ("DEFAULT_TEMPERATURE", "hot"),
+        ("MAX_MODELS", "-1"),
+        ("MAX_INSPECT_BYTES", "8MB"),
+        ("INJECT_USAGE", "maybe"),
+    ],
+)
+def test_an_unusable_setting_is_logged_and_defaulted_never_fatal(
+    name: str, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, max_models = settings_from_env({f"SPEC_EXPORTER_TAP_{name}": value})
+    assert settings == JoinSettings() and max_models == 20
+    assert f"SPEC_EXPORTER_TAP_{name}" in caplog.text or "temperature bands" in caplog.text
+
+
+def test_importing_the_middleware_pulls_in_nothing_vllm_lacks() -> None:
+    script = (
+        "import sys, spec_exporter.middleware as m; m.SpecDecodeMiddleware; "
+        "bad = sorted(n for n in ('aiohttp', 'structlog', 'yaml', 'multidict', 'yarl', 'spec_exporter.config', "
+        "'spec_exporter.tap', 'spec_exporter.app') if n in sys.modules); print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_built_with_the_app_alone_it_registers_in_the_default_registry_once() -> None:
+    # What vLLM does: app.add_middleware(cls) → cls(app); a second build must not collide in the registry.
+    script = (
+        "from prometheus_client import REGISTRY, generate_latest\n"
+        "from spec_exporter.middleware import SpecDecodeMiddleware\n"
+        "a = SpecDecodeMiddleware(lambda *a: None); b = SpecDecodeMiddleware(lambda *a: None)\n"
+        "assert a.metrics is b.metrics\n"
+        "print(b'spec_tap_errors_total{stage=\"internal\"} 0.0' in generate_latest(REGISTRY))\n"
+    )
+    env = {**os.environ, "SPEC_EXPORTER_TAP_MAX_MODELS": "2"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
