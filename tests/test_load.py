@@ -217,3 +217,30 @@ def test_window_loads_cover_each_window_per_engine_and_for_the_target() -> None:
     assert long.engines[KEY].mean_running == (30 * 1 + 30 * 4.5) / 60
     # Requests finishing in the last interval count at the target's band for it.
     assert set(long.latency_by_band[TPOT]) == {"2-4"} and long.latency_by_band[TPOT]["2-4"].count == 2
+
+
+def test_window_loads_agree_with_interval_by_interval_sums_across_band_changes_gaps_and_restarts() -> None:
+    from spec_exporter.derive.load import window_loads
+    from spec_exporter.types import Window
+
+    other = ("m", "1")
+    readings = [1, 1, 3, 3, 3, 12, 12, 1, 1, 0, 0, 6]
+    snaps = []
+    tpot = itl = tokens = 0.0
+    for i, r in enumerate(readings):
+        if i == 8:
+            tpot = itl = tokens = 0.0  # vLLM restarted: every counter starts again
+        tpot, itl, tokens = tpot + r, itl + 3 * r, tokens + 10 * r
+        h = {TPOT: hist((tpot / 2, tpot, tpot, tpot)), ITL: hist((0, itl, itl, itl))}
+        engines = [(KEY, busy(engine(generation_tokens=tokens, histograms=h), r))]
+        if i not in (4, 5):  # the second engine misses two scrapes
+            engines.append((other, busy(engine(generation_tokens=tokens, histograms=h), r / 2)))
+        snaps.append(snap(5.0 * i, *engines))
+    points = ring_of(*snaps)
+    windows = (Window("20s", 20), Window("1m", 60))
+    for wl in window_loads(points, windows, 1.0, (KEY, other)):
+        spans = intervals(window_points(points, wl.window.seconds, 1.0), (KEY, other))
+        assert wl.target == window_load(spans)
+        for m in (TPOT, ITL):
+            assert wl.latency_by_band[m] == histograms_by_band(spans, m)
+    assert window_loads(points, windows, 1.0, (KEY, other), band_latency=False)[1].latency_by_band == {}

@@ -36,7 +36,7 @@ from itertools import pairwise
 
 from spec_exporter.derive.latency import histogram_quantile, merge
 from spec_exporter.types import EngineKey, Histogram, LatencyMetric, SpecCounters, Window
-from spec_exporter.window import Point, subtract
+from spec_exporter.window import Point
 
 # Running requests per engine, as whole batch sizes: (label, first, last); the last band is open.
 LOAD_BANDS: tuple[tuple[str, int, float], ...] = (
@@ -140,40 +140,81 @@ class Interval:
     histograms: Mapping[LatencyMetric, Histogram]
 
 
-def _engine_interval(a: Point, b: Point, key: EngineKey) -> tuple[float, Mapping[LatencyMetric, Histogram]] | None:
-    """(load, histogram increases) of one engine between two points; None when it is missing from either."""
+def _increase(later: Histogram | None, earlier: Histogram | None) -> Histogram | None:
+    if later is None:
+        return None
+    if earlier is None or earlier.bounds != later.bounds:
+        # Totals start again from zero when the bounds change (see spec_exporter.window).
+        return later
+    return Histogram(
+        later.bounds,
+        tuple(x - y for x, y in zip(later.counts, earlier.counts, strict=True)),
+        later.count - earlier.count,
+        later.sum - earlier.sum,
+    )
+
+
+def _observed(later: Histogram, earlier: Histogram | None) -> float:
+    return later.count if earlier is None or earlier.bounds != later.bounds else later.count - earlier.count
+
+
+_Step = tuple[float, Mapping[LatencyMetric, Histogram]]
+
+
+def _engine_step(a: Point, b: Point, key: EngineKey, latencies: Sequence[LatencyMetric]) -> _Step | None:
+    """(load, increases of `latencies`) of one engine between two points; None when it is missing from either.
+
+    Only scalars for the load and the few histograms asked for: this runs for every poll interval of the longest
+    window at every poll.
+    """
     sa, sb = a.snapshot.engines.get(key), b.snapshot.engines.get(key)
     ta, tb = a.totals.get(key), b.totals.get(key)
     if sa is None or sb is None or ta is None or tb is None:
         return None
-    d = subtract(tb, ta)
     readings = [r for r in (sa.requests_running, sb.requests_running) if r is not None and math.isfinite(r)]
     running = sum(readings) / len(readings) if readings else 0.0
-    worked = d.generation_tokens > 0 or any(h.count > 0 for h in d.histograms.values())
-    if worked:
-        running = max(running, 1.0)
-    return running, d.histograms
+    if running < 1.0 and (
+        tb.generation_tokens > ta.generation_tokens
+        or any(_observed(h, ta.histograms.get(m)) > 0 for m, h in tb.histograms.items())
+    ):
+        running = 1.0
+    histograms = {}
+    for m in latencies:
+        increase = _increase(tb.histograms.get(m), ta.histograms.get(m))
+        if increase is not None:
+            histograms[m] = increase
+    return running, histograms
 
 
-def intervals(points: Sequence[Point], keys: Iterable[EngineKey]) -> list[Interval]:
+def _combine(seconds: float, parts: Sequence[_Step]) -> Interval:
+    """Engines taken together: the mean load per engine, their histogram increases summed."""
+    mean = sum(r for r, _ in parts) / len(parts)
+    if len(parts) == 1:
+        return Interval(seconds, mean if mean > 0 else None, parts[0][1])
+    histograms: dict[LatencyMetric, Histogram] = {}
+    for metric in {m for _, hs in parts for m in hs}:
+        merged = merge(hs[metric] for _, hs in parts if metric in hs)
+        if merged is not None:
+            histograms[metric] = merged
+    return Interval(seconds, mean if mean > 0 else None, histograms)
+
+
+def intervals(
+    points: Sequence[Point],
+    keys: Iterable[EngineKey],
+    latencies: Sequence[LatencyMetric] = (LatencyMetric.TPOT, LatencyMetric.ITL),
+) -> list[Interval]:
     """Every poll interval between consecutive points, for the engines in `keys` taken together.
 
     Load is per engine: the mean over the engines present of each one's load (idle engines count as 0 when
-    another engine is busy). Histogram increases are summed over the engines.
+    another engine is busy). The increases of `latencies` are summed over the engines.
     """
     keys = tuple(keys)
     out = []
     for a, b in pairwise(points):
-        parts = [p for key in keys if (p := _engine_interval(a, b, key)) is not None]
-        if not parts:
-            continue
-        mean = sum(r for r, _ in parts) / len(parts)
-        histograms: dict[LatencyMetric, Histogram] = {}
-        for metric in {m for _, hs in parts for m in hs}:
-            merged = merge(hs[metric] for _, hs in parts if metric in hs)
-            if merged is not None:
-                histograms[metric] = merged
-        out.append(Interval(b.taken_at - a.taken_at, mean if mean > 0 else None, histograms))
+        parts = [p for key in keys if (p := _engine_step(a, b, key, latencies)) is not None]
+        if parts:
+            out.append(_combine(b.taken_at - a.taken_at, parts))
     return out
 
 
@@ -262,19 +303,85 @@ class WindowLoad:
 
 
 def window_loads(
-    points: Sequence[Point], windows: Sequence[Window], slack_seconds: float, keys: Sequence[EngineKey]
+    points: Sequence[Point],
+    windows: Sequence[Window],
+    slack_seconds: float,
+    keys: Sequence[EngineKey],
+    *,
+    band_latency: bool = True,
 ) -> tuple[WindowLoad, ...]:
-    """Every window's load over the ring's points, for the engines in `keys` (those the latest scrape has)."""
+    """Every window's load over the ring's points, for the engines in `keys` (those the latest scrape has).
+
+    Each poll interval's load is read once, over the longest window; a shorter window is the newest part of it.
+    TPOT and ITL by band only with `band_latency` (a target compared with a baseline, or a baseline). Both give
+    what `intervals` and `histograms_by_band` give; they only do less work, as this runs at every poll.
+    """
+    if not windows:
+        return ()
+    latencies = BAND_LATENCIES if band_latency else ()
+    longest = window_points(points, max(w.seconds for w in windows), slack_seconds)
+    pairs = list(pairwise(longest))
+    steps = {key: [_engine_step(a, b, key, ()) for a, b in pairs] for key in keys}
+    seconds = [b.taken_at - a.taken_at for a, b in pairs]
+    # Per interval, the load per engine of the engines present (None: idle), as `_combine` has it.
+    running: list[float | None] = []
+    present: list[bool] = []
+    for i in range(len(pairs)):
+        parts = [s[0] for key in keys if (s := steps[key][i]) is not None]
+        mean = sum(parts) / len(parts) if parts else 0.0
+        running.append(mean if mean > 0 else None)
+        present.append(bool(parts))
+    bands = [load_band(r) if r is not None else None for r in running]
     out = []
     for window in windows:
-        chosen = window_points(points, window.seconds, slack_seconds)
-        spans = intervals(chosen, keys)
-        out.append(
-            WindowLoad(
-                window=window,
-                engines={key: window_load(intervals(chosen, (key,))) for key in keys},
-                target=window_load(spans),
-                latency_by_band={m: histograms_by_band(spans, m) for m in BAND_LATENCIES},
+        n = max(len(window_points(points, window.seconds, slack_seconds)) - 1, 0)
+        first = len(pairs) - n
+        engines = {
+            key: window_load(
+                [
+                    Interval(seconds[i], s[0] if s[0] > 0 else None, {})
+                    for i in range(first, len(pairs))
+                    if (s := steps[key][i]) is not None
+                ]
             )
-        )
+            for key in keys
+        }
+        spans = [Interval(seconds[i], running[i], {}) for i in range(first, len(pairs)) if present[i]]
+        by_band = {m: {} for m in latencies} if not latencies else _by_band(pairs, steps, bands, first, latencies)
+        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_band=by_band))
     return tuple(out)
+
+
+def _by_band(
+    pairs: Sequence[tuple[Point, Point]],
+    steps: Mapping[EngineKey, Sequence[_Step | None]],
+    bands: Sequence[str | None],
+    first: int,
+    latencies: Sequence[LatencyMetric],
+) -> dict[LatencyMetric, dict[str, Histogram]]:
+    """`histograms_by_band` over intervals first..: the increases of a run of intervals at one band telescope into
+    one subtraction of totals (restart-stitched, so that holds across a restart too), per engine present."""
+    sums: dict[tuple[LatencyMetric, str], list[Histogram]] = {}
+    n = len(pairs)
+    for key, per_engine in steps.items():
+        i = first
+        while i < n:
+            band = bands[i]
+            if band is None or per_engine[i] is None:
+                i += 1
+                continue
+            j = i
+            while j + 1 < n and bands[j + 1] == band and per_engine[j + 1] is not None:
+                j += 1
+            ta, tb = pairs[i][0].totals[key], pairs[j][1].totals[key]
+            for m in latencies:
+                increase = _increase(tb.histograms.get(m), ta.histograms.get(m))
+                if increase is not None and increase.count > 0:
+                    sums.setdefault((m, band), []).append(increase)
+            i = j + 1
+    out: dict[LatencyMetric, dict[str, Histogram]] = {m: {} for m in latencies}
+    for (m, band), hs in sums.items():
+        merged = merge(hs)
+        if merged is not None:
+            out[m][band] = merged
+    return out
