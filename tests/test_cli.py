@@ -227,7 +227,7 @@ def test_check_without_a_baseline_shows_load_and_k_and_says_the_verdict_ignores_
     # Its three requests finished between the two polls, which saw none running: at least one ran.
     assert re.search(r"\nload +1.0 running requests per engine: band 1\n", out)
     assert "note: the verdict judges acceptance alone and ignores load" in out
-    assert "--baseline URL" in out and "probe --baseline-target" in out
+    assert "--baseline-target URL" in out and "probe --baseline-target" in out
     assert "speedup at band" not in out
 
 
@@ -255,7 +255,7 @@ def check_against_baseline(*extra: str) -> None:
     spec = (stretched(V032_IDLE, 12, 2.0), stretched(V032_LOAD, 12, 2.0))
     base = (stretched(V032_IDLE, 12, 1.0), stretched(V032_LOAD, 12, 1.0))
     with standin_thread(*spec) as url, standin_thread(*base) as b:
-        run_check(["--target", url, "--baseline", b, *extra])
+        run_check(["--target", url, "--baseline-target", b, *extra])
 
 
 def test_check_with_a_baseline_prints_the_speedup_at_the_load_band(capsys: pytest.CaptureFixture[str]) -> None:

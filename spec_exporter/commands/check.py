@@ -148,7 +148,7 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
 LOAD_NOTE = (
     "the verdict judges acceptance alone and ignores load: the same acceptance can be a speedup at low "
     "concurrency and a slowdown at high. For evidence at the load this pool runs at, compare it with a baseline "
-    "pool without speculative decoding (--baseline URL, or a baseline target in the exporter's config), or run "
+    "pool without speculative decoding (--baseline-target URL, or a baseline target in the exporter's config), or run "
     "`spec-exporter probe --baseline-target URL --concurrency 1,4,16`."
 )
 
@@ -301,7 +301,7 @@ def check_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", required=True, metavar="URL", help="vLLM base URL, e.g. http://127.0.0.1:8000")
     p.add_argument(
-        "--baseline",
+        "--baseline-target",
         metavar="URL",
         help="the same model served without speculative decoding: polled alongside for the measured speedup at the "
         "load band the target runs at",
@@ -326,7 +326,7 @@ def check_settings(args: argparse.Namespace) -> Settings:
     return build_settings(
         args.config_file,
         targets=[args.target],
-        baselines=[args.baseline] if args.baseline else [],
+        baselines=[args.baseline_target] if args.baseline_target else [],
         only_these_targets=True,
         overrides={
             "windows": [window],
