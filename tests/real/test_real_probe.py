@@ -11,14 +11,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from harness.ports import free_port
+from harness.processes import exporter_cmd, running
 from harness.vllm import MODEL_NAME, running_vllm
-from spec_exporter.derive.load import effective_k, speculated_share
+from spec_exporter.derive.load import effective_k, load_band, speculated_share
 from spec_exporter.types import LatencyMetric, SpecCounters
 from spec_exporter.vllm.parse import parse_exposition
 
@@ -65,6 +70,37 @@ def one_lone_request(url: str) -> tuple[SpecCounters, float]:
         s1.drafts - s0.drafts, s1.draft_tokens - s0.draft_tokens, s1.accepted_tokens - s0.accepted_tokens
     )
     return delta, i1 - i0
+
+
+def exporter_samples(url: str) -> list[tuple[str, dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = http(f"{url}/metrics").decode()
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def value(samples: list[tuple[str, dict[str, str], float]], name: str, labels: dict[str, str | None]) -> float | None:
+    """The sample with exactly these labels (a None value: the label must be absent)."""
+    wanted = {k: v for k, v in labels.items() if v is not None}
+    found = [v for n, ls, v in samples if n == name and ls == wanted]
+    return found[0] if found else None
+
+
+def settle(exporter: str) -> None:
+    """Wait until the exporter has polled twice since now: its view then includes everything sent so far."""
+
+    def last_poll() -> float | None:
+        return value(
+            exporter_samples(exporter), "spec_decode_exporter_last_success_timestamp_seconds", {"target": "vllm"}
+        )
+
+    seen = last_poll()
+    for _ in range(2):
+        deadline = time.monotonic() + 30
+        while last_poll() == seen:
+            assert time.monotonic() < deadline, "the exporter stopped polling"
+            time.sleep(0.2)
+        seen = last_poll()
 
 
 CELL_NUMBERS = ("acceptance_rate", "mean_acceptance_length", "output_tokens_per_second", "tpot_speedup")
@@ -132,9 +168,34 @@ def test_probe_sweeps_against_a_baseline_and_vllm_serves_with_the_schedule_it_su
     assert schedule[0][0] == 1 and all(len(r) == 3 and all(isinstance(v, int) for v in r) for r in schedule)
     pasted = json.loads(json.dumps(config))
     with running_vllm(tmp_path / "scheduled.log", speculative_extra=pasted) as scheduled:
-        delta, itl = one_lone_request(scheduled.url)
+        exporter = f"127.0.0.1:{free_port()}"
+        settings = {
+            "targets": [{"name": "vllm", "url": scheduled.url}],
+            "poll": {"interval": "1s", "timeout": "900ms"},
+            "windows": ["30s", "10m"],
+        }
+        (tmp_path / "exporter.yaml").write_text(yaml.safe_dump(settings))
+        cmd = exporter_cmd(tmp_path / "exporter.yaml", exporter)
+        with running(cmd, f"http://{exporter}/readyz", tmp_path / "exporter.log"):
+            settle(f"http://{exporter}")
+            delta, itl = one_lone_request(scheduled.url)
+            settle(f"http://{exporter}")
+            lone = exporter_samples(f"http://{exporter}")
+            # A few at once: the exporter reads vLLM's running-requests gauge into the load band.
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(lambda _: chat(scheduled.url, 48), range(3)))
+            settle(f"http://{exporter}")
+            busy = exporter_samples(f"http://{exporter}")
     # At batch 1 the schedule's first k decides: every decode step drafts, or none does.
     k_alone = schedule[0][2]
     assert speculated_share(delta.drafts, itl) == (1.0 if k_alone > 0 else 0.0)
     if k_alone > 0:
         assert effective_k(delta) == k_alone
+    # The exporter's window (from its first poll, before the request) says exactly what vLLM's counters say.
+    window = {"target": "vllm", "model_name": MODEL_NAME, "engine": "0", "window": "10m"}
+    assert value(lone, "spec_decode_speculated_step_ratio", window) == speculated_share(delta.drafts, itl)
+    assert value(lone, "spec_decode_load_band_info", {**window, "load_band": "1"} | {"window": None}) == 1.0
+    running_now = value(busy, "spec_decode_load_running_requests", {**window, "window": "30s"})
+    assert running_now is not None and 1.0 <= running_now <= 3.0
+    band = load_band(running_now)
+    assert value(busy, "spec_decode_load_band_info", {**window, "load_band": band} | {"window": None}) == 1.0
