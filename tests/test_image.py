@@ -186,3 +186,37 @@ def test_entrypoint_runs_as_the_image_user_and_stops_cleanly_on_sigterm(image: A
     if os.geteuid() == 0:
         assert run.uid == image.user[0]
     assert run.stop_returncode == 0, run.stderr
+
+
+def test_the_charts_middleware_init_container_copies_the_installed_package_as_the_image_user(image: Any) -> None:
+    """The Helm chart's init container (tap.mode middleware), run as the image would run it: `python` from the
+    image's PATH, as its user, copying from the wheel's site-packages into what stands for the emptyDir, even from a
+    working directory that holds another spec_exporter (the source tree)."""
+    import helm_python as helm
+
+    with helm.Chart.load(CHART_VALUES.parent) as chart:
+        rendered = chart.render({}, name="demo", namespace="llm")
+    deployment = next(
+        d for d in yaml.safe_load_all(rendered["spec-exporter/templates/deployment.yaml"]) if d["kind"] == "Deployment"
+    )
+    (copy,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    *command, mount = copy["command"]
+    assert image.user is not None and copy["securityContext"]["runAsUser"] == image.user[0]
+    target = image.host(mount)
+    target.mkdir(parents=True)
+    target.chmod(0o777)  # an emptyDir is world-writable
+    exe = shutil.which(command[0], path=image.env["PATH"])
+    assert exe and exe.startswith(str(image.root)), f"{command[0]} is not the image's: {exe}"
+    as_user: dict[str, object] = {}
+    if image.user is not None and os.geteuid() == 0:
+        as_user = {"user": image.user[0], "group": image.user[1], "extra_groups": []}
+    env = {**image.env, "HOME": "/nonexistent"}
+    result = subprocess.run(
+        [exe, *command[1:], str(target)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, **as_user
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/site-packages/spec_exporter" in result.stdout
+    copied = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    installed = [f.split("/site-packages/", 1)[1] for f in image.image_files if "/site-packages/spec_exporter/" in f]
+    assert copied == sorted(f for f in installed if "/__pycache__/" not in f)
+    assert set(f for f in image.wheel_files if f.startswith("spec_exporter/")) <= set(copied)

@@ -77,10 +77,66 @@ The exporter image: a digest wins over a tag; the tag defaults to the chart's ap
 {{- end }}
 
 {{/*
-"true" when the tap sits in the request path: sidecar mode with tap.enabled.
+"true" when the proxy tap sits in the request path: sidecar mode with tap.mode proxy. Fails on the old
+tap.enabled switch, which tap.mode replaced, with what to set instead.
 */}}
 {{- define "spec-exporter.tap" -}}
-{{- if and (eq .Values.mode "sidecar") .Values.tap.enabled }}true{{ end }}
+{{- if hasKey .Values.tap "enabled" }}
+{{- fail "tap.enabled was replaced by tap.mode: set tap.mode to middleware (the default: inside vLLM, no extra hop), proxy (the former tap.enabled=true) or off (the former tap.enabled=false)" }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") (eq (include "spec-exporter.tapMode" .) "proxy") }}true{{ end }}
+{{- end }}
+
+{{/*
+tap.mode, with the `false` that YAML 1.1 (Helm's) makes of an unquoted `mode: off` read as off.
+*/}}
+{{- define "spec-exporter.tapMode" -}}
+{{- if kindIs "bool" .Values.tap.mode }}off{{ else }}{{ .Values.tap.mode }}{{ end }}
+{{- end }}
+
+{{/*
+"true" when the tap runs as a middleware inside vLLM's API server: sidecar mode with tap.mode middleware.
+*/}}
+{{- define "spec-exporter.middleware" -}}
+{{- if and (eq .Values.mode "sidecar") (eq (include "spec-exporter.tapMode" .) "middleware") }}true{{ end }}
+{{- end }}
+
+{{/*
+The middleware's import path and the directory the init container copies the spec_exporter package into; the
+vLLM container finds it there through PYTHONPATH.
+*/}}
+{{- define "spec-exporter.middlewareClass" -}}spec_exporter.middleware.SpecDecodeMiddleware{{- end }}
+{{- define "spec-exporter.middlewarePath" -}}/opt/spec-exporter/python{{- end }}
+
+{{/*
+A size as the exporter's configuration writes it (8MiB, 16 MB, 1024) in bytes, for the middleware's environment.
+*/}}
+{{- define "spec-exporter.bytes" -}}
+{{- $text := toString . }}
+{{- $units := dict "" 1 "B" 1 "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "KB" 1000 "MB" 1000000 "GB" 1000000000 }}
+{{- $number := regexFind "^[0-9]+" $text }}
+{{- $unit := regexReplaceAll "^[0-9]+ ?" $text "" }}
+{{- if or (not $number) (not (hasKey $units $unit)) }}
+{{- fail (printf "%q is not a size (use e.g. 8MiB or a number of bytes)" $text) }}
+{{- end }}
+{{- mul (atoi $number) (get $units $unit) }}
+{{- end }}
+
+{{/*
+The vLLM arguments the user already gives (command and vllm.extraArgs) as a JSON list, with vLLM's `_` spelling
+of flag names read as `-`, so that the chart does not add a flag twice.
+*/}}
+{{- define "spec-exporter.userVllmArgs" -}}
+{{- $args := list }}
+{{- range concat (.Values.vllm.command | default list) (.Values.vllm.extraArgs | default list) }}
+{{- $arg := toString . }}
+{{- if hasPrefix "--" $arg }}
+{{- $parts := splitn "=" 2 $arg }}
+{{- $arg = printf "%s%s" (replace "_" "-" $parts._0) (ternary (printf "=%s" $parts._1) "" (contains "=" $arg)) }}
+{{- end }}
+{{- $args = append $args $arg }}
+{{- end }}
+{{- toJson $args }}
 {{- end }}
 
 {{/*
@@ -89,8 +145,8 @@ The name of the local vLLM target in sidecar mode: it becomes the `target` label
 {{- define "spec-exporter.localTarget" -}}vllm{{- end }}
 
 {{/*
-The exporter's configuration file: exporter.config, plus the local vLLM target and the tap's address in sidecar
-mode. Rendered once here so that the ConfigMap and the pod's checksum annotation agree.
+The exporter's configuration file: exporter.config, plus the local vLLM target in sidecar mode and the proxy tap's
+address with tap.mode proxy. Rendered once here so that the ConfigMap and the pod's checksum annotation agree.
 */}}
 {{- define "spec-exporter.config" -}}
 {{- $config := omit (deepCopy .Values.exporter.config) "targets" "tap" }}
@@ -105,6 +161,10 @@ mode. Rendered once here so that the ConfigMap and the pod's checksum annotation
 {{- $_ := set $tap "listen_address" (printf ":%v" .Values.tap.port) }}
 {{- $_ := set $tap "target" (include "spec-exporter.localTarget" .) }}
 {{- $_ := set $config "tap" $tap }}
+{{- else if include "spec-exporter.middleware" . }}
+{{- /* The same bands as the middleware's environment, and no listener: the exporter reads the middleware's series
+from vLLM's /metrics. */}}
+{{- $_ := set $config "tap" (deepCopy (.Values.exporter.config.tap | default dict)) }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
@@ -130,4 +190,102 @@ relabelings:
   - action: replace
     targetLabel: job
     replacement: {{ .Values.monitor.vllm.job }}
+{{- end }}
+
+{{/*
+The vLLM container's environment with tap.mode middleware: PYTHONPATH with the middleware's directory first (a
+PYTHONPATH `value` in vllm.env keeps its entries after it), and the middleware's settings from exporter.config.tap
+(the proxy tap's settings, with the same defaults), unless vllm.env sets them itself. A YAML EnvVar list.
+*/}}
+{{- define "spec-exporter.middlewareEnv" -}}
+{{- $user := dict }}
+{{- range .Values.vllm.env }}
+{{- $_ := set $user .name . }}
+{{- end }}
+{{- $path := include "spec-exporter.middlewarePath" . }}
+{{- with get $user "PYTHONPATH" }}
+{{- if not (hasKey . "value") }}
+{{- fail "vllm.env: PYTHONPATH must be a plain value with tap.mode middleware (the chart puts the middleware's directory in front of it); valueFrom cannot be extended" }}
+{{- end }}
+{{- if .value }}
+{{- $path = printf "%s:%s" $path .value }}
+{{- end }}
+{{- end }}
+{{- $tap := .Values.exporter.config.tap | default dict }}
+{{- $bands := list }}
+{{- range ($tap.temperature_bands | default (list 0.3 0.5 0.7 1.0)) }}
+{{- $bands = append $bands (toString .) }}
+{{- end }}
+{{- $settings := dict
+  "SPEC_EXPORTER_TAP_TEMPERATURE_BANDS" (join "," $bands)
+  "SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE" (toString (ternary 1.0 $tap.default_temperature (kindIs "invalid" $tap.default_temperature)))
+  "SPEC_EXPORTER_TAP_MAX_MODELS" (toString ($tap.max_models | default 20))
+  "SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES" (include "spec-exporter.bytes" ($tap.max_inspect_bytes | default "8MiB"))
+  "SPEC_EXPORTER_TAP_INJECT_USAGE" (toString (ternary true $tap.inject_usage (kindIs "invalid" $tap.inject_usage)))
+}}
+- name: PYTHONPATH
+  value: {{ $path | quote }}
+{{- range $name := keys $settings | sortAlpha }}
+{{- if not (hasKey $user $name) }}
+- name: {{ $name }}
+  value: {{ get $settings $name | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A lifecycle with a preStop that runs `command` when it has seconds to wait, else nothing; (list seconds command).
+An exec sleep, not the kubelet's sleep action, which Kubernetes before 1.30 does not have.
+*/}}
+{{- define "spec-exporter.preStop" -}}
+{{- if gt (int (index . 0)) 0 }}
+preStop:
+  exec:
+    command: {{ index . 1 | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+An exporter probe as exporter.webConfig needs it. With TLS the kubelet's HTTP check uses HTTPS (it
+does not verify certificates). With basic authentication it has no password to send: /healthz, which the exporter
+serves without authentication, stays an HTTP check; any other becomes a TCP check of the exporter's port (of the
+proxy tap's, for readiness with tap.mode proxy).
+(list . probe readiness)
+*/}}
+{{- define "spec-exporter.exporterProbe" -}}
+{{- $root := index . 0 }}
+{{- $probe := deepCopy (index . 1) }}
+{{- $readiness := index . 2 }}
+{{- $web := $root.Values.exporter.webConfig }}
+{{- if and $web.secretName $probe.httpGet }}
+{{- if and $web.basicAuth (ne $probe.httpGet.path "/healthz") }}
+{{- /* Readiness then checks what the pod serves through the exporter: the proxy tap's port. */}}
+{{- $port := ternary "tap" $probe.httpGet.port (and $readiness (eq (include "spec-exporter.tap" $root) "true")) }}
+{{- $_ := set $probe "tcpSocket" (dict "port" $port) }}
+{{- $_ := unset $probe "httpGet" }}
+{{- else if $web.tls }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/*
+How the exporter's endpoint is scraped when exporter.webConfig protects it: scheme, TLS settings and basic-auth
+credentials, shared by the ServiceMonitor and the PodMonitor. vLLM's own endpoint is not affected.
+*/}}
+{{- define "spec-exporter.exporterScrapeAuth" -}}
+{{- $web := .Values.exporter.webConfig }}
+{{- $scheme := .Values.monitor.scheme | default (ternary "https" "http" (and (not (empty $web.secretName)) $web.tls)) }}
+{{- if eq $scheme "https" }}
+scheme: https
+{{- end }}
+{{- with .Values.monitor.tlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.monitor.basicAuth }}
+basicAuth:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
