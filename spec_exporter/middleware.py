@@ -172,6 +172,8 @@ class _Tapped:
         self._disconnected = False
         self._started = False
         self._complete = False
+        # Set when our own response handling failed: from then on every message goes out as the app sent it.
+        self._raw = False
 
     async def run(self) -> None:
         scope = await self._prepare()
@@ -239,8 +241,10 @@ class _Tapped:
                 self._pending = deque([{"type": "http.request", "body": forward, "more_body": False}])
                 return rewritten
         except Exception:
-            # The app gets the messages as they came; the exchange stops filtering (it may think it injected).
+            # The app gets the messages as they came, and the client what the app sends (the exchange may think
+            # it injected).
             exchange.fail()
+            self._raw = True
         return scope
 
     def _internal_error(self) -> None:
@@ -263,11 +267,35 @@ class _Tapped:
     async def _app_send(self, message: Message) -> None:
         out: Message | None = message
         exchange = self._exchange
-        if exchange is not None:
+        if self._raw:
+            self._end_raw(message)
+        elif (
+            exchange is not None
+            and self._started
+            and not self._complete
+            and message.get("type") == "http.response.body"
+            and message.get("more_body", False)
+        ):
+            # The per-chunk path of a stream, kept short: it runs once per token.
+            body = message.get("body", b"")
+            try:
+                sent = exchange.response_body(body)
+            except Exception:
+                exchange.fail()
+                sent = body
+            if sent is not body:
+                if not sent:
+                    return
+                out = {**message, "body": sent}
+        elif exchange is not None:
             try:
                 out = self._rewrite(exchange, message)
             except Exception:
+                # Counted once; the rest passes raw, so the failure is neither counted per message nor, for want
+                # of a completed response, folded as vLLM's error.
                 exchange.fail()
+                self._raw = True
+                self._end_raw(message)
                 out = message
         if out is None:
             return
@@ -278,6 +306,21 @@ class _Tapped:
                 self._complete = True
                 exchange.client_gone()
             raise
+
+    def _end_raw(self, message: Message) -> None:
+        """Fold the failed exchange when the response it gave up on completes."""
+        exchange = self._exchange
+        if (
+            exchange is not None
+            and not self._complete
+            and message.get("type") == "http.response.body"
+            and not message.get("more_body", False)
+        ):
+            self._complete = True
+            try:
+                exchange.response_end()  # a failed exchange holds nothing back: only the fold
+            except Exception:
+                pass
 
     def _rewrite(self, exchange: Exchange, message: Message) -> Message | None:
         """The message to send in place of this one; None to send nothing (a chunk wholly withheld)."""

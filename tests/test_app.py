@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from spec_exporter.app import POLLER_KEY, create_app
+from spec_exporter.poller import Poller
 from tests.conftest import make_settings
 from tests.standin import V032_LOAD, sample
 
@@ -48,14 +50,28 @@ async def test_the_poller_task_starts_with_the_app_and_stops_with_it(standin: An
     server.push(sample(V032_LOAD))
     polled = []
     server.on_request = lambda request: polled.append(request.path)
-    client = await aiohttp_client(create_app(make_settings(url)))
+    stopped = asyncio.Event()
+
+    async def between_polls(_: float) -> None:
+        # The interval never passes: one poll only, and the task waits here until the app cancels it.
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    def poller(settings: Any, session: Any, store: Any) -> Poller:
+        return Poller(settings, session, store, sleep=between_polls)
+
+    client = await aiohttp_client(create_app(make_settings(url), poller_factory=poller))
     # The first poll runs at startup; wait for it by condition, with a bound.
-    for _ in range(200):
-        if "up" in await (await client.get("/readyz")).text():
+    for _ in range(500):
+        if "target 'vllm': up" in await (await client.get("/readyz")).text():
             break
-        await __import__("asyncio").sleep(0.01)
-    assert polled == ["/metrics"]
+        await asyncio.sleep(0.01)
+    assert polled == ["/metrics"] and not stopped.is_set()
     await client.close()
+    assert stopped.is_set()
 
 
 async def test_an_unreachable_baseline_never_fails_the_pods_probes(standin: Any, aiohttp_client: Any) -> None:

@@ -170,6 +170,8 @@ async def test_run_loop_polls_each_interval_on_the_injected_clock(standin: Any, 
     poller, _ = make_poller(make_settings(url))
     started = clock.now
     sleeps: list[float] = []
+    # Each poll takes 2s of the interval: the loop sleeps the rest, so polls start every 5s, not every 7s.
+    server.on_request = lambda _: clock.advance(2)
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
@@ -180,7 +182,7 @@ async def test_run_loop_polls_each_interval_on_the_injected_clock(standin: Any, 
     poller._sleep = sleep  # type: ignore[attr-defined]
     with pytest.raises(_Stop):
         await poller.run()
-    assert server.served == 3 and sleeps == [5.0, 5.0, 5.0] and clock.now == started + 15
+    assert server.served == 3 and sleeps == [3.0, 3.0, 3.0] and clock.now == started + 15
 
 
 class _Stop(Exception):

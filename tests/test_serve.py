@@ -61,8 +61,10 @@ async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}
         async with client.post(f"http://127.0.0.1:{tap_port}/v1/chat/completions", json=body) as r:
             assert r.status == 200 and await r.read() == upstream.chat_json
+        drafted = json.loads(upstream.chat_json)["metrics"]["speculative_decoding"]["num_draft_tokens"]
         band_line = (
-            'spec_decode_request_draft_tokens_total{model_name="tiny",target="vllm",temperature_band="0.7-1.0"} 75.0'
+            'spec_decode_request_draft_tokens_total{model_name="tiny",target="vllm",temperature_band="0.7-1.0"} '
+            f"{float(drafted)!r}"
         )
 
         async def metrics_text() -> str:

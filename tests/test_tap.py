@@ -121,11 +121,10 @@ async def test_gzip_encoded_sse_is_passed_whole(tap: Tap) -> None:
     [("gzip", gzip.compress), ("deflate", zlib.compress), ("br", lambda b: b"\x8b\x03\x80" + b + b"\x03")],
 )
 async def test_compressed_request_bodies_are_forwarded_as_received(tap: Tap, coding: str, compress: Any) -> None:
-    for path in ("/echo", "/v1/chat/completions"):
-        raw = compress(json.dumps({**CHAT, "temperature": 0.7}).encode())
-        async with tap.client.post(tap.url + path, data=raw, headers={"Content-Encoding": coding}) as r:
-            await r.read()
-        assert tap.upstream.bodies[-1] == raw if path != "/echo" else True
+    raw = compress(json.dumps({**CHAT, "temperature": 0.7}).encode())
+    async with tap.client.post(tap.url + "/v1/chat/completions", data=raw, headers={"Content-Encoding": coding}) as r:
+        await r.read()
+    assert tap.upstream.bodies == [raw]
     async with tap.client.post(tap.url + "/echo", data=raw, headers={"Content-Encoding": coding}) as r:
         echo = await r.json()
     assert echo["bytes"] == len(raw) and echo["sha256"] == hashlib.sha256(raw).hexdigest()

@@ -15,7 +15,7 @@ from spec_exporter.join.bands import UNKNOWN, Bands
 from spec_exporter.join.metrics import ErrorStage, Outcome, TapMetrics
 from spec_exporter.join.request import NotUnderstood, RequestView, identity_only, read_request
 from spec_exporter.join.response import SpecResult, parse_json, spec_result
-from spec_exporter.join.sse import UsageFilter
+from spec_exporter.join.sse import FilterFailed, UsageFilter
 
 DEFAULT_MAX_INSPECT_BYTES = 8 * 1024 * 1024
 
@@ -147,18 +147,21 @@ class Exchange:
             if self._copy is not None:
                 self._keep(chunk)
             return chunk
-        held = sse.unreturned()
+        if self._first_event_at is None:
+            self._first_event_at = self._clock()
         try:
-            seen = sse.data_events
-            out = sse.feed(chunk)
-            if sse.data_events > seen:
-                self._last_event_at = self._clock()
-                if self._first_event_at is None:
-                    self._first_event_at = self._last_event_at
-            return out
-        except Exception:
+            return sse.feed(chunk)
+        except FilterFailed as e:
             self._fail()
-            return held + chunk
+            return e.passthrough
+        except Exception:
+            # Raised before the filter touched its state (its slow path raises FilterFailed): what it held is
+            # still what it holds.
+            self._fail()
+            try:
+                return sse.unreturned() + chunk
+            except Exception:
+                return chunk
 
     def _keep(self, chunk: bytes) -> None:
         try:
@@ -176,6 +179,8 @@ class Exchange:
         rest = b""
         sse = self._sse
         if sse is not None:
+            # The last event arrives right before the end of the body ([DONE] follows it at once).
+            self._last_event_at = self._clock()
             held = sse.unreturned()
             try:
                 rest = sse.finish()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from enum import StrEnum
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
@@ -157,6 +158,10 @@ class TapMetrics:
         )
         for stage in ErrorStage:
             self.errors.labels(stage.value)
+        # Children per label set, so a request costs dict lookups rather than six labels() calls (bounded: the
+        # model label is capped).
+        self._series: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._counts: dict[tuple[str, str, Outcome], Any] = {}
 
     def model_label(self, model: str | None) -> str:
         """The label value for a served model name; counts an `invalid` one as a request-stage error."""
@@ -186,15 +191,28 @@ class TapMetrics:
     ) -> None:
         """Fold one request. Token counts count only for a measured request with drafts."""
         label = self.model_label(model)
-        self.requests.labels(label, band, Outcome(outcome).value).inc()
+        outcome = Outcome(outcome)
+        count = self._counts.get((label, band, outcome))
+        if count is None:
+            count = self._counts[(label, band, outcome)] = self.requests.labels(label, band, outcome.value)
+        count.inc()
+        if outcome is not Outcome.MEASURED and ttft is None and tpot is None:
+            return
+        series = self._series.get((label, band))
+        if series is None:
+            series = self._series[(label, band)] = tuple(
+                family.labels(label, band)
+                for family in (self.draft_tokens, self.accepted_tokens, self.acceptance, self.ttft, self.tpot)
+            )
+        draft_tokens, accepted_tokens, acceptance, ttft_hist, tpot_hist = series
         if outcome is Outcome.MEASURED and accepted is not None and drafted:
-            self.draft_tokens.labels(label, band).inc(drafted)
-            self.accepted_tokens.labels(label, band).inc(accepted)
-            self.acceptance.labels(label, band).observe(accepted / drafted)
+            draft_tokens.inc(drafted)
+            accepted_tokens.inc(accepted)
+            acceptance.observe(accepted / drafted)
         if ttft is not None:
-            self.ttft.labels(label, band).observe(ttft)
+            ttft_hist.observe(ttft)
         if tpot is not None:
-            self.tpot.labels(label, band).observe(tpot)
+            tpot_hist.observe(tpot)
 
     def measured(
         self, model: str | None, band: str, accepted: int, drafted: int, ttft: float | None, tpot: float | None

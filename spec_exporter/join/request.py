@@ -23,6 +23,8 @@ _FLOAT = TypeAdapter(float | None)
 _BOOL = TypeAdapter(bool | None)
 _INT = TypeAdapter(int | None)
 _STR = TypeAdapter(str | None)
+# Values of exactly these types pydantic returns unchanged: skip the validator for them (the common case).
+_EXACT: dict[int, tuple[type, ...]] = {id(_BOOL): (bool,), id(_INT): (int,), id(_STR): (str,)}
 
 
 class _StreamOptions(BaseModel):
@@ -53,10 +55,13 @@ class RequestView:
 
 def temperature_band(raw: Any, bands: Bands) -> str:
     """The band of a request's `temperature` field as vLLM would read it; missing or null takes the default."""
-    try:
-        value = _FLOAT.validate_python(raw)
-    except ValidationError:
-        return INVALID
+    if type(raw) is float or type(raw) is int:
+        value: float | None = float(raw)
+    else:
+        try:
+            value = _FLOAT.validate_python(raw)
+        except ValidationError:
+            return INVALID
     return bands.band_of(bands.default_temperature if value is None else value)
 
 
@@ -87,6 +92,8 @@ def identity_only(accept_encoding: str | None) -> bool:
 
 
 def _lax(adapter: TypeAdapter[Any], raw: Any, default: Any) -> tuple[Any, bool]:
+    if raw is None or type(raw) in _EXACT.get(id(adapter), ()):
+        return raw, True
     try:
         value = adapter.validate_python(raw)
     except ValidationError:

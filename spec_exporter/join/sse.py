@@ -21,6 +21,7 @@ from spec_exporter.join.request import NotUnderstood
 from spec_exporter.join.response import parse_json
 
 _CR, _LF = 13, 10
+_FINISHED = b'"finish_reason":"'
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _FINGERPRINT_SAFE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII without quote or backslash: no JSON escaping
@@ -43,10 +44,12 @@ def is_usage_chunk(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
 
 
-def _is_terminal(obj: Any) -> bool:
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
-        return False
-    return any(isinstance(c, dict) and c.get("finish_reason") is not None for c in obj["choices"])
+class FilterFailed(Exception):
+    """A failure inside the filter; `passthrough` is every byte fed and not yet returned, to send as it is."""
+
+    def __init__(self, passthrough: bytes) -> None:
+        super().__init__("usage filter failed")
+        self.passthrough = passthrough
 
 
 class UsageFilter:
@@ -71,7 +74,6 @@ class UsageFilter:
         self._withheld_last = False
         self._held_last = False
         self._terminal: bytes | None = None
-        self._terminal_obj: Any = None
 
     def unreturned(self) -> bytes:
         """The bytes fed but not returned yet."""
@@ -88,12 +90,20 @@ class UsageFilter:
             and self._terminal is None
             and chunk.endswith(b"\n\n")
             and b'"usage"' not in chunk
-            and (not self.strip_usage or chunk.count(b'"finish_reason"') == chunk.count(b'"finish_reason":null'))
+            # vLLM's finish_reason is null or a string; only a chunk with a string one is held.
+            and (not self.strip_usage or _FINISHED not in chunk)
         ):
             # The common case, token chunks: whole events, none to hold back or parse. Skipping the split and the
-            # copies keeps the per-chunk cost to two substring scans.
-            self.data_events += chunk.count(b"data:")
+            # copies keeps the per-chunk cost to two substring scans. (Only whether events arrived is used.)
+            self.data_events += 1
             return chunk
+        held = self.unreturned()
+        try:
+            return self._feed(chunk)
+        except Exception as e:
+            raise FilterFailed(held + chunk) from e
+
+    def _feed(self, chunk: bytes) -> bytes:
         strip = self.strip_usage
         out = bytearray()
         data = chunk
@@ -179,12 +189,11 @@ class UsageFilter:
                     self.strip_usage = False
                     return self._release() + event
         if self.strip_usage and data.count(b'"finish_reason"') != data.count(b'"finish_reason":null'):
-            obj = self._parse(data)
-            if _is_terminal(obj):
-                held = self._release()
-                self._terminal, self._terminal_obj = event, obj
-                self._held_last = True
-                return held
+            # A terminal chunk (a choice with a finish_reason): held until the usage event, unparsed.
+            held = self._release()
+            self._terminal = event
+            self._held_last = True
+            return held
         return self._release() + event
 
     def _parse(self, data: bytes) -> Any:
@@ -196,16 +205,15 @@ class UsageFilter:
 
     def _release(self, usage: Any = None) -> bytes:
         """The held terminal chunk, with the fingerprint vLLM would have put there had usage not been asked for."""
-        event, obj = self._terminal, self._terminal_obj
+        event = self._terminal
         if event is None:
             return b""
-        self._terminal = self._terminal_obj = None
+        self._terminal = None
         fingerprint = usage.get("system_fingerprint") if isinstance(usage, dict) else None
         if (
             isinstance(fingerprint, str)
             and _FINGERPRINT_SAFE.fullmatch(fingerprint)
-            and isinstance(obj, dict)
-            and "system_fingerprint" not in obj
+            and b'"system_fingerprint"' not in event
             and event.count(b"data:") == 1
         ):
             # vLLM serialises the field last (model_dump_json, field order), right before the closing brace.

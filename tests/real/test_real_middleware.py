@@ -1,0 +1,358 @@
+"""The real tier for the tap as a vLLM middleware: `--middleware spec_exporter.middleware.SpecDecodeMiddleware` in
+a real vLLM (CPU build) with real draft-model speculative decoding, imported from this checkout through
+PYTHONPATH (vLLM's virtualenv does not have the exporter installed; the middleware needs only prometheus_client
+and pydantic, which vLLM has). What must hold exactly is pinned exactly: the middleware's per-band sums on vLLM's
+own /metrics against vLLM's own speculative-decoding counters, request by request, in one API server process and
+in two; greedy answers byte for byte against a vLLM without the middleware; the exporter's series against vLLM's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.ports import free_port
+from harness.processes import binary, exporter_cmd, prometheus_cmd, running
+from harness.vllm import ROOT, VLLM, running_vllm
+from mixin.generate import render_rules
+from mixin.params import Params
+
+pytestmark = pytest.mark.real
+
+MIDDLEWARE = ("--middleware", "spec_exporter.middleware.SpecDecodeMiddleware")
+# vLLM imports the middleware from this checkout, not from an installed exporter.
+ON_PATH = {"PYTHONPATH": str(ROOT)}
+# A start takes 30-60 s on an idle 2-core machine and several minutes on a busy one.
+START_TIMEOUT = 900.0
+# The bands of the default edges (0.3, 0.5, 0.7, 1.0), as the contract names them.
+BAND_OF = {0.0: "0", 0.4: "0.3-0.5", 0.8: "0.7-1.0", 1.0: "1.0+"}
+MESSAGES = [{"role": "user", "content": "hello speculative decoding"}]
+PROMPT = "the quick brown fox"
+# Every way a client asks: streamed or not, with usage, without, or explicitly without.
+KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {"messages": MESSAGES}),
+    "chat-stream-usage": (
+        "/v1/chat/completions",
+        {"messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}},
+    ),
+    "chat-stream": ("/v1/chat/completions", {"messages": MESSAGES, "stream": True}),
+    "chat-stream-usage-false": (
+        "/v1/chat/completions",
+        {"messages": MESSAGES, "stream": True, "stream_options": {"include_usage": False}},
+    ),
+    "completion": ("/v1/completions", {"prompt": PROMPT}),
+    "completion-stream": ("/v1/completions", {"prompt": PROMPT, "stream": True}),
+}
+ACCEPTED, DRAFTED = "spec_tap_accepted_tokens_total", "spec_tap_draft_tokens_total"
+REQUESTS = "spec_tap_requests_total"
+VLLM_ACCEPTED, VLLM_DRAFTED = "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def http(url: str, body: dict[str, Any] | None = None) -> bytes:
+    # A new connection per request (urllib sends Connection: close): with two API server processes on one
+    # SO_REUSEPORT socket, the kernel picks the process per connection.
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as r:
+        return r.read()
+
+
+def ask(url: str, kind: str, temperature: float, max_tokens: int = 16) -> bytes:
+    path, body = KINDS[kind]
+    return http(f"{url}{path}", {"model": "tiny", "max_tokens": max_tokens, "temperature": temperature, **body})
+
+
+def samples(url: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(http(f"{url}/metrics").decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(s: Samples, name: str, **match: str) -> float:
+    return sum(
+        v for (n, labels), v in s.items() if n == name and all(dict(labels).get(k) == x for k, x in match.items())
+    )
+
+
+def delta(after: Samples, before: Samples, name: str, **match: str) -> float:
+    return total(after, name, **match) - total(before, name, **match)
+
+
+def bands(s: Samples) -> set[str]:
+    return {dict(labels)["temperature_band"] for (n, labels) in s if n in (ACCEPTED, DRAFTED, REQUESTS)}
+
+
+def consistent(url: str, before: Samples, timeout: float = 30.0) -> Samples:
+    """vLLM's /metrics once the middleware's sums have caught up with vLLM's counters (bounded): vLLM folds a
+    step's counters and the middleware a finished response as each gets to it; the test asserts on what is read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = samples(url)
+        tap = (delta(after, before, ACCEPTED), delta(after, before, DRAFTED))
+        if tap == (delta(after, before, VLLM_ACCEPTED), delta(after, before, VLLM_DRAFTED)) or (
+            time.monotonic() > deadline
+        ):
+            return after
+        time.sleep(0.2)
+
+
+def client_spec(kind: str, answer: bytes) -> dict[str, Any] | None:
+    """metrics.speculative_decoding as the client received it (None for a stream without usage)."""
+    if kind.endswith("stream-usage"):
+        last = json.loads(events(answer)[-2].removeprefix("data: "))
+        assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0
+        return dict(last["metrics"]["speculative_decoding"])
+    if "stream" in kind:
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events(answer)[:-1]]
+        assert chunks and all(c["choices"] and not c.get("usage") for c in chunks), "a usage chunk nobody asked for"
+        return None
+    return dict(json.loads(answer)["metrics"]["speculative_decoding"])
+
+
+def events(stream: bytes) -> list[str]:
+    text = stream.decode()
+    assert text.endswith("data: [DONE]\n\n"), text[-200:]
+    return [e for e in text.split("\n\n") if e]
+
+
+def check_every_request(url: str, after_each: Callable[[], None] = lambda: None) -> Samples:
+    """Send every kind at every temperature, one at a time; after each, the middleware's per-band sums moved
+    exactly as vLLM's own counters did, all in that request's band, and the request counted once as measured."""
+    start = samples(url)
+    for temperature, band in BAND_OF.items():
+        for kind in KINDS:
+            before = samples(url)
+            answer = ask(url, kind, temperature)
+            after = consistent(url, before)
+            engine = (delta(after, before, VLLM_ACCEPTED), delta(after, before, VLLM_DRAFTED))
+            tap = (delta(after, before, ACCEPTED), delta(after, before, DRAFTED))
+            in_band = (
+                delta(after, before, ACCEPTED, temperature_band=band),
+                delta(after, before, DRAFTED, temperature_band=band),
+            )
+            where = f"{kind} at T={temperature}"
+            assert engine[1] > 0, where
+            assert tap == engine, where
+            assert in_band == engine, where
+            assert delta(after, before, REQUESTS) == 1, where
+            assert delta(after, before, REQUESTS, temperature_band=band, outcome="measured") == 1, where
+            spec = client_spec(kind, answer)
+            if spec is not None:
+                # What the client was told is what was counted.
+                assert (spec["num_accepted_draft_tokens"], spec["num_draft_tokens"]) == engine, where
+            if temperature == 0:
+                # The model drafts for itself: greedy drafts are always accepted.
+                assert engine[0] == engine[1], where
+            after_each()
+    end = samples(url)
+    assert delta(end, start, REQUESTS) == len(BAND_OF) * len(KINDS)
+    assert {b for b in bands(end) if delta(end, start, REQUESTS, temperature_band=b) > 0} == set(BAND_OF.values())
+    assert total(end, "spec_tap_errors_total") == 0
+    return end
+
+
+@pytest.fixture(scope="module")
+def with_middleware(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLM]:
+    log = tmp_path_factory.mktemp("middleware") / "vllm.log"
+    with running_vllm(log, timeout=START_TIMEOUT, extra_args=MIDDLEWARE, env=ON_PATH) as vllm:
+        yield vllm
+
+
+def test_per_band_sums_on_vllms_metrics_equal_vllms_own_counters_request_by_request(with_middleware: VLLM) -> None:
+    check_every_request(with_middleware.url)
+
+
+def test_two_api_server_processes_both_record_and_the_sums_still_add_up(tmp_path: Path) -> None:
+    # vLLM creates PROMETHEUS_MULTIPROC_DIR itself when it runs more than one API server; naming it here (a fresh
+    # directory, as vLLM asks) lets the test see which processes wrote the middleware's series.
+    multiproc = tmp_path / "prometheus-multiproc"
+    multiproc.mkdir()
+    env = {**ON_PATH, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    with running_vllm(tmp_path / "vllm.log", timeout=START_TIMEOUT, api_servers=2, extra_args=MIDDLEWARE, env=env) as v:
+        start = samples(v.url)
+        check_every_request(v.url)
+
+        def recorders() -> set[str]:
+            out = set()
+            for db in multiproc.glob("counter_*.db"):
+                for metric in MultiProcessCollector.merge([str(db)], accumulate=True):
+                    if any(s.name == REQUESTS and s.value > 0 for s in metric.samples):
+                        out.add(db.stem.removeprefix("counter_"))
+            return out
+
+        # The kernel spreads connections over the two processes; until both have answered one, ask again.
+        extra = 0
+        while len(recorders()) < 2:
+            assert extra < 40, f"one API server process answered all {extra + 24} requests"
+            ask(v.url, "chat", 0.4)
+            extra += 1
+        end = consistent(v.url, start)
+        assert len(recorders()) == 2
+    assert (delta(end, start, ACCEPTED), delta(end, start, DRAFTED)) == (
+        delta(end, start, VLLM_ACCEPTED),
+        delta(end, start, VLLM_DRAFTED),
+    )
+    assert delta(end, start, REQUESTS, outcome="measured") == len(BAND_OF) * len(KINDS) + extra
+
+
+# What differs between two runs of the same greedy request: its id, its creation second and its timings.
+PER_RUN = re.compile(
+    rb'"(id|created|time_to_first_token_ms|generation_time_ms|queue_time_ms|mean_itl_ms|tokens_per_second)":'
+    rb'("[^"]*"|[0-9.eE+-]+)'
+)
+
+
+def same_run(answer: bytes) -> bytes:
+    return PER_RUN.sub(rb'"\1":_', answer)
+
+
+def test_greedy_answers_are_byte_identical_with_and_without_the_middleware(
+    with_middleware: VLLM, tmp_path: Path
+) -> None:
+    tapped = {kind: ask(with_middleware.url, kind, 0.0, max_tokens=24) for kind in KINDS}
+    with running_vllm(tmp_path / "plain.log", timeout=START_TIMEOUT) as plain:
+        direct = {kind: ask(plain.url, kind, 0.0, max_tokens=24) for kind in KINDS}
+    for kind in KINDS:
+        # Every byte but the per-run fields: the text, the framing, the chunks, which fields each chunk has.
+        assert same_run(tapped[kind]) == same_run(direct[kind]), kind
+    for kind in ("chat-stream", "chat-stream-usage-false", "completion-stream"):
+        # The middleware asked vLLM for the usage chunk of these streams; the client must not see it.
+        assert b'"usage":{' not in tapped[kind], kind
+    assert b'"usage":{' in tapped["chat-stream-usage"]
+
+
+def settle(exporter: str) -> None:
+    """Wait (bounded) until the exporter has polled twice since now: its view then includes everything sent."""
+
+    def polls() -> float:
+        return total(samples(exporter), "spec_decode_exporter_last_success_timestamp_seconds")
+
+    seen = polls()
+    for _ in range(2):
+        deadline = time.monotonic() + 30
+        while polls() == seen:
+            assert time.monotonic() < deadline, "the exporter stopped polling"
+            time.sleep(0.2)
+        seen = polls()
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def test_the_exporter_exports_the_bands_from_vllms_metrics_and_the_band_alert_fires(
+    with_middleware: VLLM, tmp_path: Path
+) -> None:
+    exporter, prom = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    config = {
+        "targets": [{"name": "vllm", "url": with_middleware.url}],
+        "poll": {"interval": "1s", "timeout": "900ms"},
+        "windows": ["5s", "10m"],
+        # The exporter's band verdicts, made deterministic: the model drafts for itself, so a greedy request
+        # accepts every draft (1.0 exactly: beneficial at beneficial_at 1.0) and a hot one (T=0.8, 24 tokens)
+        # rejects at least one of its dozens of drafts (below 0.99: disable), whatever its acceptance is.
+        "thresholds": {"min_draft_tokens": 10, "disable_below": 0.99, "beneficial_at": 1.0},
+    }
+    (tmp_path / "exporter.yaml").write_text(yaml.safe_dump(config))
+    params = Params(
+        rate_window="20s",
+        for_band="2s",
+        for_net_negative="2s",
+        min_draft_tokens_per_second=1,
+        min_band_draft_tokens_per_second=0.1,
+    )
+    rules = render_rules(params)
+    for name, text in rules.items():
+        (tmp_path / name).write_text(text)
+    prometheus = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": [str(tmp_path / n) for n in rules],
+        "scrape_configs": [
+            {"job_name": "spec-exporter", "static_configs": [{"targets": [exporter], "labels": {"namespace": "demo"}}]}
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus))
+    hot: list[float] = []
+    with (
+        running(
+            exporter_cmd(tmp_path / "exporter.yaml", exporter), f"http://{exporter}/readyz", tmp_path / "exporter.log"
+        ),
+        running(
+            prometheus_cmd(tmp_path / "prometheus.yml", tmp_path / "tsdb", prom, binary("prometheus")),
+            f"http://{prom}/-/ready",
+            tmp_path / "prometheus.log",
+        ),
+    ):
+        settle(f"http://{exporter}")
+        vllm_before, before = samples(with_middleware.url), samples(f"http://{exporter}")
+        # As the proxy tap's real test does: mostly greedy traffic (every draft accepted) with a hot slice
+        # accepting next to nothing. A hot request drafts about four times the tokens of a greedy one (one token
+        # per step), so one in ten keeps the model's token-weighted average near 0.7: a healthy average (the alert
+        # needs it at or above 0.5), a bad band (below 0.5) at Prometheus' default thresholds.
+        deadline = time.monotonic() + 300
+        fired: list[dict[str, Any]] = []
+        i = 0
+        while not fired:
+            assert time.monotonic() < deadline, "SpecDecodeTemperatureBandNetNegative never fired"
+            temperature = 0.8 if i % 10 == 9 else 0.0
+            spec = json.loads(ask(with_middleware.url, "chat", temperature, max_tokens=24))["metrics"]
+            if temperature:
+                hot.append(
+                    spec["speculative_decoding"]["num_accepted_draft_tokens"]
+                    / spec["speculative_decoding"]["num_draft_tokens"]
+                )
+            i += 1
+            alerts = json.loads(http(f"http://{prom}/api/v1/alerts"))["data"]["alerts"]
+            fired = [
+                a
+                for a in alerts
+                if a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative" and a["state"] == "firing"
+            ]
+        assert {a["labels"]["temperature_band"] for a in fired} == {"0.7-1.0"}
+        settle(f"http://{exporter}")
+        vllm_after, after = samples(with_middleware.url), samples(f"http://{exporter}")
+
+    # The exporter's per-band counters moved exactly as the middleware's on vLLM's /metrics did, band by band.
+    for band in ("0", "0.7-1.0"):
+        for ours, theirs in (
+            ("spec_decode_request_accepted_tokens_total", ACCEPTED),
+            ("spec_decode_request_draft_tokens_total", DRAFTED),
+        ):
+            assert delta(after, before, ours, temperature_band=band) == delta(
+                vllm_after, vllm_before, theirs, temperature_band=band
+            ), (ours, band)
+        assert delta(after, before, "spec_decode_tap_requests_total", temperature_band=band, outcome="measured") == (
+            delta(vllm_after, vllm_before, REQUESTS, temperature_band=band, outcome="measured")
+        )
+    assert delta(after, before, "spec_decode_tap_requests_total", temperature_band="0.7-1.0") == len(hot) > 0
+    # Every draft token vLLM counted in the window was measured by the middleware.
+    assert total(after, "spec_decode_tap_coverage_ratio", window="10m") == 1.0
+    # P10/P50/P90 of the window's requests: within a bucket (0.025) of the sample percentiles (nearest rank).
+    for q in (0.1, 0.5, 0.9):
+        label = {"window": "10m", "quantile": str(q)}
+        greedy = total(after, "spec_decode_request_acceptance_rate_quantile", temperature_band="0", **label)
+        assert 0.975 <= greedy <= 1.0, q
+        p = total(after, "spec_decode_request_acceptance_rate_quantile", temperature_band="0.7-1.0", **label)
+        assert abs(p - nearest_rank(hot, q)) <= 0.025, (q, p, sorted(hot))
+    verdicts = {
+        dict(labels)["temperature_band"]: dict(labels)["verdict"]
+        for (n, labels), v in after.items()
+        if n == "spec_decode_verdict" and v == 1 and dict(labels)["temperature_band"] in ("0", "0.7-1.0")
+    }
+    assert verdicts == {"0": "beneficial", "0.7-1.0": "disable"}
