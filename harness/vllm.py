@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.ports import answers, free_port
 
@@ -91,6 +92,7 @@ def vllm_command(
     per_request: bool = True,
     k: int = 3,
     api_servers: int = 1,
+    speculative_extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
     entry = ["-m", "vllm.entrypoints.openai.api_server"]
     if api_servers > 1:
@@ -117,6 +119,8 @@ def vllm_command(
     if speculative:
         # The model drafts for itself: at T=0 every draft is accepted, at higher temperatures fewer are.
         spec = {"method": "draft_model", "model": str(model), "num_speculative_tokens": k}
+        # More speculative_config keys, e.g. a num_speculative_tokens_per_batch_size schedule.
+        spec.update(speculative_extra or {})
         cmd += ["--speculative-config", json.dumps(spec)]
         if per_request:
             cmd += ["--per-request-spec-decode-metrics", "summary", "--enable-per-request-metrics"]
@@ -131,7 +135,7 @@ def running_vllm(
     timeout: float = 300,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
-    **options: bool | int,
+    **options: Any,
 ) -> Iterator[VLLM]:
     """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards.
 

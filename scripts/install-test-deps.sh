@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian/Ubuntu machine: Prometheus' binaries (promtool, prometheus,
-# alertmanager) from the distribution, and the project with its test extras in ./.venv. Safe to re-run.
+# alertmanager) and Chromium from the distribution, and the project with its test extras in ./.venv. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=""
+# Debian packages, each installed when a tool it brings is missing: Prometheus' four, and Chromium for the probe's
+# HTML report, which is checked in a real headless browser.
+packages=""
 for tool in promtool prometheus prometheus-alertmanager amtool; do
-  command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+  command -v "$tool" >/dev/null 2>&1 || packages="prometheus prometheus-alertmanager"
 done
-if [ -n "$missing" ]; then
+for tool in chromium chromedriver; do
+  command -v "$tool" >/dev/null 2>&1 || packages="$packages chromium chromium-driver"
+done
+if [ -n "$packages" ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+  # shellcheck disable=SC2086 # word splitting: one package per word
+  $sudo apt-get install -y -qq --no-install-recommends $packages >/dev/null
 fi
 
 python=${PYTHON:-python3}

@@ -13,6 +13,11 @@ from spec_exporter.buildinfo import BUILD_INFO_LABELS
 
 ENGINE = ("target", "model_name", "engine")
 _FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_timestamp_seconds)."
+_NO_LOAD = (
+    " Acceptance-only: it ignores load (at a large batch the verify step costs more and speculation can lose at any "
+    "acceptance); for evidence at the load the pool runs at, compare with a baseline pool "
+    "(spec_decode_baseline_load_band_tpot_speedup) or run `spec-exporter probe --baseline-target`."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +170,7 @@ VERDICT = MetricSpec(
     (*ENGINE, "temperature_band", "verdict"),
     "Stateset: 1 for the current verdict (disable < 0.5 <= break_even < 0.65 <= beneficial by default; "
     'insufficient_data below the minimum draft tokens), over the verdict window. temperature_band="all" is '
-    'the engine\'s own counters; the other bands come from the tap and carry engine="". ' + _FRESH,
+    'the engine\'s own counters; the other bands come from the tap and carry engine="".' + _NO_LOAD + " " + _FRESH,
 )
 BREAK_EVEN = MetricSpec(
     "spec_decode_break_even_acceptance_rate",
@@ -178,14 +183,87 @@ EXPECTED_SPEEDUP = MetricSpec(
     "spec_decode_expected_speedup",
     "gauge",
     (*ENGINE, "window"),
-    "Speedup the speculative-sampling model predicts at the window's acceptance (ignores verification "
-    "overhead under load). " + _FRESH,
+    "Modelled speedup at the configured k from the measured acceptance length: (1 + accepted / drafts) / "
+    "(1 + k*c), c the configured draft cost ratio." + _NO_LOAD + " " + _FRESH,
+)
+EFFECTIVE_K = MetricSpec(
+    "spec_decode_effective_num_speculative_tokens",
+    "gauge",
+    (*ENGINE, "window"),
+    "Draft tokens per draft over the window: the k vLLM actually drafted (below the configured k when "
+    "num_speculative_tokens_per_batch_size or the proposer drafts fewer). " + _FRESH,
+)
+SPECULATED_SHARE = MetricSpec(
+    "spec_decode_speculated_step_ratio",
+    "gauge",
+    (*ENGINE, "window"),
+    "Share of decode steps that drafted: drafts / vllm:inter_token_latency_seconds observations over the window "
+    "(vLLM observes one ITL per request per decode step). Below 1 when a batch-size schedule turns speculation "
+    "off. " + _FRESH,
+)
+RECOMMENDED_K = MetricSpec(
+    "spec_decode_recommended_num_speculative_tokens",
+    "gauge",
+    (*ENGINE, "window"),
+    "The k in 1..configured k with the highest modelled speedup from the per-position acceptance p_i: "
+    "argmax of (1 + sum_{i<j} p_i) / (1 + j*c); 0 when no k models a speedup above 1. Equal to the configured k "
+    "means a larger k might do better (nothing beyond it is measured)." + _NO_LOAD + " " + _FRESH,
+)
+RECOMMENDED_SPEEDUP = MetricSpec(
+    "spec_decode_recommended_expected_speedup",
+    "gauge",
+    (*ENGINE, "window"),
+    "Modelled speedup at spec_decode_recommended_num_speculative_tokens (1 when that is 0). " + _FRESH,
+)
+LOAD_RUNNING = MetricSpec(
+    "spec_decode_load_running_requests",
+    "gauge",
+    (*ENGINE, "window"),
+    "Running requests per engine over the window while it served: the time-weighted mean of "
+    "vllm:num_requests_running over the poll intervals that were busy (each interval the mean of its two "
+    "readings, at least 1 when tokens were generated); absent for an idle window. " + _FRESH,
+)
+LOAD_BAND_INFO = MetricSpec(
+    "spec_decode_load_band_info",
+    "gauge",
+    (*ENGINE, "load_band"),
+    "1 for the load band the engine runs at now (spec_decode_load_running_requests over the shortest window, "
+    "rounded to a whole batch size): 1, 2-4, 5-8, 9-16, 17-32, 33-64 or 65+. Absent while the engine is idle. "
+    + _FRESH,
+)
+LOAD_BAND_LATENCY = MetricSpec(
+    "spec_decode_load_band_latency_seconds",
+    "gauge",
+    ("target", "load_band", "window", "metric", "quantile"),
+    "TPOT or ITL quantile (0.5, 0.99) of the target's requests by the load band of the poll interval they were "
+    "observed in, for a target compared with a baseline and for its baseline. " + _FRESH,
+)
+LOAD_BAND_REQUESTS = MetricSpec(
+    "spec_decode_load_band_requests",
+    "gauge",
+    ("target", "load_band", "window"),
+    "Requests finished (TPOT observations) at the load band over the window, for a target compared with a "
+    "baseline and for its baseline. " + _FRESH,
 )
 BASELINE_TPOT_SPEEDUP = MetricSpec(
     "spec_decode_baseline_tpot_speedup_ratio",
     "gauge",
     ("target", "baseline", "window"),
     "Measured speedup: baseline pool's TPOT p50 / this target's TPOT p50 over the window, all engines. " + _FRESH,
+)
+BASELINE_LOAD_BAND_SPEEDUP = MetricSpec(
+    "spec_decode_baseline_load_band_tpot_speedup",
+    "gauge",
+    ("target", "baseline", "load_band", "window"),
+    "Measured speedup at a load band: the baseline pool's TPOT p50 / this target's TPOT p50 over the requests each "
+    "finished at that band in the window; present only when both pools were seen at the band. " + _FRESH,
+)
+BASELINE_LOAD_BAND_REQUESTS = MetricSpec(
+    "spec_decode_baseline_load_band_requests",
+    "gauge",
+    ("target", "baseline", "load_band", "window"),
+    "Evidence behind spec_decode_baseline_load_band_tpot_speedup: the fewer of the two pools' requests "
+    "finished at the band in the window. " + _FRESH,
 )
 BASELINE_P99_RATIO = MetricSpec(
     "spec_decode_baseline_p99_latency_ratio",
@@ -345,7 +423,17 @@ ALL: tuple[MetricSpec, ...] = (
     VERDICT,
     BREAK_EVEN,
     EXPECTED_SPEEDUP,
+    EFFECTIVE_K,
+    SPECULATED_SHARE,
+    RECOMMENDED_K,
+    RECOMMENDED_SPEEDUP,
+    LOAD_RUNNING,
+    LOAD_BAND_INFO,
+    LOAD_BAND_LATENCY,
+    LOAD_BAND_REQUESTS,
     BASELINE_TPOT_SPEEDUP,
+    BASELINE_LOAD_BAND_SPEEDUP,
+    BASELINE_LOAD_BAND_REQUESTS,
     BASELINE_P99_RATIO,
     REQUEST_ACCEPTANCE,
     REQUEST_DRAFT_TOKENS,
@@ -380,6 +468,15 @@ def markdown() -> str:
         "data-parallel rank; empty on the V0 engine). `window` is a configured window such as `1m` or `5m`",
         "(`lifetime` for the V0 gauge). Derived series are absent while a target is down, and acceptance series are",
         "absent (not zero) when the target runs without speculative decoding.",
+        "",
+        "**Load.** The acceptance verdict, `spec_decode_expected_speedup` and the recommended k judge acceptance",
+        "alone and ignore load: the same acceptance is a speedup at batch 1 and can be a slowdown when the verify step",
+        "is compute-bound at a large batch. Only a measurement at the load says which. Configure a baseline target",
+        "(the same model served without speculative decoding, `role: baseline`) and the exporter compares TPOT per",
+        "load band (`spec_decode_baseline_load_band_tpot_speedup`, read at the band the pool is in now,",
+        "`spec_decode_load_band_info`); or run `spec-exporter probe --baseline-target URL --concurrency 1,4,16`,",
+        "which also suggests a `num_speculative_tokens_per_batch_size` schedule. Load bands are running requests per",
+        "engine (`vllm:num_requests_running`): 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65+.",
         "",
         "| name | type | labels | meaning |",
         "|---|---|---|---|",

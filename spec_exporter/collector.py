@@ -19,7 +19,9 @@ from spec_exporter import buildinfo, catalog
 from spec_exporter.catalog import MetricSpec
 from spec_exporter.derive.bands import TapHealth
 from spec_exporter.derive.baseline import Comparison
-from spec_exporter.derive.health import EngineHealth
+from spec_exporter.derive.health import EngineHealth, TargetHealth
+from spec_exporter.derive.latency import histogram_quantile
+from spec_exporter.derive.load import BAND_LABELS
 from spec_exporter.state import ExporterState, TargetState
 from spec_exporter.types import Histogram, PollError, Verdict
 
@@ -90,12 +92,14 @@ class SpecDecodeCollector(Collector):
         state = self._state()
         out = _Families()
         out.add(catalog.BUILD_INFO, buildinfo.build_info_values(), 1.0)
+        compared = {n for c in state.comparisons for n in (c.target, c.baseline)}
         for name, target in state.targets.items():
             _exporter_families(out, name, target)
             if target.health is None:
                 continue
             for engine in target.health.engines.values():
                 _engine_families(out, name, engine)
+            _load_families(out, name, target.health, name in compared)
             if target.health.tap is not None:
                 _tap_families(out, name, target.health.tap)
         _baseline_families(out, state.comparisons)
@@ -157,6 +161,11 @@ def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> N
         out.add(catalog.ACCEPTANCE_RATE, labels, a.rate)
         out.add(catalog.MEAN_ACCEPTANCE_LENGTH, labels, a.mean_length)
         out.add(catalog.EXPECTED_SPEEDUP, labels, w.expected_speedup)
+        out.add(catalog.EFFECTIVE_K, labels, w.effective_k)
+        out.add(catalog.SPECULATED_SHARE, labels, w.speculated_share)
+        if w.recommended is not None:
+            out.add(catalog.RECOMMENDED_K, labels, float(w.recommended.k))
+            out.add(catalog.RECOMMENDED_SPEEDUP, labels, w.recommended.speedup)
         for i, (accepted, rate) in enumerate(zip(a.accepted_per_position, a.per_position, strict=True)):
             out.add(catalog.WINDOW_POSITION_ACCEPTED, [*labels, str(i)], accepted)
             out.add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
@@ -200,8 +209,42 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
             out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
 
 
+_BAND_QUANTILES = (0.5, 0.99)
+
+
+def _load_families(out: _Families, name: str, h: TargetHealth, compared: bool) -> None:
+    for wl in h.load:
+        for key, load in sorted(wl.engines.items()):
+            out.add(catalog.LOAD_RUNNING, [name, *key, wl.window.label], load.mean_running)
+    if h.load:
+        # Now: the shortest window (windows are sorted, shortest first).
+        for key, load in sorted(h.load[0].engines.items()):
+            if load.band is not None and key in h.engines:
+                out.add(catalog.LOAD_BAND_INFO, [name, *key, load.band], 1.0)
+    if not compared:
+        return
+    # Per-band latency only where a baseline comparison gives it a meaning: both sides of every pair.
+    for wl in h.load:
+        for metric, by_band in sorted(wl.latency_by_band.items()):
+            for band in BAND_LABELS:
+                hist = by_band.get(band)
+                if hist is None:
+                    continue
+                labels = [name, band, wl.window.label, metric.value]
+                for q in _BAND_QUANTILES:
+                    out.add(
+                        catalog.LOAD_BAND_LATENCY, [*labels, str(q)], histogram_quantile(q, hist.bounds, hist.counts)
+                    )
+                if metric.value == "tpot":
+                    out.add(catalog.LOAD_BAND_REQUESTS, [name, band, wl.window.label], hist.count)
+
+
 def _baseline_families(out: _Families, comparisons: Sequence[Comparison]) -> None:
     for c in comparisons:
         out.add(catalog.BASELINE_TPOT_SPEEDUP, [c.target, c.baseline, c.window], c.tpot_speedup)
+        for b in c.load_bands:
+            labels = [c.target, c.baseline, b.band, c.window]
+            out.add(catalog.BASELINE_LOAD_BAND_SPEEDUP, labels, b.speedup)
+            out.add(catalog.BASELINE_LOAD_BAND_REQUESTS, labels, b.requests)
         for metric, ratio in sorted(c.p99_ratio.items()):
             out.add(catalog.BASELINE_P99_RATIO, [c.target, c.baseline, c.window, metric.value], ratio)

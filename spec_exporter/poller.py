@@ -82,6 +82,8 @@ class Poller:
         self._targets = [
             _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
         ]
+        # Latency by load band is read only where a baseline comparison uses it: on both sides of every pair.
+        self._compared = {name for pair in settings.comparison_pairs() for name in pair}
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(t) for t in self._targets))
@@ -150,7 +152,9 @@ class Poller:
             log.info("target restarted", target=rt.config.name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
         slack = self._settings.poll.interval / 2
         deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
-        return derive_target(point, deltas, rt.params), snapshot.folded_models
+        band_latency = rt.config.name in self._compared
+        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, band_latency=band_latency)
+        return health, snapshot.folded_models
 
     def _failed(
         self, rt: _TargetRuntime, previous: TargetState, reason: PollError, message: str, started: float

@@ -209,3 +209,63 @@ def test_probe_reads_thresholds_from_the_config_file_and_rejects_a_missing_one(
     args = probe_parser().parse_args(["--target", "http://127.0.0.1:9", "--config.file", str(config)])
     thresholds = probe_settings(args).thresholds
     assert (thresholds.disable_below, thresholds.beneficial_at, thresholds.min_draft_tokens) == (0.4, 0.6, 50)
+
+
+RUNNING = 'vllm:num_requests_running{engine="0",model_name="tiny"}'
+POSITION_2 = 'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="tiny",position="2"}'
+
+
+def test_check_without_a_baseline_shows_load_and_k_and_says_the_verdict_ignores_load(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with standin_thread(sample(V032_IDLE), sample(V032_LOAD)) as url:
+        assert run_check(["--target", url]) == 2
+    out = capsys.readouterr().out
+    assert re.search(r"\neffective k +3.00 draft tokens per draft; 100% of decode steps drafted\n", out), out
+    assert re.search(r"\nmodelled speedup +1.63x \(measured acceptance length at k=3; ignores load\)\n", out)
+    assert re.search(r"\nbest k \(modelled\) +3 \(1.63x\): the configured k is the best measured; a larger k", out)
+    # Its three requests finished between the two polls, which saw none running: at least one ran.
+    assert re.search(r"\nload +1.0 running requests per engine: band 1\n", out)
+    assert "note: the verdict judges acceptance alone and ignores load" in out
+    assert "--baseline-target URL" in out and "probe --baseline-target" in out
+    assert "speedup at band" not in out
+
+
+def test_check_says_when_fewer_speculative_tokens_would_do_better(capsys: pytest.CaptureFixture[str]) -> None:
+    # The third draft token is never accepted: it costs a draft step and brings nothing.
+    load = rewrite(sample(V032_LOAD), {POSITION_2: 0, ACCEPTED: 45})
+    with standin_thread(sample(V032_IDLE), load) as url:
+        run_check(["--target", url, "--output", "json"])
+    best = json.loads(capsys.readouterr().out)["all_engines"]["recommended_num_speculative_tokens"]
+    assert best == {"k": 2, "speedup": pytest.approx((1 + 45 / 49) / 1.2), "at_configured_k": False}
+    with standin_thread(sample(V032_IDLE), load) as url:
+        run_check(["--target", url])
+    assert "2 (1.60x): fewer speculative tokens would do better than k=3" in capsys.readouterr().out
+
+
+def stretched(name: str, running: float, factor: float) -> str:
+    from tests.standin import stretch_latency
+
+    text = rewrite(sample(name), {RUNNING: running})
+    return stretch_latency(text, "vllm:request_time_per_output_token_seconds", factor)
+
+
+def check_against_baseline(*extra: str) -> None:
+    # At 12 running requests per engine, speculation takes twice the baseline's time per token.
+    spec = (stretched(V032_IDLE, 12, 2.0), stretched(V032_LOAD, 12, 2.0))
+    base = (stretched(V032_IDLE, 12, 1.0), stretched(V032_LOAD, 12, 1.0))
+    with standin_thread(*spec) as url, standin_thread(*base) as b:
+        run_check(["--target", url, "--baseline-target", b, *extra])
+
+
+def test_check_with_a_baseline_prints_the_speedup_at_the_load_band(capsys: pytest.CaptureFixture[str]) -> None:
+    check_against_baseline()
+    out = capsys.readouterr().out
+    assert re.search(r"\nload +12.0 running requests per engine: band 9-16\n", out), out
+    assert re.search(r"\nspeedup at band 9-16 +0.50x \(TPOT p50 .* ms vs baseline .* ms, 3 requests\)\n", out)
+    assert re.search(r"\nTPOT speedup vs baseline +0.50x", out)
+    assert "note:" not in out
+    check_against_baseline("--output", "json")
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["load"]["load_band"] == "9-16" and doc["load"]["baseline"]["tpot_speedup_at_load_band"] == 0.5
+    assert doc["load"]["baseline"]["load_bands"] == {"9-16": {"tpot_speedup": 0.5, "requests": 3.0}}

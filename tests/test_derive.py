@@ -139,7 +139,14 @@ def test_real_v032_pair_gives_hand_checked_numbers() -> None:
     assert one_minute.latency[LatencyMetric.TTFT][0.5] == pytest.approx(0.03)
     # 147 draft tokens ≥ 100 and 0.374 < 0.5.
     assert e.verdict is Verdict.DISABLE and h.combined_verdict is Verdict.DISABLE
-    assert one_minute.expected_speedup == pytest.approx(expected_speedup(55 / 147, 3, 0.1))
+    # The measured acceptance length over (1 + k·c), not the i.i.d. formula at the accepted/drafted ratio.
+    assert one_minute.expected_speedup == pytest.approx((1 + 55 / 49) / 1.3)
+    assert one_minute.expected_speedup > expected_speedup(55 / 147, 3, 0.1)
+    # 147 draft tokens in 49 drafts; the real capture's 49 ITL observations are the 49 decode steps, all drafted.
+    assert one_minute.effective_k == 3.0 and one_minute.speculated_share == 1.0
+    # Positions accepted 35, 10, 10 of 49: each one still adds more than its draft costs at c = 0.1.
+    assert one_minute.recommended.k == 3 and one_minute.recommended.at_configured_k
+    assert one_minute.recommended.speedup == pytest.approx((1 + 55 / 49) / 1.3)
 
 
 def test_a_single_poll_is_insufficient_data_with_empty_windows() -> None:

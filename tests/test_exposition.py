@@ -16,7 +16,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from spec_exporter.app import build_registry
 from spec_exporter.types import Verdict
 from tests.conftest import make_settings
-from tests.standin import NVIDIA_NO_SPEC, V032_IDLE, V032_LOAD, V085_V0, sample, scale_counters, with_engines
+from tests.standin import (
+    NVIDIA_NO_SPEC,
+    V032_IDLE,
+    V032_LOAD,
+    V085_V0,
+    rewrite,
+    sample,
+    scale_counters,
+    stretch_latency,
+    with_engines,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -168,6 +178,69 @@ async def test_baseline_comparison_is_exported(standin: Any, make_poller: Any, c
     assert registry.get_sample_value(
         "spec_decode_baseline_p99_latency_ratio", {**labels, "metric": "itl"}
     ) == pytest.approx(1.0)
+    # Both pools finished their 3 requests while no poll saw one running: load band 1 on both sides.
+    band = {**labels, "load_band": "1"}
+    assert registry.get_sample_value("spec_decode_baseline_load_band_tpot_speedup", band) == pytest.approx(2.0)
+    assert registry.get_sample_value("spec_decode_baseline_load_band_requests", band) == 3
+    for target, factor in (("spec", 1.0), ("base", 2.0)):
+        at = {"target": target, "load_band": "1", "window": "1m", "metric": "tpot", "quantile": "0.5"}
+        spec_p50 = registry.get_sample_value("spec_decode_load_band_latency_seconds", {**at, "target": "spec"})
+        assert registry.get_sample_value("spec_decode_load_band_latency_seconds", at) == pytest.approx(
+            spec_p50 * factor
+        )
+        requests = {"target": target, "load_band": "1", "window": "1m"}
+        assert registry.get_sample_value("spec_decode_load_band_requests", requests) == 3
+
+
+RUNNING = 'vllm:num_requests_running{engine="0",model_name="tiny"}'
+
+
+def at_load(name: str, running: float, tpot_factor: float = 1.0) -> str:
+    text = rewrite(sample(name), {RUNNING: running})
+    return stretch_latency(text, "vllm:request_time_per_output_token_seconds", tpot_factor)
+
+
+async def test_load_band_and_the_speedup_at_it_against_a_baseline(
+    standin: Any, make_poller: Any, clock: Any, aiohttp_server: Any
+) -> None:
+    from tests.standin import StandIn
+
+    # At 12 running requests the speculative pool takes twice the baseline's time per token.
+    base = StandIn()
+    base.push(at_load(V032_IDLE, 12), at_load(V032_LOAD, 12))
+    base_url = str((await aiohttp_server(base.app())).make_url("")).rstrip("/")
+    _, spec_url = standin
+    _, registry = await polled(
+        standin,
+        make_poller,
+        clock,
+        at_load(V032_IDLE, 11, 2.0),
+        at_load(V032_LOAD, 13, 2.0),
+        targets=[{"name": "spec", "url": spec_url}, {"name": "base", "url": base_url, "role": "baseline"}],
+    )
+    engine = {"target": "spec", "model_name": "tiny", "engine": "0"}
+    assert registry.get_sample_value("spec_decode_load_running_requests", {**engine, "window": "1m"}) == 12
+    assert registry.get_sample_value("spec_decode_load_band_info", {**engine, "load_band": "9-16"}) == 1
+    assert registry.get_sample_value("spec_decode_load_band_info", {**engine, "load_band": "1"}) is None
+    band = {"target": "spec", "baseline": "base", "load_band": "9-16", "window": "1m"}
+    assert registry.get_sample_value("spec_decode_baseline_load_band_tpot_speedup", band) == pytest.approx(0.5)
+    assert registry.get_sample_value("spec_decode_baseline_load_band_requests", band) == 3
+    # The acceptance-only numbers do not move with load: the same as at batch 1.
+    spec_window = {**engine, "window": "1m"}
+    assert registry.get_sample_value("spec_decode_expected_speedup", spec_window) == pytest.approx((1 + 55 / 49) / 1.3)
+
+
+async def test_an_idle_window_has_no_load_band_and_no_target_without_baseline_gets_band_latency(
+    standin: Any, make_poller: Any, clock: Any
+) -> None:
+    _, registry = await polled(standin, make_poller, clock, sample(V032_IDLE), sample(V032_IDLE))
+    text = render(registry)
+    assert "spec_decode_load_band_info{" not in text and "spec_decode_load_running_requests{" not in text
+    # Busy but compared with nothing: a load band, and no per-band latency that nothing would read.
+    _, registry = await polled(standin, make_poller, clock, sample(V032_IDLE), sample(V032_LOAD))
+    text = render(registry)
+    assert 'spec_decode_load_band_info{engine="0",load_band="1"' in text
+    assert "spec_decode_load_band_latency_seconds{" not in text and "spec_decode_load_band_requests{" not in text
 
 
 def tap_exposition(metrics: Any, registry: CollectorRegistry) -> str:

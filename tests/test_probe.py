@@ -10,9 +10,26 @@ import aiohttp
 import pytest
 
 from spec_exporter import cli
-from spec_exporter.commands.probe import ProbeSettings, probe_main, render_json, render_table, run_probe
+from spec_exporter.commands.probe import (
+    PhaseResult,
+    ProbeSettings,
+    RequestResult,
+    crossovers,
+    probe_document,
+    probe_main,
+    render_json,
+    render_table,
+    run_probe,
+    suggest_schedule,
+)
 from spec_exporter.types import SpecCounters
 from tests.system.scenario_vllm import ScenarioVLLM
+
+
+def _run(cells, baseline, warnings):  # type: ignore[no-untyped-def]
+    from spec_exporter.commands.probe import ProbeRun
+
+    return ProbeRun(list(cells), None if baseline is None else list(baseline), list(warnings))
 
 
 def by_temperature(t: float) -> float:
@@ -23,8 +40,8 @@ async def probed(aiohttp_server: Any, scenario: ScenarioVLLM, **kw: Any):  # typ
     server = await aiohttp_server(scenario.app())
     settings = ProbeSettings(target=str(server.make_url("")), requests=5, temperatures=(0.0, 0.8), **kw)
     async with aiohttp.ClientSession() as session:
-        phases, warnings = await run_probe(settings, session)
-    return settings, phases, warnings
+        run = await run_probe(settings, session)
+    return settings, run.cells, run.warnings
 
 
 async def test_per_request_metrics_give_percentiles_per_temperature(aiohttp_server: Any) -> None:
@@ -41,8 +58,12 @@ async def test_per_request_metrics_give_percentiles_per_temperature(aiohttp_serv
     # The stand-in's usage chunk carries vLLM's own per-request TPOT (mean_itl_ms of the captured response).
     assert greedy["tpot_seconds"]["p50"] == pytest.approx(9.271997322582225 / 1000)
     assert greedy["ttft_seconds"]["p50"] is not None and greedy["failed"] == 0
-    # The engine's counters over each phase agree with the per-request sums.
-    assert phases[0].engine == SpecCounters(drafts=100, draft_tokens=300, accepted_tokens=49 * 5)
+    # The engine's counters over each phase agree with the per-request sums (positions: the stand-in's shares).
+    assert phases[0].engine == SpecCounters(
+        drafts=100, draft_tokens=300, accepted_tokens=49 * 5, per_position=(49 * 5 * 0.5, 49 * 5 * 0.3, 49 * 5 * 0.2)
+    )
+    # Output tokens per second: the captured response's completion tokens over the phase's time.
+    assert greedy["output_tokens"] == 5 * phases[0].requests[0].tokens > 0 and greedy["output_tokens_per_second"] > 0
 
 
 async def test_without_per_request_metrics_acceptance_comes_from_the_counters(aiohttp_server: Any) -> None:
@@ -65,15 +86,20 @@ async def test_reports_render_every_temperature(aiohttp_server: Any) -> None:
     settings, phases, warnings = await probed(
         aiohttp_server, ScenarioVLLM("m", acceptance_by_temperature=by_temperature)
     )
-    table = render_table(settings, phases, warnings)
-    assert "0.817" in table and "0.383" in table and "T=0.8: disable" in table and "T=0: beneficial" in table
-    doc = json.loads(render_json(settings, phases, warnings))
-    assert [t["temperature"] for t in doc["temperatures"]] == [0.0, 0.8]
+    run_doc = probe_document(settings, _run(phases, None, warnings))
+    table = render_table(run_doc)
+    assert "0.817" in table and "0.383" in table and "T=0.8: disable (" in table and "T=0: beneficial (" in table
+    # Without a baseline nothing claims a load-aware number, and the report says how to get one.
+    assert "ignore load" in table and "--baseline-target" in table and "TPOT speedup" not in table
+    doc = json.loads(render_json(run_doc))
+    assert [(c["concurrency"], c["temperature"]) for c in doc["cells"]] == [(1, 0.0), (1, 0.8)]
+    assert doc["suggested_speculative_config"] is None and doc["crossover"] == []
 
 
 async def test_an_unreachable_target_fails_with_a_clear_message() -> None:
     err = io.StringIO()
-    code = await probe_main(ProbeSettings(target="http://127.0.0.1:9", requests=1), "table", out=io.StringIO(), err=err)
+    settings = ProbeSettings(target="http://127.0.0.1:9", requests=1)
+    code = await probe_main(settings, "table", out=io.StringIO(), err=err)
     assert code == 1 and "cannot reach http://127.0.0.1:9" in err.getvalue()
 
 
@@ -81,3 +107,134 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["probe", "--target", "http://x", "--temperatures", "hot", "--requests", "0"]) == 2
     err = capsys.readouterr().err
     assert "--temperatures" in err and "--requests" in err
+
+
+def test_bad_concurrency_lists_and_too_few_requests_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["probe", "--target", "http://x", "--concurrency", "1,x"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
+    assert cli.main(["probe", "--target", "http://x", "--concurrency", "1,0"]) == 2
+    assert cli.main(["probe", "--target", "http://x", "--concurrency", "1,16", "--requests", "8"]) == 2
+    assert "at least the largest --concurrency (16)" in capsys.readouterr().err
+
+
+# The speculative stand-in is faster alone and slower once requests share it; the baseline degrades gently.
+def spec_itl(in_flight: int) -> float:
+    return 5.0 if in_flight == 1 else 20.0
+
+
+def base_itl(in_flight: int) -> float:
+    return 8.0 if in_flight == 1 else 12.0
+
+
+async def swept(aiohttp_server: Any, **kw: Any):  # type: ignore[no-untyped-def]
+    spec = await aiohttp_server(
+        ScenarioVLLM("m", acceptance_by_temperature=by_temperature, mean_itl_ms_at=spec_itl).app()
+    )
+    base = await aiohttp_server(ScenarioVLLM("m", spec_enabled=False, mean_itl_ms_at=base_itl).app())
+    settings = ProbeSettings(
+        target=str(spec.make_url("")),
+        baseline_target=str(base.make_url("")),
+        requests=4,
+        temperatures=(0.0, 0.8),
+        concurrency=(1, 4),
+        **kw,
+    )
+    async with aiohttp.ClientSession() as session:
+        run = await run_probe(settings, session)
+    return settings, run
+
+
+async def test_a_sweep_runs_every_temperature_at_every_concurrency_on_both_pools(aiohttp_server: Any) -> None:
+    settings, run = await swept(aiohttp_server)
+    assert [(c.concurrency, c.temperature) for c in run.cells] == [(1, 0.0), (1, 0.8), (4, 0.0), (4, 0.8)]
+    assert [(c.concurrency, c.temperature) for c in run.baseline] == [(1, 0.0), (1, 0.8), (4, 0.0), (4, 0.8)]
+    assert all(len(c.requests) == 4 and all(r.ok for r in c.requests) for c in [*run.cells, *run.baseline])
+    assert all(c.engine is None for c in run.baseline)
+    doc = json.loads(render_json(probe_document(settings, run)))
+    cells = {(c["concurrency"], c["temperature"]): c for c in doc["cells"]}
+    # Acceptance does not depend on load here; the speedup does: 8/5 alone, 12/20 when shared.
+    assert cells[(1, 0.0)]["acceptance_rate"] == cells[(4, 0.0)]["acceptance_rate"] == 49 / 60
+    assert cells[(1, 0.0)]["tpot_source"] == "vLLM per-request metrics"
+    assert cells[(1, 0.0)]["tpot_speedup"] == pytest.approx(8 / 5)
+    assert cells[(4, 0.8)]["tpot_speedup"] == pytest.approx(12 / 20)
+    assert cells[(1, 0.8)]["baseline"]["tpot_seconds"]["p50"] == pytest.approx(0.008)
+    assert all(c["throughput_ratio"] is not None and c["throughput_ratio"] > 0 for c in doc["cells"])
+    assert doc["crossover"] == [
+        {"temperature": 0.0, "concurrency": 4, "measured_concurrencies": [1, 4]},
+        {"temperature": 0.8, "concurrency": 4, "measured_concurrencies": [1, 4]},
+    ]
+    # At concurrency 1 the per-position acceptance (0.9, 0.54, 0.36 per draft) models k = 3 best; at 4, off.
+    assert doc["suggested_speculative_config"] == {"num_speculative_tokens_per_batch_size": [[1, 3, 3], [4, 4, 0]]}
+    assert [b["modelled_best_k"] for b in doc["schedule_basis"]] == [3, 3]
+    assert not any("ignore load" in w for w in doc["warnings"])
+    table = render_table(probe_document(settings, run))
+    assert "crossover T=0: stops paying at concurrency 4" in table
+    assert "T=0: beneficial at concurrency 1, 4 (per-request metrics)." in table and table.count("disable: ") == 1
+    assert '{"num_speculative_tokens_per_batch_size": [[1, 3, 3], [4, 4, 0]]}' in table
+    assert "1.60" in table and "0.60" in table
+
+
+async def test_a_baseline_that_speculates_is_called_out(aiohttp_server: Any) -> None:
+    spec = await aiohttp_server(ScenarioVLLM("m").app())
+    base = await aiohttp_server(ScenarioVLLM("m").app())
+    settings = ProbeSettings(target=str(spec.make_url("")), baseline_target=str(base.make_url("")), requests=2)
+    async with aiohttp.ClientSession() as session:
+        run = await run_probe(settings, session)
+    assert any("has speculative decoding on" in w for w in run.warnings)
+
+
+def cell(concurrency: int, temperature: float, tpot: float, per_position=(0.0, 0.0, 0.0), drafts=0.0):  # type: ignore[no-untyped-def]
+    requests = [RequestResult(ok=True, tpot=tpot, client_tpot=tpot, tokens=10) for _ in range(3)]
+    engine = SpecCounters(drafts, drafts * 3, sum(per_position), tuple(per_position))
+    return PhaseResult(temperature, requests, engine, concurrency, seconds=1.0)
+
+
+def base_cell(concurrency: int, temperature: float, tpot: float) -> PhaseResult:
+    return PhaseResult(temperature, [RequestResult(ok=True, tpot=tpot, tokens=10)] * 3, None, concurrency, 1.0)
+
+
+def test_the_schedule_turns_speculation_off_where_it_stops_paying_and_uses_the_best_k_where_it_pays() -> None:
+    # Position 3 is rarely accepted: at c = 0.1 the model prefers k = 2 (see test_load), and the level pays.
+    spec = [cell(1, 0.0, 0.005, (80, 60, 5), 100), cell(2, 0.0, 0.006, (80, 60, 5), 100)]
+    spec += [cell(8, 0.0, 0.02, (80, 60, 5), 100), cell(32, 0.0, 0.05, (80, 60, 5), 100)]
+    base = [base_cell(1, 0.0, 0.01), base_cell(2, 0.0, 0.01), base_cell(8, 0.0, 0.012), base_cell(32, 0.0, 0.02)]
+    schedule, basis = suggest_schedule(spec, base, None, 0.1)
+    assert [b["k"] for b in basis] == [2, 2, 0, 0]
+    # 1 and 2 merge into one range up to the next level; vLLM carries the last range on past 32.
+    assert schedule == [[1, 7, 2], [8, 32, 0]]
+    # A measured speedup the model cannot explain keeps the configured k rather than guessing.
+    never = [cell(1, 0.0, 0.005, (0, 0, 0), 100)]
+    assert suggest_schedule(never, [base_cell(1, 0.0, 0.01)], None, 0.1)[0] == [[1, 1, 3]]
+    # Without any measured pair there is nothing to suggest.
+    assert suggest_schedule(spec, [], None, 0.1) == (None, [])
+
+
+def test_crossover_is_the_lowest_concurrency_where_speculation_stops_paying() -> None:
+    rows = [
+        {"temperature": 0.0, "concurrency": 1, "tpot_speedup": 1.4},
+        {"temperature": 0.0, "concurrency": 4, "tpot_speedup": 1.1},
+        {"temperature": 0.0, "concurrency": 16, "tpot_speedup": 0.9},
+        {"temperature": 1.0, "concurrency": 1, "tpot_speedup": 1.0},
+        {"temperature": 1.0, "concurrency": 4, "tpot_speedup": 1.2},
+        {"temperature": 0.4, "concurrency": 1, "tpot_speedup": 1.3},
+        {"temperature": 0.4, "concurrency": 4, "tpot_speedup": None},
+    ]
+    assert crossovers(rows, (0.0, 0.4, 1.0, 0.8)) == [
+        {"temperature": 0.0, "concurrency": 16, "measured_concurrencies": [1, 4, 16]},
+        {"temperature": 0.4, "concurrency": None, "measured_concurrencies": [1]},
+        {"temperature": 1.0, "concurrency": 1, "measured_concurrencies": [1, 4]},
+        {"temperature": 0.8, "concurrency": None, "measured_concurrencies": []},
+    ]
+
+
+def test_tpot_comparisons_use_one_clock_for_both_pools() -> None:
+    # The speculative pool reports vLLM's TPOT, the baseline does not: both sides fall back to the probe's own.
+    spec = PhaseResult(0.0, [RequestResult(ok=True, tpot=0.001, client_tpot=0.01, tokens=5)], None, 1, 1.0)
+    base = PhaseResult(0.0, [RequestResult(ok=True, tpot=None, client_tpot=0.02, tokens=5)], None, 1, 1.0)
+    from spec_exporter.commands.probe import compare_cell
+
+    assert compare_cell(spec, base) == {
+        "tpot_speedup": 2.0,
+        "tpot_source": "measured by the probe",
+        "throughput_ratio": 1.0,
+    }

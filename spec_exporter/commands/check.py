@@ -16,7 +16,9 @@ import aiohttp
 from spec_exporter.commands.common import add_common_flags, build_settings, config_failed
 from spec_exporter.commands.format import ms, number
 from spec_exporter.config import ConfigError, Settings, format_duration, parse_duration
+from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.health import EngineHealth, TargetHealth, WindowHealth
+from spec_exporter.derive.load import Load
 from spec_exporter.derive.verdict import ADVICE
 from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore, TargetState
@@ -32,6 +34,18 @@ class CheckResult:
     url: str
     window_seconds: float
     state: TargetState
+    baseline_url: str | None = None
+    comparisons: tuple[Comparison, ...] = ()
+
+    @property
+    def load(self) -> Load | None:
+        """Running requests per engine over the window, all engines; None before two polls."""
+        h = self.health
+        return h.load[0].target if h is not None and h.load else None
+
+    @property
+    def comparison(self) -> Comparison | None:
+        return self.comparisons[0] if self.comparisons else None
 
     @property
     def health(self) -> TargetHealth | None:
@@ -53,8 +67,12 @@ async def run_check(
     sleep: Callable[[float], Awaitable[None]],
     clock: Callable[[], float],
 ) -> CheckResult:
-    """Two polls `window` apart through the exporter's own poller; `settings` holds one target and one window."""
+    """Two polls `window` apart through the exporter's own poller; `settings` holds one target and one window.
+
+    A second target with role baseline is polled alongside and compared with, load band by load band.
+    """
     target = settings.targets[0]
+    baseline = next((t for t in settings.targets if t.role == "baseline"), None)
     window = settings.windows[0]
     store = StateStore.for_settings(settings)
     poller = Poller(settings, session, store, clock=clock, sleep=sleep)
@@ -62,7 +80,15 @@ async def run_check(
     if store.current().targets[target.name].up:
         await sleep(window)
         await poller.poll_once()
-    return CheckResult(target.name, target.metrics_url, window, store.current().targets[target.name])
+    state = store.current()
+    return CheckResult(
+        target.name,
+        target.metrics_url,
+        window,
+        state.targets[target.name],
+        baseline.metrics_url if baseline is not None else None,
+        tuple(c for c in state.comparisons if c.target == target.name),
+    )
 
 
 _LATENCY_ROWS = (
@@ -100,8 +126,57 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
                 "  ".join(f"{title} {w.divergence[m]:.2f}" for m, title in _LATENCY_ROWS if m in w.divergence),
             )
         )
+    if a is not None and w.effective_k is not None:
+        share = f"; {w.speculated_share:.0%} of decode steps drafted" if w.speculated_share is not None else ""
+        rows.append(("effective k", f"{w.effective_k:.2f} draft tokens per draft{share}"))
+    k = engine.num_speculative_tokens if engine is not None else None
     if w.expected_speedup is not None:
-        rows.append(("modelled speedup", f"{w.expected_speedup:.2f}x (speculative-sampling model; ignores load)"))
+        at = f" at k={k}" if k else ""
+        rows.append(("modelled speedup", f"{w.expected_speedup:.2f}x (measured acceptance length{at}; ignores load)"))
+    best = w.recommended
+    if best is not None:
+        if best.k == 0:
+            text = "0: no k models a speedup above 1 (speculation does not pay at this acceptance)"
+        elif best.at_configured_k:
+            text = f"{best.k} ({best.speedup:.2f}x): the configured k is the best measured; a larger k may do better"
+        else:
+            text = f"{best.k} ({best.speedup:.2f}x): fewer speculative tokens would do better than k={len(best.curve)}"
+        rows.append(("best k (modelled)", text))
+    return rows
+
+
+LOAD_NOTE = (
+    "the verdict judges acceptance alone and ignores load: the same acceptance can be a speedup at low "
+    "concurrency and a slowdown at high. For evidence at the load this pool runs at, compare it with a baseline "
+    "pool without speculative decoding (--baseline-target URL, or a baseline target in the exporter's config), or run "
+    "`spec-exporter probe --baseline-target URL --concurrency 1,4,16`."
+)
+
+
+def _load_rows(result: CheckResult) -> list[tuple[str, str]]:
+    load = result.load
+    if load is None:
+        return []
+    if load.band is None:
+        rows = [("load", "idle (nothing ran in the window)")]
+    else:
+        rows = [("load", f"{load.mean_running:.1f} running requests per engine: band {load.band}")]
+    c = result.comparison
+    if c is None:
+        return rows
+    if c.tpot_speedup is not None:
+        rows.append(("TPOT speedup vs baseline", f"{c.tpot_speedup:.2f}x (baseline TPOT p50 / this pool's)"))
+    at = next((b for b in c.load_bands if b.band == load.band), None)
+    if at is not None:
+        rows.append(
+            (
+                f"speedup at band {at.band}",
+                f"{at.speedup:.2f}x (TPOT p50 {ms(at.spec_p50, unit=True)} vs baseline "
+                f"{ms(at.baseline_p50, unit=True)}, {at.requests:g} requests)",
+            )
+        )
+    elif load.band is not None:
+        rows.append((f"speedup at band {load.band}", "- (the baseline finished no requests at this band)"))
     return rows
 
 
@@ -127,10 +202,14 @@ def render_table(result: CheckResult) -> str:
         for e in engines:
             rate = e.windows[0].acceptance.rate if e.windows[0].acceptance else e.lifetime_acceptance
             rows.append((f"engine {e.key[0]}/{e.key[1]}", f"acceptance {number(rate)}, verdict {e.verdict.value}"))
+    rows += _load_rows(result)
     rows.append(("verdict", result.verdict.value.upper()))
     width = max(len(r[0]) for r in rows) + 2
     lines += [f"{title:<{width}}{value}" for title, value in rows]
-    lines += ["", "advice: " + ADVICE[result.verdict], ""]
+    lines += ["", "advice: " + ADVICE[result.verdict]]
+    if result.comparison is None:
+        lines.append("note: " + LOAD_NOTE)
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -151,8 +230,35 @@ def _window_json(w: WindowHealth) -> dict[str, Any]:
         "latency_seconds": {m.value: {str(q): v for q, v in qs.items()} for m, qs in w.latency.items()},
         "divergence": {m.value: v for m, v in w.divergence.items()},
         "expected_speedup": w.expected_speedup,
+        "effective_k": w.effective_k,
+        "speculated_share": w.speculated_share,
+        "recommended_num_speculative_tokens": None
+        if w.recommended is None
+        else {"k": w.recommended.k, "speedup": w.recommended.speedup, "at_configured_k": w.recommended.at_configured_k},
         "verdict": w.verdict.value,
     }
+
+
+def _load_json(result: CheckResult) -> dict[str, Any]:
+    load = result.load
+    c = result.comparison
+    doc: dict[str, Any] = {
+        "mean_running_requests": load.mean_running if load is not None else None,
+        "load_band": load.band if load is not None else None,
+        "baseline": None,
+    }
+    if c is not None:
+        at = next((b for b in c.load_bands if load is not None and b.band == load.band), None)
+        doc["baseline"] = {
+            "url": result.baseline_url,
+            "tpot_speedup": c.tpot_speedup,
+            "tpot_speedup_at_load_band": at.speedup if at is not None else None,
+            "requests_at_load_band": at.requests if at is not None else None,
+            "load_bands": {b.band: {"tpot_speedup": b.speedup, "requests": b.requests} for b in c.load_bands},
+        }
+    else:
+        doc["note"] = LOAD_NOTE
+    return doc
 
 
 def render_json(result: CheckResult) -> str:
@@ -165,6 +271,7 @@ def render_json(result: CheckResult) -> str:
         "advice": ADVICE[result.verdict],
         "exit_code": result.exit_code,
         "error": result.state.last_error.value if result.state.last_error else None,
+        "load": _load_json(result),
     }
     if h is not None:
         doc["engine_generation"] = h.generation.value
@@ -194,6 +301,12 @@ def check_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", required=True, metavar="URL", help="vLLM base URL, e.g. http://127.0.0.1:8000")
     p.add_argument(
+        "--baseline-target",
+        metavar="URL",
+        help="the same model served without speculative decoding: polled alongside for the measured speedup at the "
+        "load band the target runs at",
+    )
+    p.add_argument(
         "--window", default="60s", metavar="DURATION", help="time between the two polls (default %(default)s)"
     )
     p.add_argument("--timeout", default="5s", metavar="DURATION", help="per-poll timeout (default %(default)s)")
@@ -213,6 +326,7 @@ def check_settings(args: argparse.Namespace) -> Settings:
     return build_settings(
         args.config_file,
         targets=[args.target],
+        baselines=[args.baseline_target] if args.baseline_target else [],
         only_these_targets=True,
         overrides={
             "windows": [window],

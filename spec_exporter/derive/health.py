@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spec_exporter.derive.acceptance import Acceptance, acceptance, sum_spec
 from spec_exporter.derive.bands import TapHealth, derive_tap
 from spec_exporter.derive.latency import divergence, merge, quantiles
-from spec_exporter.derive.verdict import break_even_acceptance, expected_speedup, verdict
+from spec_exporter.derive.load import BestK, WindowLoad, best_k, effective_k, speculated_share, speedup_from_length
+from spec_exporter.derive.load import window_loads as derive_window_loads
+from spec_exporter.derive.verdict import break_even_acceptance, verdict
 from spec_exporter.types import (
     DeriveParams,
     EngineGeneration,
@@ -33,8 +35,14 @@ class WindowHealth:
     divergence: Mapping[LatencyMetric, float]
     generation_tokens_per_second: float | None
     preemptions_per_second: float | None
+    # AL / (1 + k·c) from the measured acceptance length at the configured k.
     expected_speedup: float | None
     verdict: Verdict
+    # Draft tokens per draft, and drafts per ITL observation (share of decode steps that speculated).
+    effective_k: float | None = None
+    speculated_share: float | None = None
+    # The k in 1..configured k the per-position acceptance models best (0: none pays).
+    recommended: BestK | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,8 @@ class TargetHealth:
     combined_verdict: Verdict = Verdict.INSUFFICIENT_DATA
     # Acceptance by temperature band, when the scrape carries the tap's series (middleware or proxy).
     tap: TapHealth | None = None
+    # Running requests per engine and latency by load band, per window (shortest first).
+    load: tuple[WindowLoad, ...] = ()
 
 
 def _window_health(
@@ -83,7 +93,9 @@ def _window_health(
         if d is not None:
             div[m] = d
     rate = acc.rate if acc is not None else None
-    speedup = expected_speedup(rate, k, params.draft_cost_ratio) if rate is not None and k else None
+    length = acc.mean_length if acc is not None else None
+    speedup = speedup_from_length(length, k, params.draft_cost_ratio) if length is not None and k else None
+    itl = histograms.get(LatencyMetric.ITL)
 
     def per_second(value: float | None) -> float | None:
         return value / span if value is not None and span > 0 else None
@@ -98,6 +110,9 @@ def _window_health(
         preemptions_per_second=per_second(preemptions),
         expected_speedup=speedup,
         verdict=verdict(rate, acc.draft_tokens if acc is not None else None, params.thresholds),
+        effective_k=effective_k(spec) if spec is not None else None,
+        speculated_share=speculated_share(spec.drafts, itl.count) if spec is not None and itl is not None else None,
+        recommended=best_k(spec.per_position, spec.drafts, params.draft_cost_ratio) if spec is not None else None,
     )
 
 
@@ -162,8 +177,20 @@ def _verdict_of(windows: Iterable[WindowHealth], params: DeriveParams) -> Verdic
     return next((w.verdict for w in windows if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA)
 
 
-def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], params: DeriveParams) -> TargetHealth:
-    """Health of every engine of a target; `deltas` maps each window label to its delta (None: too early)."""
+def derive_target(
+    latest: Point,
+    deltas: Mapping[str, WindowDelta | None],
+    params: DeriveParams,
+    points: Sequence[Point] = (),
+    slack_seconds: float = 0.0,
+    *,
+    band_latency: bool = True,
+) -> TargetHealth:
+    """Health of every engine of a target; `deltas` maps each window label to its delta (None: too early).
+
+    `points` (the ring, oldest first, ending at `latest`) gives the load of each window; without them, none.
+    `band_latency`: also TPOT and ITL by load band (for a target compared with a baseline, and its baseline).
+    """
     snapshot = latest.snapshot
     engines = {key: _engine_health(key, sample, latest, deltas, params) for key, sample in snapshot.engines.items()}
     if len(engines) == 1:
@@ -181,7 +208,12 @@ def derive_target(latest: Point, deltas: Mapping[str, WindowDelta | None], param
         engine_drafted = {w.window.label: w.acceptance.draft_tokens if w.acceptance else None for w in combined}
         tap_deltas = {label: d.tap if d is not None else None for label, d in deltas.items()}
         tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params)
-    return TargetHealth(snapshot.generation, engines, combined, combined_verdict, tap)
+    load = (
+        derive_window_loads(points, params.windows, slack_seconds, tuple(engines), band_latency=band_latency)
+        if points
+        else ()
+    )
+    return TargetHealth(snapshot.generation, engines, combined, combined_verdict, tap, load)
 
 
 def _v0_combined_verdict(engines: Iterable[EngineHealth]) -> Verdict:

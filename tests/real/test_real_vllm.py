@@ -224,12 +224,12 @@ def test_probe_reports_its_temperatures_and_agrees_with_the_per_request_metrics(
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     after = vllm_counters(real.vllm.url)
-    assert [t["temperature"] for t in doc["temperatures"]] == [0.0, 1.0]
-    assert all(t["acceptance_source"] == "per-request metrics" and t["failed"] == 0 for t in doc["temperatures"])
-    assert sum(t["accepted_tokens"] for t in doc["temperatures"]) == after[0] - before[0]
-    assert sum(t["draft_tokens"] for t in doc["temperatures"]) == after[1] - before[1]
+    assert [t["temperature"] for t in doc["cells"]] == [0.0, 1.0]
+    assert all(t["acceptance_source"] == "per-request metrics" and t["failed"] == 0 for t in doc["cells"])
+    assert sum(t["accepted_tokens"] for t in doc["cells"]) == after[0] - before[0]
+    assert sum(t["draft_tokens"] for t in doc["cells"]) == after[1] - before[1]
     # The model drafts for itself: greedy drafts are always accepted.
-    assert doc["temperatures"][0]["acceptance_rate"] == 1.0
+    assert doc["cells"][0]["acceptance_rate"] == 1.0
 
 
 def test_prometheus_sees_the_series_and_the_band_alert_fires(real: RealStack, tmp_path: Path) -> None:

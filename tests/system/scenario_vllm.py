@@ -8,6 +8,7 @@ is added to the engine counters, so the tap and the engine agree the way they do
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -35,11 +36,17 @@ class ScenarioVLLM:
     # vLLM without --per-request-spec-decode-metrics, or without --speculative-config at all.
     per_request_spec_metrics: bool = True
     spec_enabled: bool = True
+    # vLLM's per-request TPOT (mean_itl_ms) as a function of the most requests in flight during the request:
+    # a pool whose speed depends on load. None: the captured response's own value.
+    mean_itl_ms_at: Callable[[int], float] | None = None
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
     served_accepted: int = 0
     served_drafted: int = 0
     served_steps: int = 0
+    in_flight: int = 0
+    # Per active request, the most requests in flight seen while it ran.
+    _peaks: dict[int, int] = field(default_factory=dict)
     # Wall-clock times of the scrapes served after the restart, for tests to wait on.
     scraped_after_restart: list[float] = field(default_factory=list)
 
@@ -88,6 +95,18 @@ class ScenarioVLLM:
         return web.Response(text=self.exposition(), content_type="text/plain")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        me = id(request)
+        self.in_flight += 1
+        self._peaks[me] = self.in_flight
+        for other in self._peaks:
+            self._peaks[other] = max(self._peaks[other], self.in_flight)
+        try:
+            return await self._chat(request, me)
+        finally:
+            self.in_flight -= 1
+            del self._peaks[me]
+
+    async def _chat(self, request: web.Request, me: int) -> web.StreamResponse:
         body = await request.json()
         temperature = body.get("temperature")
         temperature = 1.0 if temperature is None else float(temperature)
@@ -111,10 +130,15 @@ class ScenarioVLLM:
         if not (self.spec_enabled and self.per_request_spec_metrics):
             del doc["metrics"]["speculative_decoding"]
         if body.get("stream"):
-            return await self._stream(request, body, doc["metrics"])
+            return await self._stream(request, body, doc["metrics"], me)
+        self._set_itl(doc["metrics"], me)
         return web.json_response(doc)
 
-    async def _stream(self, request: web.Request, body: dict, metrics: dict) -> web.StreamResponse:
+    def _set_itl(self, metrics: dict, me: int) -> None:
+        if self.mean_itl_ms_at is not None:
+            metrics["mean_itl_ms"] = self.mean_itl_ms_at(self._peaks[me])
+
+    async def _stream(self, request: web.Request, body: dict, metrics: dict, me: int) -> web.StreamResponse:
         # The real captured stream, its usage chunk carrying this request's metrics, sent only when asked for.
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
@@ -125,9 +149,12 @@ class ScenarioVLLM:
                     continue
                 chunk = json.loads(event.removeprefix(b"data: "))
                 chunk["model"] = self.model
+                self._set_itl(metrics, me)
                 chunk["metrics"] = metrics
                 event = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
             await stream.write(event)
+            # Let other requests' handlers run between events, as a server streaming many at once does.
+            await asyncio.sleep(0)
         await stream.write_eof()
         return stream
 
