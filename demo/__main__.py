@@ -1,5 +1,6 @@
-"""The demo: a real vLLM with real speculative decoding on the CPU, the exporter with the tap in front of it, a
-workload that mixes temperatures, and Prometheus + Alertmanager with the shipped rules when their binaries are
+"""The demo: a real vLLM with real speculative decoding on the CPU and the tap inside it (the middleware;
+`--proxy` puts the proxy tap in front of it instead), the exporter polling it, a workload that mixes
+temperatures, and Prometheus + Alertmanager with the shipped rules when their binaries are
 installed. Prints a live summary every few seconds and stops everything on Ctrl-C.
 
     make demo            # or: .venv/bin/python -m demo [--duration SECONDS]
@@ -31,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.models import prompts
 from harness.processes import alertmanager_cmd, prometheus_cmd, running
-from harness.vllm import MODEL_NAME, running_vllm, trained_models
+from harness.vllm import MODEL_NAME, ROOT, running_vllm, trained_models
 from mixin.generate import render_rules
 from mixin.params import Params
 
@@ -60,7 +61,7 @@ def _get(url: str, timeout: float = 5) -> bytes:
 
 
 def _workload(tap: str, stop: threading.Event, counts: dict[float, int]) -> None:
-    """Chat requests through the tap, temperatures drawn from MIX, one after another."""
+    """Chat requests to `tap` (vLLM with the middleware, or the proxy tap), temperatures drawn from MIX, in turn."""
     rng = random.Random(0)
     temperatures, weights = zip(*MIX, strict=True)
     code = prompts()
@@ -148,6 +149,9 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.1f} ms"
 
 
+MIDDLEWARE = ("--middleware", "spec_exporter.middleware.SpecDecodeMiddleware")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,7 +159,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: Ctrl-C)")
     parser.add_argument("--interval", type=float, default=5, help="seconds between summaries (default 5)")
     parser.add_argument("--vllm-port", type=int, default=8000)
-    parser.add_argument("--tap-port", type=int, default=8001)
+    parser.add_argument(
+        "--proxy", action="store_true", help="the proxy tap in front of vLLM instead of the middleware inside it"
+    )
+    parser.add_argument("--tap-port", type=int, default=8001, help="the proxy tap's port, with --proxy")
     parser.add_argument("--exporter-port", type=int, default=9811)
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--alertmanager-port", type=int, default=9093)
@@ -173,14 +180,18 @@ def main() -> int:
         flush=True,
     )
     with contextlib.ExitStack() as stack:
-        vllm = stack.enter_context(running_vllm(work / "vllm.log", port=args.vllm_port))
+        # The middleware imports spec_exporter from this checkout: vLLM's own environment doesn't have it.
+        middleware = {} if args.proxy else {"extra_args": MIDDLEWARE, "env": {"PYTHONPATH": str(ROOT)}}
+        vllm = stack.enter_context(running_vllm(work / "vllm.log", port=args.vllm_port, **middleware))
         exporter, tap = f"127.0.0.1:{args.exporter_port}", f"127.0.0.1:{args.tap_port}"
-        config = {
+        config: dict[str, Any] = {
             "targets": [{"name": "vllm", "url": vllm.url}],
             "windows": ["1m", "5m"],
             "thresholds": {"min_draft_tokens": 20},
-            "tap": {"listen_address": tap},
         }
+        if args.proxy:
+            config["tap"] = {"listen_address": tap}
+        entry = f"http://{tap}" if args.proxy else vllm.url
         (work / "exporter.yaml").write_text(yaml.safe_dump(config))
         stack.enter_context(
             running(
@@ -198,8 +209,8 @@ def main() -> int:
             )
         )
         urls = {
-            "vLLM": vllm.url,
-            "tap (send requests here)": f"http://{tap}",
+            "vLLM" + ("" if args.proxy else " (with the middleware)"): vllm.url,
+            **({"proxy tap (send requests here)": entry} if args.proxy else {}),
             "exporter metrics": f"http://{exporter}/metrics",
             "exporter readiness": f"http://{exporter}/readyz",
         }
@@ -249,9 +260,9 @@ def main() -> int:
             )
         for what, url in urls.items():
             print(f"  {what:<26} {url}")
+        route = "through the proxy tap" if args.proxy else "straight to vLLM (the middleware joins it)"
         print(
-            f"demo: workload through the tap: {', '.join(f'{int(s * 100)}% at T={t:g}' for t, s in MIX)}. "
-            "Ctrl-C to stop.",
+            f"demo: workload {route}: {', '.join(f'{int(s * 100)}% at T={t:g}' for t, s in MIX)}. Ctrl-C to stop.",
             flush=True,
         )
         print(
@@ -261,7 +272,7 @@ def main() -> int:
             flush=True,
         )
         counts: dict[float, int] = {}
-        worker = threading.Thread(target=_workload, args=(f"http://{tap}", stop, counts), daemon=True)
+        worker = threading.Thread(target=_workload, args=(entry, stop, counts), daemon=True)
         worker.start()
         started = time.monotonic()
         try:
