@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from spec_exporter.commands.common import add_common_flags, build_settings, config_failed
-from spec_exporter.commands.format import ms, number, table
+from spec_exporter.commands.format import table
 from spec_exporter.config import ConfigError
 from spec_exporter.derive.acceptance import acceptance
 from spec_exporter.derive.load import best_k
@@ -511,6 +511,8 @@ def _schedule_json(doc: dict[str, Any]) -> str | None:
 
 
 def render_table(doc: dict[str, Any]) -> str:
+    from spec_exporter.commands.probe_report import cell_values
+
     with_baseline = doc["baseline_target"] is not None
     header = ["conc", "temp", "acceptance", "p10", "p50", "p90", "accept len", "TTFT p50", "TTFT p99"]
     header += ["TPOT p50", "TPOT p99", "tok/s"]
@@ -518,32 +520,7 @@ def render_table(doc: dict[str, Any]) -> str:
         header += ["base TPOT p50", "base tok/s", "TPOT speedup", "tok/s ratio"]
     header += ["failed", "verdict"]
     rows_out = [header]
-    for s in doc["cells"]:
-        pct = s["acceptance_percentiles"]
-        row = [
-            str(s["concurrency"]),
-            f"{s['temperature']:g}",
-            number(s["acceptance_rate"], 3),
-            number(pct.get("p10"), 2),
-            number(pct.get("p50"), 2),
-            number(pct.get("p90"), 2),
-            number(s["mean_acceptance_length"], 2),
-            ms(s["ttft_seconds"]["p50"]),
-            ms(s["ttft_seconds"]["p99"]),
-            ms(s["tpot_seconds"]["p50"]),
-            ms(s["tpot_seconds"]["p99"]),
-            number(s["output_tokens_per_second"], 1),
-        ]
-        if with_baseline:
-            b = s["baseline"] or {}
-            row += [
-                ms((b.get("tpot_seconds") or {}).get("p50")),
-                number(b.get("output_tokens_per_second"), 1),
-                number(s["tpot_speedup"], 2),
-                number(s["throughput_ratio"], 2),
-            ]
-        row += [str(s["failed"]), s["verdict"]]
-        rows_out.append(row)
+    rows_out += [cell_values(s, with_baseline) for s in doc["cells"]]
     against = f" against baseline {doc['baseline_target']}" if with_baseline else ""
     lines = [
         f"spec-exporter probe: {doc['target']}{against}, {doc['requests_per_cell']} requests per cell"

@@ -31,6 +31,34 @@ def _embedded(doc: dict[str, Any]) -> str:
     return json.dumps(_finite(doc), allow_nan=False).replace("</", "<\\/")
 
 
+def cell_values(s: dict[str, Any], with_baseline: bool) -> list[str]:
+    """One cell of the sweep as the table and the report print it, column by column."""
+    pct = s["acceptance_percentiles"]
+    values = [
+        str(s["concurrency"]),
+        f"{s['temperature']:g}",
+        number(s["acceptance_rate"], 3),
+        number(pct.get("p10"), 2),
+        number(pct.get("p50"), 2),
+        number(pct.get("p90"), 2),
+        number(s["mean_acceptance_length"], 2),
+        ms(s["ttft_seconds"]["p50"]),
+        ms(s["ttft_seconds"]["p99"]),
+        ms(s["tpot_seconds"]["p50"]),
+        ms(s["tpot_seconds"]["p99"]),
+        number(s["output_tokens_per_second"], 1),
+    ]
+    if with_baseline:
+        b = s["baseline"] or {}
+        values += [
+            ms((b.get("tpot_seconds") or {}).get("p50")),
+            number(b.get("output_tokens_per_second"), 1),
+            number(s["tpot_speedup"], 2),
+            number(s["throughput_ratio"], 2),
+        ]
+    return [*values, str(s["failed"]), s["verdict"]]
+
+
 def _cells_table(doc: dict[str, Any]) -> str:
     with_baseline = doc["baseline_target"] is not None
     head = ["concurrency", "temperature", "acceptance", "P10", "P50", "P90", "acceptance length"]
@@ -40,30 +68,7 @@ def _cells_table(doc: dict[str, Any]) -> str:
     head += ["failed", "verdict"]
     rows = []
     for s in doc["cells"]:
-        pct = s["acceptance_percentiles"]
-        cells = [
-            str(s["concurrency"]),
-            f"{s['temperature']:g}",
-            number(s["acceptance_rate"], 3),
-            number(pct.get("p10"), 2),
-            number(pct.get("p50"), 2),
-            number(pct.get("p90"), 2),
-            number(s["mean_acceptance_length"], 2),
-            ms(s["ttft_seconds"]["p50"]),
-            ms(s["ttft_seconds"]["p99"]),
-            ms(s["tpot_seconds"]["p50"]),
-            ms(s["tpot_seconds"]["p99"]),
-            number(s["output_tokens_per_second"], 1),
-        ]
-        if with_baseline:
-            b = s["baseline"] or {}
-            cells += [
-                ms((b.get("tpot_seconds") or {}).get("p50")),
-                number(b.get("output_tokens_per_second"), 1),
-                number(s["tpot_speedup"], 2),
-                number(s["throughput_ratio"], 2),
-            ]
-        cells += [str(s["failed"]), s["verdict"]]
+        cells = cell_values(s, with_baseline)
         rows.append(
             f'<tr data-concurrency="{s["concurrency"]}" data-temperature="{s["temperature"]:g}">'
             + "".join(f"<td>{html.escape(c)}</td>" for c in cells)

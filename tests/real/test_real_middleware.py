@@ -12,7 +12,6 @@ import json
 import math
 import re
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,13 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.ports import free_port
 from harness.processes import binary, exporter_cmd, prometheus_cmd, running
 from harness.vllm import ROOT, VLLM, running_vllm
 from mixin.generate import render_rules
 from mixin.params import Params
+from tests.real.scrape import Samples, http, samples, settle, total
 
 pytestmark = pytest.mark.real
 
@@ -60,35 +59,10 @@ ACCEPTED, DRAFTED = "spec_tap_accepted_tokens_total", "spec_tap_draft_tokens_tot
 REQUESTS = "spec_tap_requests_total"
 VLLM_ACCEPTED, VLLM_DRAFTED = "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total"
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def http(url: str, body: dict[str, Any] | None = None) -> bytes:
-    # A new connection per request (urllib sends Connection: close): with two API server processes on one
-    # SO_REUSEPORT socket, the kernel picks the process per connection.
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as r:
-        return r.read()
-
 
 def ask(url: str, kind: str, temperature: float, max_tokens: int = 16) -> bytes:
     path, body = KINDS[kind]
     return http(f"{url}{path}", {"model": "tiny", "max_tokens": max_tokens, "temperature": temperature, **body})
-
-
-def samples(url: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(http(f"{url}/metrics").decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(s: Samples, name: str, **match: str) -> float:
-    return sum(
-        v for (n, labels), v in s.items() if n == name and all(dict(labels).get(k) == x for k, x in match.items())
-    )
 
 
 def delta(after: Samples, before: Samples, name: str, **match: str) -> float:
@@ -239,21 +213,6 @@ def test_greedy_answers_are_byte_identical_with_and_without_the_middleware(
         # The middleware asked vLLM for the usage chunk of these streams; the client must not see it.
         assert b'"usage":{' not in tapped[kind], kind
     assert b'"usage":{' in tapped["chat-stream-usage"]
-
-
-def settle(exporter: str) -> None:
-    """Wait (bounded) until the exporter has polled twice since now: its view then includes everything sent."""
-
-    def polls() -> float:
-        return total(samples(exporter), "spec_decode_exporter_last_success_timestamp_seconds")
-
-    seen = polls()
-    for _ in range(2):
-        deadline = time.monotonic() + 30
-        while polls() == seen:
-            assert time.monotonic() < deadline, "the exporter stopped polling"
-            time.sleep(0.2)
-        seen = polls()
 
 
 def nearest_rank(values: list[float], q: float) -> float:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,9 @@ from harness.vllm import MODEL_NAME, running_vllm
 from spec_exporter.derive.load import effective_k, load_band, speculated_share
 from spec_exporter.types import LatencyMetric, SpecCounters
 from spec_exporter.vllm.parse import parse_exposition
+from tests.real.scrape import http, settle
 
 pytestmark = pytest.mark.real
-
-
-def http(url: str, body: dict[str, Any] | None = None) -> bytes:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as r:
-        return r.read()
 
 
 def chat(url: str, max_tokens: int = 24) -> dict[str, Any]:
@@ -84,23 +76,6 @@ def value(samples: list[tuple[str, dict[str, str], float]], name: str, labels: d
     wanted = {k: v for k, v in labels.items() if v is not None}
     found = [v for n, ls, v in samples if n == name and ls == wanted]
     return found[0] if found else None
-
-
-def settle(exporter: str) -> None:
-    """Wait until the exporter has polled twice since now: its view then includes everything sent so far."""
-
-    def last_poll() -> float | None:
-        return value(
-            exporter_samples(exporter), "spec_decode_exporter_last_success_timestamp_seconds", {"target": "vllm"}
-        )
-
-    seen = last_poll()
-    for _ in range(2):
-        deadline = time.monotonic() + 30
-        while last_poll() == seen:
-            assert time.monotonic() < deadline, "the exporter stopped polling"
-            time.sleep(0.2)
-        seen = last_poll()
 
 
 CELL_NUMBERS = ("acceptance_rate", "mean_acceptance_length", "output_tokens_per_second", "tpot_speedup")

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +26,11 @@ from harness.vllm import VLLM, running_vllm, stop
 from mixin.generate import render_rules
 from mixin.params import Params
 from spec_exporter.vllm.parse import parse_exposition
+from tests.real.scrape import http, samples, settle, total
 
 pytestmark = pytest.mark.real
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "def dedent(text):"}], "max_tokens": 24}
-
-
-def http(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> bytes:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
-    with urllib.request.urlopen(request, timeout=120) as r:
-        return r.read()
 
 
 def vllm_counters(url: str) -> tuple[float, float]:
@@ -45,22 +38,6 @@ def vllm_counters(url: str) -> tuple[float, float]:
     snap = parse_exposition(http(f"{url}/metrics").decode(), 0.0)
     specs = [e.spec for e in snap.engines.values() if e.spec is not None]
     return sum(s.accepted_tokens for s in specs), sum(s.draft_tokens for s in specs)
-
-
-def exporter_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(http(f"{url}/metrics").decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(samples: dict, name: str, **match: str) -> float:
-    return sum(
-        v for (n, labels), v in samples.items() if n == name and all(dict(labels).get(k) == x for k, x in match.items())
-    )
 
 
 @dataclass
@@ -75,17 +52,7 @@ class RealStack:
 
     def settle(self) -> None:
         """Wait until the exporter has polled twice since now: its view then includes everything sent so far."""
-
-        def polls() -> float:
-            return total(exporter_samples(self.exporter), "spec_decode_exporter_last_success_timestamp_seconds")
-
-        seen = polls()
-        for _ in range(2):
-            deadline = time.monotonic() + 30
-            while polls() == seen:
-                assert time.monotonic() < deadline, "the exporter stopped polling"
-                time.sleep(0.2)
-            seen = polls()
+        settle(self.exporter)
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +86,11 @@ def real_stack(work: Path) -> Iterator[RealStack]:
 
 def test_engine_acceptance_is_the_ratio_of_vllms_own_counter_increases(real: RealStack) -> None:
     real.settle()
-    before_vllm, before = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    before_vllm, before = vllm_counters(real.vllm.url), samples(real.exporter)
     for temperature in (0.0, 0.8, 1.0):
         http(f"{real.vllm.url}/v1/chat/completions", {**CHAT, "temperature": temperature})
     real.settle()
-    after_vllm, after = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    after_vllm, after = vllm_counters(real.vllm.url), samples(real.exporter)
     d_accepted, d_draft = after_vllm[0] - before_vllm[0], after_vllm[1] - before_vllm[1]
     assert d_draft > 0
     assert (
@@ -139,7 +106,7 @@ def test_engine_acceptance_is_the_ratio_of_vllms_own_counter_increases(real: Rea
 
 def test_tap_band_sums_equal_vllms_counter_increases_exactly(real: RealStack) -> None:
     real.settle()
-    before_vllm, before = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    before_vllm, before = vllm_counters(real.vllm.url), samples(real.exporter)
     for temperature in (0.0, 0.4, 0.8, 1.0):
         http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature})
         http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature, "stream": True})
@@ -148,7 +115,7 @@ def test_tap_band_sums_equal_vllms_counter_increases_exactly(real: RealStack) ->
             {"model": "tiny", "prompt": "def parse_headers(fp):", "max_tokens": 16, "temperature": temperature},
         )
     real.settle()
-    after_vllm, after = vllm_counters(real.vllm.url), exporter_samples(real.exporter)
+    after_vllm, after = vllm_counters(real.vllm.url), samples(real.exporter)
     tap_accepted = total(after, "spec_decode_request_accepted_tokens_total") - total(
         before, "spec_decode_request_accepted_tokens_total"
     )
@@ -185,14 +152,14 @@ def test_a_greedy_request_gives_the_same_answer_direct_and_through_the_tap(real:
 
 def test_a_client_without_include_usage_gets_no_usage_chunk_and_is_still_measured(real: RealStack) -> None:
     real.settle()
-    before = exporter_samples(real.exporter)
+    before = samples(real.exporter)
     stream = http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": 0.4, "stream": True}).decode()
     events = [e for e in stream.split("\n\n") if e.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert all(c["choices"] for c in chunks) and not any("usage" in c and c["usage"] for c in chunks)
     real.settle()
-    after = exporter_samples(real.exporter)
+    after = samples(real.exporter)
     key = {"outcome": "measured", "temperature_band": "0.3-0.5"}
     assert (
         total(after, "spec_decode_tap_requests_total", **key) - total(before, "spec_decode_tap_requests_total", **key)
@@ -299,21 +266,21 @@ def test_a_vllm_restart_under_the_exporter_recovers_without_negative_or_spiking_
 def restart_under_the_exporter(real: RealStack) -> None:
     http(f"{real.vllm.url}/v1/chat/completions", {**CHAT, "temperature": 0})
     real.settle()
-    before = exporter_samples(real.exporter)
+    before = samples(real.exporter)
     stop(real.vllm.process)
     deadline = time.monotonic() + 30
-    while total(exporter_samples(real.exporter), "spec_decode_exporter_target_up") != 0:
+    while total(samples(real.exporter), "spec_decode_exporter_target_up") != 0:
         assert time.monotonic() < deadline, "the exporter did not notice vLLM going away"
         time.sleep(0.2)
     with running_vllm(real.work / "vllm-restarted.log", port=real.vllm_port) as again:
         real.vllm = again
         deadline = time.monotonic() + 30
-        while total(exporter_samples(real.exporter), "spec_decode_exporter_target_up") != 1:
+        while total(samples(real.exporter), "spec_decode_exporter_target_up") != 1:
             assert time.monotonic() < deadline, "the exporter did not recover on its own"
             time.sleep(0.2)
         http(f"{again.url}/v1/chat/completions", {**CHAT, "temperature": 0})
         real.settle()
-        after = exporter_samples(real.exporter)
+        after = samples(real.exporter)
         fresh = vllm_counters(again.url)
     # The stitched counters went on from where they were: never down, and up by exactly what the new vLLM counted
     # since the exporter first saw it again (its first post-restart poll is the new baseline).
