@@ -50,3 +50,9 @@ def settle(exporter: str) -> None:
             assert time.monotonic() < deadline, "the exporter stopped polling"
             time.sleep(0.2)
         seen = polls()
+
+
+def firing(prometheus: str, alertname: str) -> list[dict[str, Any]]:
+    """The firing (not pending) alerts of that name in a Prometheus at `prometheus` (host:port)."""
+    alerts = json.loads(http(f"http://{prometheus}/api/v1/alerts"))["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alertname and a["state"] == "firing"]

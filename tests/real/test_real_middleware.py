@@ -25,7 +25,7 @@ from harness.processes import binary, exporter_cmd, prometheus_cmd, running
 from harness.vllm import ROOT, VLLM, running_vllm
 from mixin.generate import render_rules
 from mixin.params import Params
-from tests.real.scrape import Samples, http, samples, settle, total
+from tests.real.scrape import Samples, firing, http, samples, settle, total
 
 pytestmark = pytest.mark.real
 
@@ -282,12 +282,7 @@ def test_the_exporter_exports_the_bands_from_vllms_metrics_and_the_band_alert_fi
                     / spec["speculative_decoding"]["num_draft_tokens"]
                 )
             i += 1
-            alerts = json.loads(http(f"http://{prom}/api/v1/alerts"))["data"]["alerts"]
-            fired = [
-                a
-                for a in alerts
-                if a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative" and a["state"] == "firing"
-            ]
+            fired = firing(prom, "SpecDecodeTemperatureBandNetNegative")
         assert {a["labels"]["temperature_band"] for a in fired} == {"0.7-1.0"}
         settle(f"http://{exporter}")
         vllm_after, after = samples(with_middleware.url), samples(f"http://{exporter}")

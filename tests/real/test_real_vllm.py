@@ -26,7 +26,7 @@ from harness.vllm import VLLM, running_vllm, stop
 from mixin.generate import render_rules
 from mixin.params import Params
 from spec_exporter.vllm.parse import parse_exposition
-from tests.real.scrape import http, samples, settle, total
+from tests.real.scrape import firing, http, samples, settle, total
 
 pytestmark = pytest.mark.real
 
@@ -247,12 +247,7 @@ def test_prometheus_sees_the_series_and_the_band_alert_fires(real: RealStack, tm
             temperature = 0.8 if i % 10 == 9 else 0.0
             http(f"{real.tap}/v1/chat/completions", {**CHAT, "temperature": temperature})
             i += 1
-            alerts = json.loads(http(f"http://{prom}/api/v1/alerts"))["data"]["alerts"]
-            fired = [
-                a
-                for a in alerts
-                if a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative" and a["state"] == "firing"
-            ]
+            fired = firing(prom, "SpecDecodeTemperatureBandNetNegative")
         assert {a["labels"]["temperature_band"] for a in fired} == {"0.7-1.0"}
         series = json.loads(http(f"http://{prom}/api/v1/query?query=spec_decode_enabled"))["data"]["result"]
         assert series and series[0]["metric"]["model_name"] == "tiny"
