@@ -22,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from spec_exporter import __version__
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.config import Settings
+from spec_exporter.join.metrics import REMEDY
 from spec_exporter.poller import Poller, TextSource
 from spec_exporter.state import ExporterState, StateStore
 
@@ -29,7 +30,6 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 STORE_KEY = web.AppKey("store", StateStore)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 POLLER_KEY = web.AppKey("poller", Poller)
-REMEDY = "--per-request-spec-decode-metrics summary"
 
 _LANDING = """<!doctype html>
 <html><head><title>spec_exporter</title></head><body>

@@ -384,7 +384,8 @@ def window_delta(points: Sequence[Point], window_seconds: float, slack_seconds: 
     )
 
 
-def _sub_maybe(later: Histogram | None, earlier: Histogram | None) -> Histogram | None:
+def histogram_increase(later: Histogram | None, earlier: Histogram | None) -> Histogram | None:
+    """The increase of a histogram's totals between two points; None where the later point has none."""
     return _sub_histogram(later, earlier) if later is not None else None
 
 
@@ -401,9 +402,9 @@ def subtract_tap(later: TapSample | None, earlier: TapSample | None) -> TapSampl
         bands[key] = BandSample(
             accepted_tokens=b.accepted_tokens - e.accepted_tokens,
             draft_tokens=b.draft_tokens - e.draft_tokens,
-            acceptance=_sub_maybe(b.acceptance, e.acceptance),
-            ttft=_sub_maybe(b.ttft, e.ttft),
-            tpot=_sub_maybe(b.tpot, e.tpot),
+            acceptance=histogram_increase(b.acceptance, e.acceptance),
+            ttft=histogram_increase(b.ttft, e.ttft),
+            tpot=histogram_increase(b.tpot, e.tpot),
         )
     return TapSample(
         bands=bands,

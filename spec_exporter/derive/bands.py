@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from spec_exporter.derive.latency import quantiles
 from spec_exporter.derive.verdict import verdict
+from spec_exporter.join.metrics import Outcome
 from spec_exporter.types import BandKey, BandSample, DeriveParams, TapSample, Verdict, Window
 
 PERCENTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 # The outcome the remedy (--per-request-spec-decode-metrics summary) applies to, and the one that proves it works.
-MEASURED = "measured"
-NO_SPEC_METRICS = "no_spec_metrics"
+MEASURED, NO_SPEC_METRICS = Outcome.MEASURED.value, Outcome.NO_SPEC_METRICS.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from itertools import pairwise
 
 from spec_exporter.derive.latency import histogram_quantile, merge
 from spec_exporter.types import EngineKey, Histogram, LatencyMetric, SpecCounters, Window
-from spec_exporter.window import Point
+from spec_exporter.window import Point, histogram_increase
 
 # Running requests per engine, as whole batch sizes: (label, first, last); the last band is open.
 LOAD_BANDS: tuple[tuple[str, int, float], ...] = (
@@ -140,20 +140,6 @@ class Interval:
     histograms: Mapping[LatencyMetric, Histogram]
 
 
-def _increase(later: Histogram | None, earlier: Histogram | None) -> Histogram | None:
-    if later is None:
-        return None
-    if earlier is None or earlier.bounds != later.bounds:
-        # Totals start again from zero when the bounds change (see spec_exporter.window).
-        return later
-    return Histogram(
-        later.bounds,
-        tuple(x - y for x, y in zip(later.counts, earlier.counts, strict=True)),
-        later.count - earlier.count,
-        later.sum - earlier.sum,
-    )
-
-
 def _observed(later: Histogram, earlier: Histogram | None) -> float:
     return later.count if earlier is None or earlier.bounds != later.bounds else later.count - earlier.count
 
@@ -180,7 +166,7 @@ def _engine_step(a: Point, b: Point, key: EngineKey, latencies: Sequence[Latency
         running = 1.0
     histograms = {}
     for m in latencies:
-        increase = _increase(tb.histograms.get(m), ta.histograms.get(m))
+        increase = histogram_increase(tb.histograms.get(m), ta.histograms.get(m))
         if increase is not None:
             histograms[m] = increase
     return running, histograms
@@ -375,7 +361,7 @@ def _by_band(
                 j += 1
             ta, tb = pairs[i][0].totals[key], pairs[j][1].totals[key]
             for m in latencies:
-                increase = _increase(tb.histograms.get(m), ta.histograms.get(m))
+                increase = histogram_increase(tb.histograms.get(m), ta.histograms.get(m))
                 if increase is not None and increase.count > 0:
                     sums.setdefault((m, band), []).append(increase)
             i = j + 1
