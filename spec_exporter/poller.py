@@ -139,7 +139,7 @@ class Poller:
         if _another_process(rt.process_starts, start):
             # Differencing two processes' counters gives numbers that mean nothing: start again from here.
             latest = rt.process_starts[-1]
-            rt.ring = SnapshotRing(rt.keep_seconds)
+            rt.ring.forget()
             rt.process_starts = ()
             raise _MultipleProcesses(
                 f"process_start_time_seconds went from {latest} back to {start}: {rt.config.metrics_url} reaches "
