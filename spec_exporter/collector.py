@@ -24,9 +24,6 @@ from spec_exporter.derive.load import BAND_LABELS
 from spec_exporter.state import ExporterState, TargetState
 from spec_exporter.types import Histogram, LatencyMetric, PollError, Verdict
 
-# The per-request acceptance histogram is re-exported on the contract's buckets; the tap's finer ones (every
-# 0.025) are kept for the quantiles, which are computed before re-bucketing.
-ACCEPTANCE_EXPORT_BOUNDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, math.inf)
 INVALID_LABEL = "invalid"
 
 
@@ -169,14 +166,6 @@ def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> N
             out.add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
 
 
-def rebucket(h: Histogram, bounds: tuple[float, ...]) -> Histogram:
-    """`h` on a subset of its own bounds (cumulative counts are exact there); `h` itself if any is missing."""
-    at = dict(zip(h.bounds, h.counts, strict=True))
-    if any(b not in at for b in bounds):
-        return h
-    return Histogram(bounds, tuple(at[b] for b in bounds), h.count, h.sum)
-
-
 def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
     for (band, outcome), n in sorted(tap.requests.items()):
         out.add(catalog.TAP_REQUESTS, [target, band, outcome], n)
@@ -197,7 +186,8 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
         acceptance = t.acceptance
         if acceptance is None or not acceptance.count:
             continue
-        out.histogram(catalog.REQUEST_ACCEPTANCE, labels, rebucket(acceptance, ACCEPTANCE_EXPORT_BOUNDS))
+        # The tap's own buckets, those the quantiles below were derived from: the rules read the same numbers.
+        out.histogram(catalog.REQUEST_ACCEPTANCE, labels, acceptance)
         for w in b.windows:
             wl = [*labels, w.window.label]
             out.summary(catalog.REQUEST_ACCEPTANCE_QUANTILE, wl, w.percentiles, acceptance.count, acceptance.sum)
