@@ -235,3 +235,27 @@ async def test_a_switch_between_the_v1_and_v0_layouts_never_brings_an_exported_c
         for series, value in h.items():
             assert value >= last_seen.get(series, 0.0), f"poll {i}: {series} went from {last_seen[series]} to {value}"
             last_seen[series] = value
+
+
+async def test_the_poller_derives_the_comparisons_and_drops_them_when_a_side_goes_stale(
+    standin: Any, make_poller: Any, clock: Any, aiohttp_server: Any
+) -> None:
+    from tests.standin import StandIn
+
+    base = StandIn()
+    base.push(sample(V032_IDLE), sample(V032_LOAD), Reply("oops", status=503))
+    base_url = str((await aiohttp_server(base.app())).make_url("")).rstrip("/")
+    server, url = standin
+    server.push(sample(V032_IDLE), sample(V032_LOAD), sample(V032_LOAD))
+    targets = [{"name": "spec", "url": url}, {"name": "base", "url": base_url, "role": "baseline"}]
+    poller, store = make_poller(make_settings(url, targets=targets))
+    await poller.poll_once()
+    clock.advance(60)
+    await poller.poll_once()
+    compared = store.current().comparisons
+    assert {(c.target, c.baseline) for c in compared} == {("spec", "base")}
+    assert next(c for c in compared if c.window == "1m").tpot_speedup == 1.0
+    clock.advance(5)
+    await poller.poll_once()
+    # The baseline's numbers are gone with its poll: nothing is compared with stale data.
+    assert not store.current().targets["base"].up and store.current().comparisons == ()
