@@ -36,7 +36,7 @@ from spec_exporter.types import (
 
 @dataclass(frozen=True, slots=True)
 class EngineTotals:
-    """Reset-free cumulative counters of one engine (or, from `subtract`, their increase over a window)."""
+    """Reset-free cumulative counters of one engine (or, in a `WindowDelta`, their increase over a window)."""
 
     spec: SpecCounters | None
     histograms: Mapping[LatencyMetric, Histogram]
