@@ -281,7 +281,8 @@ REQUEST_ACCEPTANCE = MetricSpec(
     "spec_decode_request_acceptance_rate",
     "histogram",
     BAND,
-    "Acceptance rate of each request (accepted / draft tokens). " + _TAP,
+    "Acceptance rate of each request (accepted / draft tokens), on the tap's own buckets (every 0.025): "
+    "histogram_quantile over them gives what spec_decode_request_acceptance_rate_quantile reads. " + _TAP,
 )
 REQUEST_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_draft_tokens", "counter", BAND, "Draft tokens proposed for requests. " + _TAP
@@ -307,9 +308,9 @@ REQUEST_ACCEPTANCE_QUANTILE = MetricSpec(
     "spec_decode_request_acceptance_rate_quantile",
     "summary",
     (*BAND, "window"),
-    "P10/P50/P90 of per-request acceptance over the window (quantile label), from the increase of the tap's "
-    "acceptance histogram (buckets every 0.025) computed as PromQL histogram_quantile does; _count and _sum are "
-    "cumulative over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
+    "P10/P50/P90 of per-request acceptance over the window (quantile label): PromQL's histogram_quantile over the "
+    "window's increase of spec_decode_request_acceptance_rate (the same buckets); _count and _sum are cumulative "
+    "over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
 )
 REQUEST_WINDOW_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_window_draft_tokens",

@@ -13,6 +13,7 @@ import structlog
 
 from spec_exporter.cardinality import cap_models
 from spec_exporter.config import Settings, TargetConfig
+from spec_exporter.derive.baseline import compare_pairs
 from spec_exporter.derive.health import TargetHealth, derive_target
 from spec_exporter.fetch import FetchError, fetch_metrics
 from spec_exporter.state import StateStore, TargetState
@@ -82,8 +83,10 @@ class Poller:
         self._targets = [
             _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
         ]
-        # Latency by load band is read only where a baseline comparison uses it: on both sides of every pair.
-        self._compared = {name for pair in settings.comparison_pairs() for name in pair}
+        # The one place the comparison policy is decided: which pairs are compared, and so which targets derive
+        # latency by load band (both sides of every pair; the collector renders what it is given).
+        self._pairs = settings.comparison_pairs()
+        self._compared = {name for pair in self._pairs for name in pair}
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(t) for t in self._targets))
@@ -119,7 +122,7 @@ class Poller:
         if rt.failures_in_a_row:
             log.info("poll recovered", target=name, failed_polls=rt.failures_in_a_row)
         rt.failures_in_a_row = 0
-        self._store.publish(
+        self._publish(
             replace(
                 previous,
                 up=True,
@@ -132,6 +135,12 @@ class Poller:
             )
         )
 
+    def _publish(self, target: TargetState) -> None:
+        """`target`'s new state with the baseline comparisons it changes: every pair whose two sides are fresh."""
+        health = {name: t.health for name, t in self._store.current().targets.items()}
+        health[target.name] = target.health
+        self._store.publish(target, compare_pairs(self._pairs, health))
+
     def _derive(self, rt: _TargetRuntime, text: str) -> tuple[TargetHealth, int]:
         snapshot = rt.parser.parse(text, self._clock())
         snapshot, rt.models = cap_models(snapshot, rt.models, self._settings.poll.max_models)
@@ -139,7 +148,7 @@ class Poller:
         if _another_process(rt.process_starts, start):
             # Differencing two processes' counters gives numbers that mean nothing: start again from here.
             latest = rt.process_starts[-1]
-            rt.ring = SnapshotRing(rt.keep_seconds)
+            rt.ring.forget()
             rt.process_starts = ()
             raise _MultipleProcesses(
                 f"process_start_time_seconds went from {latest} back to {start}: {rt.config.metrics_url} reaches "
@@ -165,7 +174,7 @@ class Poller:
             log.warning("poll failed", target=rt.config.name, reason=reason.value, error=message[:300])
         errors = dict(previous.errors)
         errors[reason] = errors.get(reason, 0) + 1
-        self._store.publish(
+        self._publish(
             replace(
                 previous,
                 up=False,

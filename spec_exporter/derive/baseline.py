@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spec_exporter.derive.health import TargetHealth
-from spec_exporter.derive.load import BandComparison, compare_bands
+from spec_exporter.derive.load import BandComparison, WindowLoad, compare_bands
 from spec_exporter.types import LatencyMetric
 
 
@@ -45,7 +45,7 @@ def compare(target: str, spec: TargetHealth, baseline_name: str, baseline: Targe
     return out
 
 
-def _load(h: TargetHealth, window: str):  # type: ignore[no-untyped-def]
+def _load(h: TargetHealth, window: str) -> WindowLoad | None:
     return next((w for w in h.load if w.window.label == window), None)
 
 

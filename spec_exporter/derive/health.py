@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from spec_exporter.derive.acceptance import Acceptance, acceptance, sum_spec
 from spec_exporter.derive.bands import TapHealth, derive_tap
-from spec_exporter.derive.latency import divergence, merge, quantiles
+from spec_exporter.derive.latency import divergence, merge_each, quantiles
 from spec_exporter.derive.load import BestK, WindowLoad, best_k, effective_k, speculated_share, speedup_from_length
 from spec_exporter.derive.load import window_loads as derive_window_loads
 from spec_exporter.derive.verdict import break_even_acceptance, verdict
@@ -228,17 +228,12 @@ def _combined_window(
         return _empty_window(window)
     parts = [delta.engines[key] for key in engines if key in delta.engines]
     specs = [p.spec for p in parts if p.spec is not None]
-    histograms = {}
-    for metric in LatencyMetric:
-        merged = merge(p.histograms[metric] for p in parts if metric in p.histograms)
-        if merged is not None:
-            histograms[metric] = merged
     ks = {e.num_speculative_tokens for e in engines.values() if e.num_speculative_tokens}
     return _window_health(
         window,
         delta.span_seconds,
         sum_spec(specs),
-        histograms,
+        merge_each(p.histograms for p in parts),
         math.fsum(p.generation_tokens for p in parts),
         math.fsum(p.preemptions for p in parts),
         ks.pop() if len(ks) == 1 else None,
