@@ -126,9 +126,9 @@ async def micro(requests: int, batches: int, tokens: int) -> dict[str, Any]:
 
     from bench.tap_upstream import _AFTER_ID, _CONTENT, _DONE, _FINISH_TAIL, _ID, _ROLE_TAIL, _TOKEN_TAIL
     from bench.tap_upstream import _usage_event as usage
-    from spec_exporter.join.exchange import JoinSettings
-    from spec_exporter.join.metrics import TapMetrics
-    from spec_exporter.middleware import SpecDecodeMiddleware
+    from spec_exporter.tap.asgi import SpecDecodeMiddleware
+    from spec_exporter.tap.exchange import JoinSettings
+    from spec_exporter.tap.metrics import TapMetrics
 
     after = _AFTER_ID % 1796000000
     events = [_ID + b"%016x" % 1 + after + _ROLE_TAIL]

@@ -22,9 +22,9 @@ from prometheus_client.exposition import choose_encoder
 from spec_exporter import __version__
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.config import Settings
-from spec_exporter.join.metrics import REMEDY
 from spec_exporter.poller import Poller, TextSource
 from spec_exporter.state import ExporterState, StateStore
+from spec_exporter.tap.metrics import REMEDY
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 STORE_KEY = web.AppKey("store", StateStore)
@@ -198,10 +198,10 @@ async def serve(
     runners: list[tuple[web.AppRunner, str, ssl.SSLContext | None]] = []
     extra: dict[str, TextSource] = {}
     if tap_listen:
-        from spec_exporter.join.bands import Bands
-        from spec_exporter.join.exchange import JoinSettings
-        from spec_exporter.join.metrics import TapMetrics
+        from spec_exporter.tap.exchange import JoinSettings
+        from spec_exporter.tap.metrics import TapMetrics
         from spec_exporter.tap.proxy import create_tap_app, tap_runner
+        from spec_exporter.tap.temperature_bands import Bands
 
         tap_cfg = settings.tap
         tap_registry = CollectorRegistry(auto_describe=False)

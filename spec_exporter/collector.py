@@ -17,11 +17,11 @@ from prometheus_client.registry import Collector
 
 from spec_exporter import buildinfo, catalog
 from spec_exporter.catalog import MetricSpec
-from spec_exporter.derive.bands import TapHealth
 from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.health import EngineHealth, TargetHealth
 from spec_exporter.derive.latency import histogram_quantile
 from spec_exporter.derive.load import BAND_LABELS
+from spec_exporter.derive.tap_health import TapHealth
 from spec_exporter.state import ExporterState, TargetState
 from spec_exporter.types import Histogram, PollError, Verdict
 

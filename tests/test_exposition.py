@@ -245,7 +245,7 @@ async def test_an_idle_window_has_no_load_band_and_no_target_without_baseline_ge
 
 def tap_exposition(metrics: Any, registry: CollectorRegistry) -> str:
     """What the join core's families look like on the wire after a 60/40 mix (greedy 82%, hot 38%)."""
-    from spec_exporter.join.metrics import ErrorStage, Outcome
+    from spec_exporter.tap.metrics import ErrorStage, Outcome
 
     for _ in range(6):
         metrics.measured("tiny", "0", 41, 50, 0.03, 0.012)
@@ -257,7 +257,7 @@ def tap_exposition(metrics: Any, registry: CollectorRegistry) -> str:
 
 
 async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock: Any) -> None:
-    from spec_exporter.join.metrics import TapMetrics
+    from spec_exporter.tap.metrics import TapMetrics
 
     tap_registry = CollectorRegistry()
     metrics = TapMetrics(tap_registry)

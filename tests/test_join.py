@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spec_exporter.join import exchange as exchange_module
-from spec_exporter.join import sse as sse_module
-from spec_exporter.join.bands import Bands
-from spec_exporter.join.exchange import Exchange, JoinSettings
-from spec_exporter.join.metrics import TapMetrics
-from spec_exporter.join.request import identity_only, read_request
-from spec_exporter.join.sse import UsageFilter, event_data
+from spec_exporter.tap import exchange as exchange_module
+from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.exchange import Exchange, JoinSettings
+from spec_exporter.tap.metrics import TapMetrics
+from spec_exporter.tap.request import identity_only, read_request
+from spec_exporter.tap.sse import UsageFilter, event_data
+from spec_exporter.tap.temperature_bands import Bands
 from tests.conftest import FakeClock
 from tests.test_join_metrics import samples
 from tests.vllm_answers import STREAM_USAGE, VLLMStandIn, direct, stream_events, usage_event

@@ -15,10 +15,10 @@ import pytest_asyncio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from spec_exporter.join import sse as sse_module
-from spec_exporter.join.exchange import JoinSettings
-from spec_exporter.join.metrics import TapMetrics
-from spec_exporter.middleware import SpecDecodeMiddleware
+from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.asgi import SpecDecodeMiddleware
+from spec_exporter.tap.exchange import JoinSettings
+from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.proxy import create_tap_app, tap_runner
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from spec_exporter.join.metrics import (
+from spec_exporter.tap.metrics import (
     ACCEPTANCE_BUCKETS,
     INVALID_MODEL,
     OTHER_MODEL,
@@ -198,7 +198,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from prometheus_client import CollectorRegistry
-    from spec_exporter.join.metrics import Outcome, TapMetrics
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
 
     metrics = TapMetrics(CollectorRegistry())
     accepted, drafted = int(sys.argv[1]), int(sys.argv[2])

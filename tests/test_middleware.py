@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spec_exporter import middleware as middleware_module
-from spec_exporter.join import sse as sse_module
-from spec_exporter.join.bands import Bands
-from spec_exporter.join.exchange import JoinSettings
-from spec_exporter.join.metrics import TapMetrics
-from spec_exporter.middleware import SpecDecodeMiddleware, settings_from_env
+from spec_exporter.tap import asgi as middleware_module
+from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.asgi import SpecDecodeMiddleware, settings_from_env
+from spec_exporter.tap.exchange import JoinSettings
+from spec_exporter.tap.metrics import TapMetrics
+from spec_exporter.tap.temperature_bands import Bands
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
 from tests.test_join import counts
@@ -277,7 +277,7 @@ def test_importing_the_middleware_pulls_in_nothing_vllm_lacks() -> None:
     script = (
         "import sys, spec_exporter.middleware as m; m.SpecDecodeMiddleware; "
         "bad = sorted(n for n in ('aiohttp', 'structlog', 'yaml', 'multidict', 'yarl', 'spec_exporter.config', "
-        "'spec_exporter.tap', 'spec_exporter.app') if n in sys.modules); print(bad)"
+        "'spec_exporter.tap.proxy', 'spec_exporter.app') if n in sys.modules); print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -20,8 +20,8 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from spec_exporter.join.exchange import JoinSettings
-from spec_exporter.join.metrics import TapMetrics
+from spec_exporter.tap.exchange import JoinSettings
+from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.proxy import SERVER_OPTIONS, create_tap_app
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spec_exporter.derive.acceptance import Acceptance, acceptance, sum_spec
-from spec_exporter.derive.bands import TapHealth, derive_tap
 from spec_exporter.derive.latency import divergence, merge, quantiles
 from spec_exporter.derive.load import BestK, WindowLoad, best_k, effective_k, speculated_share, speedup_from_length
 from spec_exporter.derive.load import window_loads as derive_window_loads
+from spec_exporter.derive.tap_health import TapHealth, derive_tap
 from spec_exporter.derive.verdict import break_even_acceptance, verdict
 from spec_exporter.types import (
     DeriveParams,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from spec_exporter.derive.latency import quantiles
 from spec_exporter.derive.verdict import verdict
-from spec_exporter.join.metrics import Outcome
+from spec_exporter.tap.metrics import Outcome
 from spec_exporter.types import BandKey, BandSample, DeriveParams, TapSample, Verdict, Window
 
 PERCENTILES: tuple[float, ...] = (0.1, 0.5, 0.9)

@@ -26,7 +26,7 @@ Fail-open by construction: the body messages read ahead are replayed as they cam
 response message goes out as the app sent it unless the join core rewrote it, the core never raises, and the
 app's exceptions and cancellation (client gone) pass through unchanged.
 
-Imports only the standard library, prometheus_client and pydantic (via spec_exporter.join).
+Imports only the standard library, prometheus_client, pydantic and spec_exporter.tap.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from spec_exporter.join.bands import Bands
-from spec_exporter.join.exchange import DEFAULT_MAX_INSPECT_BYTES, Exchange, JoinSettings
-from spec_exporter.join.metrics import DEFAULT_MAX_MODELS, REMEDY, ErrorStage, Outcome, TapMetrics
-from spec_exporter.join.request import INSPECTED_PATHS
+from spec_exporter.tap.exchange import DEFAULT_MAX_INSPECT_BYTES, Exchange, JoinSettings
+from spec_exporter.tap.metrics import DEFAULT_MAX_MODELS, REMEDY, ErrorStage, Outcome, TapMetrics
+from spec_exporter.tap.request import INSPECTED_PATHS
+from spec_exporter.tap.temperature_bands import Bands
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

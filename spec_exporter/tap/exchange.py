@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spec_exporter.join.bands import UNKNOWN, Bands
-from spec_exporter.join.metrics import ErrorStage, Outcome, TapMetrics
-from spec_exporter.join.request import NotUnderstood, RequestView, identity_only, read_request
-from spec_exporter.join.response import SpecResult, parse_json, spec_result
-from spec_exporter.join.sse import FilterFailed, UsageFilter
+from spec_exporter.tap.metrics import ErrorStage, Outcome, TapMetrics
+from spec_exporter.tap.request import NotUnderstood, RequestView, identity_only, read_request
+from spec_exporter.tap.response import SpecResult, parse_json, spec_result
+from spec_exporter.tap.sse import FilterFailed, UsageFilter
+from spec_exporter.tap.temperature_bands import UNKNOWN, Bands
 
 DEFAULT_MAX_INSPECT_BYTES = 8 * 1024 * 1024
 

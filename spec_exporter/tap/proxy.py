@@ -37,9 +37,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from spec_exporter.join.exchange import Exchange, JoinSettings
-from spec_exporter.join.metrics import REMEDY, Outcome, TapMetrics
-from spec_exporter.join.request import INSPECTED_PATHS
+from spec_exporter.tap.exchange import Exchange, JoinSettings
+from spec_exporter.tap.metrics import REMEDY, Outcome, TapMetrics
+from spec_exporter.tap.request import INSPECTED_PATHS
 
 log = structlog.get_logger("spec_exporter.tap")
 

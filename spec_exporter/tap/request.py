@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from spec_exporter.join.bands import INVALID, UNKNOWN, Bands
+from spec_exporter.tap.temperature_bands import INVALID, UNKNOWN, Bands
 
 # The endpoints whose responses carry metrics.speculative_decoding in vLLM.
 INSPECTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})

@@ -8,7 +8,7 @@ exact-name matching skips them (a prefix match would pick up their epoch values)
 
 from __future__ import annotations
 
-from spec_exporter.join import metrics as tap
+from spec_exporter.tap import metrics as tap
 from spec_exporter.types import LatencyMetric
 
 PREFIX = "vllm:"
