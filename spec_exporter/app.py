@@ -198,21 +198,15 @@ async def serve(
     runners: list[tuple[web.AppRunner, str, ssl.SSLContext | None]] = []
     extra: dict[str, TextSource] = {}
     if tap_listen:
-        from spec_exporter.tap.exchange import JoinSettings
         from spec_exporter.tap.metrics import TapMetrics
         from spec_exporter.tap.proxy import create_tap_app, tap_runner
-        from spec_exporter.tap.temperature_bands import Bands
 
         tap_cfg = settings.tap
         tap_registry = CollectorRegistry(auto_describe=False)
         tap_app = create_tap_app(
             str(tap_cfg.upstream_url or settings.tap_target.url),
             TapMetrics(tap_registry, max_models=tap_cfg.max_models),
-            JoinSettings(
-                Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
-                inject_usage=tap_cfg.inject_usage,
-                max_inspect_bytes=tap_cfg.max_inspect_bytes,
-            ),
+            tap_cfg,
             clock=time.monotonic,
         )
         extra[settings.tap_target.name] = tap_text_source(tap_registry)

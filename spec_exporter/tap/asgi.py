@@ -4,13 +4,14 @@
         --per-request-spec-decode-metrics summary
 
 vLLM adds a middleware class with `app.add_middleware(cls)`, so Starlette builds it as `cls(app)` and its settings
-come from the environment (the exporter's `tap.*` settings under the same defaults):
+come from the environment: `SPEC_EXPORTER_TAP_<FIELD>` for each field of `spec_exporter.tap.settings.TapSettings`
+(the exporter's `tap.*` settings, under the same defaults and validation):
 
-    SPEC_EXPORTER_TAP_TEMPERATURE_BANDS    band edges, comma-separated (0.3,0.5,0.7,1.0)
-    SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE  the temperature of a request without one (1.0)
-    SPEC_EXPORTER_TAP_MAX_MODELS           distinct model_name label values per process (20)
-    SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES    request bodies (and JSON responses) larger than this are not read (8388608)
-    SPEC_EXPORTER_TAP_INJECT_USAGE         ask vLLM for the usage chunk of a stream whose client did not (true)
+    SPEC_EXPORTER_TAP_TEMPERATURE_BANDS    temperature band edges, comma-separated
+    SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE  the temperature of a request without one
+    SPEC_EXPORTER_TAP_MAX_MODELS           distinct model_name label values per process
+    SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES    request bodies (and JSON responses) larger than this are not read
+    SPEC_EXPORTER_TAP_INJECT_USAGE         ask vLLM for the usage chunk of a stream whose client did not
 
 An unusable value is logged and its default used: a monitoring setting must never keep vLLM from serving.
 
@@ -37,13 +38,13 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from spec_exporter.tap.exchange import DEFAULT_MAX_INSPECT_BYTES, Exchange, JoinSettings
-from spec_exporter.tap.metrics import DEFAULT_MAX_MODELS, REMEDY, ErrorStage, Outcome, TapMetrics
+from spec_exporter.tap.exchange import Exchange
+from spec_exporter.tap.metrics import REMEDY, ErrorStage, Outcome, TapMetrics
 from spec_exporter.tap.request import INSPECTED_PATHS
-from spec_exporter.tap.temperature_bands import Bands
+from spec_exporter.tap.settings import TapSettings, settings_from_env
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,55 +53,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("spec_exporter.middleware")
-
-ENV_PREFIX = "SPEC_EXPORTER_TAP_"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _env(env: Mapping[str, str], name: str, parse: Callable[[str], Any], default: Any) -> Any:
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return parse(raw.strip())
-    except (ValueError, TypeError) as e:
-        log.warning("spec_exporter: ignoring %s%s=%r (%s); using %r", ENV_PREFIX, name, raw, e, default)
-        return default
-
-
-def _bool(raw: str) -> bool:
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ValueError("not a boolean")
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def settings_from_env(env: Mapping[str, str]) -> tuple[JoinSettings, int]:
-    """(join settings, max_models) from SPEC_EXPORTER_TAP_* variables."""
-    defaults = Bands()
-    edges = _env(env, "TEMPERATURE_BANDS", lambda r: tuple(float(e) for e in r.split(",")), defaults.edges)
-    default_temperature = _env(env, "DEFAULT_TEMPERATURE", float, defaults.default_temperature)
-    try:
-        bands = Bands(edges, default_temperature)
-    except ValueError as e:
-        log.warning("spec_exporter: ignoring the configured temperature bands (%s); using the defaults", e)
-        bands = Bands(default_temperature=default_temperature)
-    settings = JoinSettings(
-        bands=bands,
-        inject_usage=_env(env, "INJECT_USAGE", _bool, True),
-        max_inspect_bytes=_env(env, "MAX_INSPECT_BYTES", _positive_int, DEFAULT_MAX_INSPECT_BYTES),
-    )
-    return settings, _env(env, "MAX_MODELS", _positive_int, DEFAULT_MAX_MODELS)
-
 
 _default_lock = threading.Lock()
 _default_metrics: TapMetrics | None = None
@@ -114,6 +66,16 @@ def default_metrics(max_models: int) -> TapMetrics:
         if _default_metrics is None:
             _default_metrics = TapMetrics(max_models=max_models)
         return _default_metrics
+
+
+def _settings_from_environment() -> TapSettings:
+    try:
+        return settings_from_env(os.environ)
+    except Exception:
+        # settings_from_env refuses bad values one by one; this is for a failure of our own, which must not keep
+        # vLLM from starting either.
+        log.exception("spec_exporter: could not read the SPEC_EXPORTER_TAP_* settings; using the defaults")
+        return TapSettings()
 
 
 _remedy_logged = False
@@ -139,14 +101,14 @@ class SpecDecodeMiddleware:
         app: ASGIApp,
         *,
         metrics: TapMetrics | None = None,
-        settings: JoinSettings | None = None,
+        settings: TapSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
-        if settings is None or metrics is None:
-            env_settings, max_models = settings_from_env(os.environ)
-            settings = settings or env_settings
-            metrics = metrics or default_metrics(max_models)
+        if settings is None:
+            settings = _settings_from_environment()
+        if metrics is None:
+            metrics = default_metrics(settings.max_models)
         self.settings = settings
         self.metrics = metrics
         self._clock = clock
@@ -359,4 +321,4 @@ def _with_length(headers: Any, length: int) -> list[tuple[bytes, bytes]]:
     return [(k, str(length).encode() if k.lower() == b"content-length" else v) for k, v in headers]
 
 
-__all__ = ["SpecDecodeMiddleware", "default_metrics", "settings_from_env"]
+__all__ = ["SpecDecodeMiddleware", "default_metrics"]

@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from spec_exporter.tap.settings import TapSettings
+
 # 41 bounds, step 0.025: 0.5 and 0.65 (the verdict thresholds) are edges, and a percentile interpolated inside a
 # bucket is never further than one bucket width from the exact sample percentile.
 ACCEPTANCE_BUCKETS: tuple[float, ...] = tuple(round(i * 0.025, 3) for i in range(41))
@@ -71,7 +73,6 @@ UNKNOWN_MODEL = "unknown"  # neither the response nor the request named one
 MAX_MODEL_CHARS = 200
 # What makes vLLM put per-request speculative-decoding metrics into its answers (no_spec_metrics otherwise).
 REMEDY = "--per-request-spec-decode-metrics summary"
-DEFAULT_MAX_MODELS = 20
 
 REQUESTS = "spec_tap_requests_total"
 DRAFT_TOKENS = "spec_tap_draft_tokens_total"
@@ -114,7 +115,10 @@ class TapMetrics:
     resolved, capped and sanitised there.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int = DEFAULT_MAX_MODELS) -> None:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int | None = None) -> None:
+        """`max_models`: distinct model_name values (default `TapSettings().max_models`)."""
+        if max_models is None:
+            max_models = TapSettings().max_models
         if max_models < 0:
             raise ValueError("max_models must not be negative")
         self._max_models = max_models

@@ -37,9 +37,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from spec_exporter.tap.exchange import Exchange, JoinSettings
+from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import REMEDY, Outcome, TapMetrics
 from spec_exporter.tap.request import INSPECTED_PATHS
+from spec_exporter.tap.settings import TapSettings
 
 log = structlog.get_logger("spec_exporter.tap")
 
@@ -133,7 +134,7 @@ class TapProxy:
         upstream: str,
         session: aiohttp.ClientSession,
         metrics: TapMetrics,
-        settings: JoinSettings,
+        settings: TapSettings,
         *,
         clock: Callable[[], float],
     ) -> None:
@@ -270,7 +271,7 @@ class TapProxy:
 def create_tap_app(
     upstream: str,
     metrics: TapMetrics,
-    settings: JoinSettings | None = None,
+    settings: TapSettings | None = None,
     *,
     clock: Callable[[], float],
     session_factory: Callable[[], aiohttp.ClientSession] | None = None,
@@ -279,7 +280,7 @@ def create_tap_app(
     _keep_header_bytes()
     app = web.Application(client_max_size=0)
     holder: dict[str, TapProxy] = {}
-    join_settings = settings or JoinSettings()
+    tap_settings = settings or TapSettings()
 
     def default_session() -> aiohttp.ClientSession:
         # No pool limit: the tap must never queue a request vLLM itself would have taken.
@@ -291,7 +292,7 @@ def create_tap_app(
 
     async def session_ctx(_: web.Application) -> AsyncIterator[None]:
         async with (session_factory or default_session)() as session:
-            holder["proxy"] = TapProxy(upstream, session, metrics, join_settings, clock=clock)
+            holder["proxy"] = TapProxy(upstream, session, metrics, tap_settings, clock=clock)
             yield
 
     app.cleanup_ctx.append(session_ctx)
