@@ -16,14 +16,14 @@ from spec_exporter.config import Settings, TargetConfig
 from spec_exporter.derive.health import TargetHealth, derive_target
 from spec_exporter.fetch import FetchError, fetch_metrics
 from spec_exporter.state import StateStore, TargetState
-from spec_exporter.types import DeriveParams, PollError
+from spec_exporter.types import DeriveParams, PollError, Snapshot, TapSample
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 from spec_exporter.window import SnapshotRing, window_delta
 
 log = structlog.get_logger("spec_exporter.poller")
 
-TextSource = Callable[[], str]
-"""Extra exposition text read with a target's scrape: the proxy tap's own `spec_tap_*` families."""
+TapSource = Callable[[], TapSample | None]
+"""The proxy tap's counts, read with its target's scrape (the middleware's come in vLLM's own /metrics)."""
 
 
 class _MultipleProcesses(Exception):
@@ -33,11 +33,11 @@ class _MultipleProcesses(Exception):
 class _TargetRuntime:
     """What the poller remembers about one target between polls."""
 
-    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, extra: TextSource | None):
+    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, tap: TapSource | None):
         self.config = config
         self.params = params
         self.keep_seconds = keep_seconds
-        self.extra = extra
+        self.tap = tap
         self.parser = ExpositionParser()
         self.ring = SnapshotRing(keep_seconds)
         self.failures_in_a_row = 0
@@ -59,6 +59,19 @@ def _another_process(starts: tuple[float, ...], current: float | None) -> bool:
     return current < starts[-1] or current in starts
 
 
+def _with_proxy_tap(snapshot: Snapshot, tap: TapSample | None, url: str) -> Snapshot:
+    if tap is None:
+        return snapshot
+    if snapshot.tap is not None:
+        # Both would count the same requests; adding them up would double them.
+        raise ParseError(
+            PollError.DUPLICATE_SERIES,
+            f"{url} already has spec_tap_* series (the tap middleware runs in that vLLM) and the proxy tap has its "
+            "own: run one tap, not both",
+        )
+    return replace(snapshot, tap=tap)
+
+
 class Poller:
     def __init__(
         self,
@@ -69,7 +82,7 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        extra_text: Mapping[str, TextSource] | None = None,
+        tap_sources: Mapping[str, TapSource] | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
@@ -78,10 +91,8 @@ class Poller:
         self._wall_clock = wall_clock
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
-        extra = extra_text or {}
-        self._targets = [
-            _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
-        ]
+        taps = tap_sources or {}
+        self._targets = [_TargetRuntime(t, settings.derive_params(t), keep, taps.get(t.name)) for t in settings.targets]
         # Latency by load band is read only where a baseline comparison uses it: on both sides of every pair.
         self._compared = {name for pair in settings.comparison_pairs() for name in pair}
 
@@ -103,8 +114,6 @@ class Poller:
         previous = self._store.current().targets[name]
         try:
             text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes)
-            if rt.extra is not None:
-                text = text + rt.extra()
             health, folded = self._derive(rt, text)
         except (FetchError, ParseError) as e:
             self._failed(rt, previous, e.reason, str(e), started)
@@ -133,7 +142,10 @@ class Poller:
         )
 
     def _derive(self, rt: _TargetRuntime, text: str) -> tuple[TargetHealth, int]:
+        # vLLM's body alone decides whether the target is up: the proxy tap's counts join a scrape that parsed.
         snapshot = rt.parser.parse(text, self._clock())
+        if rt.tap is not None:
+            snapshot = _with_proxy_tap(snapshot, rt.tap(), rt.config.metrics_url)
         snapshot, rt.models = cap_models(snapshot, rt.models, self._settings.poll.max_models)
         start = snapshot.process_start
         if _another_process(rt.process_starts, start):

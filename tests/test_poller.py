@@ -192,3 +192,28 @@ class _Stop(Exception):
 def test_rewrite_only_touches_the_named_series() -> None:
     text = rewrite(sample(V032_LOAD), {SPEC: 1000})
     assert f"{SPEC} 1000.0" in text and text.count("1000.0") == 1
+
+
+async def test_the_middleware_and_the_proxy_tap_together_fail_rather_than_count_twice(
+    standin: Any, session: Any, clock: Any, wall_clock: Any
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from spec_exporter.app import tap_source
+    from spec_exporter.poller import Poller
+    from spec_exporter.state import StateStore
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
+
+    middleware, proxy = CollectorRegistry(), CollectorRegistry()
+    for registry in (middleware, proxy):
+        TapMetrics(registry).request("tiny", "0", Outcome.MEASURED, accepted=3, drafted=4)
+    server, url = standin
+    server.push(sample(V032_LOAD) + generate_latest(middleware).decode())
+    settings = make_settings(url)
+    store = StateStore.for_settings(settings)
+    for taps, up in (({}, True), ({"vllm": tap_source(proxy)}, False)):
+        poller = Poller(settings, session, store, clock=clock, wall_clock=wall_clock, tap_sources=taps)
+        await poller.poll_once()
+        state = store.current().targets["vllm"]
+        assert state.up is up
+    assert state.last_error is PollError.DUPLICATE_SERIES

@@ -8,12 +8,13 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 
 from harness.ports import free_port
 from spec_exporter.app import serve
 from tests.conftest import make_settings
 from tests.openai_standin import OpenAIStandIn
-from tests.standin import V032_LOAD, sample
+from tests.standin import V032_LOAD, Reply, sample
 
 
 async def wait_for(check: Any, timeout: float = 10.0) -> None:
@@ -91,5 +92,64 @@ async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any
 
         await wait_for(remedy_shown)
         assert 'spec_decode_tap_per_request_metrics_missing{target="vllm"} 1.0' in await metrics_text()
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        Reply("<html><body><form>Sign in</form></body></html>\n", content_type="text/html"),
+        Reply(""),
+    ],
+    ids=["login-page", "empty"],
+)
+async def test_a_vllm_whose_metrics_are_not_metrics_is_down_whatever_the_proxy_tap_holds(
+    aiohttp_server: Any, standin: Any, broken: Reply
+) -> None:
+    metrics_server, metrics_url = standin
+    metrics_server.push(broken)
+    upstream = OpenAIStandIn()
+    api = await aiohttp_server(upstream.app())
+    settings = make_settings(
+        metrics_url,
+        tap={"upstream_url": str(api.make_url(""))},
+        poll={"interval": "500ms", "timeout": "400ms"},
+        windows=["1s", "5s"],
+    )
+    exporter_port, tap_port = free_port(), free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(settings, listen=f"127.0.0.1:{exporter_port}", tap_listen=f"127.0.0.1:{tap_port}", stop=stop)
+    )
+    async with aiohttp.ClientSession() as client:
+
+        async def metrics_text() -> str:
+            try:
+                async with client.get(f"http://127.0.0.1:{exporter_port}/metrics") as r:
+                    return await r.text()
+            except aiohttp.ClientConnectionError:
+                return ""
+
+        async def listening() -> bool:
+            return bool(await metrics_text())
+
+        await wait_for(listening)
+        # The tap holds a measured request, so its own families are full.
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}
+        async with client.post(f"http://127.0.0.1:{tap_port}/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+        polls_before = metrics_server.served
+
+        async def polled_after_the_request() -> bool:
+            return (
+                metrics_server.served >= polls_before + 2 and "spec_decode_exporter_target_up" in await metrics_text()
+            )
+
+        await wait_for(polled_after_the_request)
+        text = await metrics_text()
+        assert 'spec_decode_exporter_target_up{target="vllm"} 0.0' in text
+        assert 'spec_decode_exporter_poll_errors_total{reason="unknown_layout",target="vllm"}' in text
+        assert "spec_decode_tap_requests_total" not in text
     stop.set()
     await asyncio.wait_for(task, timeout=10)

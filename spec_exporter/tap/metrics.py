@@ -2,7 +2,7 @@
 
 The middleware registers them in prometheus_client's default registry, so they appear on vLLM's own /metrics (and
 are summed across API-server processes in its multiprocess mode: hence only Counter and Histogram). The proxy tap
-registers them in a private registry that the exporter's poller reads like any other scrape.
+registers them in a private registry, which the exporter's poller reads as data with its target's scrape.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ import aiohttp.http_writer
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from spec_exporter.tap.exchange import Exchange
@@ -59,9 +58,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 _CHUNK = 1 << 16
-
-# Where serve() puts the proxy tap's private registry (on the exporter app and the tap app).
-TAP_REGISTRY_KEY = web.AppKey("tap_registry", CollectorRegistry)
 
 # Options for the aiohttp server that runs the tap app (AppRunner / TestServer keyword arguments).
 SERVER_OPTIONS: dict[str, Any] = {
@@ -308,4 +304,4 @@ def tap_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, **SERVER_OPTIONS)
 
 
-__all__ = ["SERVER_OPTIONS", "TAP_REGISTRY_KEY", "TapProxy", "create_tap_app", "forwardable", "tap_runner"]
+__all__ = ["SERVER_OPTIONS", "TapProxy", "create_tap_app", "forwardable", "tap_runner"]

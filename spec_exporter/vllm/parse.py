@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,11 +277,17 @@ def _describe_series(series_text: str) -> tuple[Any, ...]:
     """`name{labels}` → (kind, target, key, le or position, has model_name, has server), or `_UNWANTED`."""
     brace = series_text.find("{")
     name = series_text if brace < 0 else series_text[:brace]
+    if name not in _WANTED:
+        return _UNWANTED
+    return _classify(name, {} if brace < 0 else _parse_labels(series_text[brace + 1 : -1]))
+
+
+def _classify(name: str, labels: Mapping[str, str]) -> tuple[Any, ...]:
+    """What a sample feeds, from its name and labels (however they were read), or `_UNWANTED`."""
     wanted = _WANTED.get(name)
     if wanted is None:
         return _UNWANTED
     kind, target = wanted
-    labels = {} if brace < 0 else _parse_labels(series_text[brace + 1 : -1])
     model = labels.get(names.LABEL_MODEL, "")
     key: Any = (model, labels.get(names.LABEL_ENGINE, ""))
     extra: Any = None
@@ -313,6 +320,20 @@ def _parse_le(text: str | None, name: str) -> float:
 def parse_exposition(text: str, taken_at: float) -> Snapshot:
     """One-off parse without a label memo (tests, the `check` command)."""
     return ExpositionParser().parse(text, taken_at)
+
+
+def read_tap_samples(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> TapSample | None:
+    """The tap's `spec_tap_*` families from samples already read, (name, labels, value) as prometheus_client's
+    registries yield them: the proxy tap's own counts, read as the same fields the text of vLLM's /metrics gives.
+    None if there is no tap sample among them."""
+    scan = _Scan()
+    for name, labels, value in samples:
+        series = _classify(name, labels)
+        if series is _UNWANTED or series[0] < _TAP_COUNTER:
+            continue
+        kind, target, key, extra, _, _ = series
+        _add_tap(scan, kind, target, key, extra, value)
+    return _finish_tap(scan.tap) if scan.tap is not None else None
 
 
 def _finish(builder: _EngineBuilder, generation: EngineGeneration, key: EngineKey) -> EngineSample:
