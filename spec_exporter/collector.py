@@ -20,7 +20,7 @@ from spec_exporter.catalog import MetricSpec
 from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.health import EngineHealth, TargetHealth
 from spec_exporter.derive.latency import histogram_quantile
-from spec_exporter.derive.load import BAND_LABELS
+from spec_exporter.derive.load import LOAD_BAND_LABELS
 from spec_exporter.derive.tap_health import TapHealth
 from spec_exporter.state import ExporterState, TargetState
 from spec_exporter.types import Histogram, PollError, Verdict
@@ -209,7 +209,7 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
             out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
 
 
-_BAND_QUANTILES = (0.5, 0.99)
+_LOAD_BAND_QUANTILES = (0.5, 0.99)
 
 
 def _load_families(out: _Families, name: str, h: TargetHealth, compared: bool) -> None:
@@ -225,13 +225,13 @@ def _load_families(out: _Families, name: str, h: TargetHealth, compared: bool) -
         return
     # Per-band latency only where a baseline comparison gives it a meaning: both sides of every pair.
     for wl in h.load:
-        for metric, by_band in sorted(wl.latency_by_band.items()):
-            for band in BAND_LABELS:
+        for metric, by_band in sorted(wl.latency_by_load_band.items()):
+            for band in LOAD_BAND_LABELS:
                 hist = by_band.get(band)
                 if hist is None:
                     continue
                 labels = [name, band, wl.window.label, metric.value]
-                for q in _BAND_QUANTILES:
+                for q in _LOAD_BAND_QUANTILES:
                     out.add(
                         catalog.LOAD_BAND_LATENCY, [*labels, str(q)], histogram_quantile(q, hist.bounds, hist.counts)
                     )

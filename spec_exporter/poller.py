@@ -164,8 +164,8 @@ class Poller:
             log.info("target restarted", target=rt.config.name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
         slack = self._settings.poll.interval / 2
         deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
-        band_latency = rt.config.name in self._compared
-        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, band_latency=band_latency)
+        load_band_latency = rt.config.name in self._compared
+        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, load_band_latency=load_band_latency)
         return health, snapshot.folded_models
 
     def _failed(

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spec_exporter.types import (
-    BandKey,
-    BandSample,
     EngineKey,
     EngineSample,
     Histogram,
@@ -28,6 +26,8 @@ from spec_exporter.types import (
     Snapshot,
     SpecCounters,
     TapSample,
+    TemperatureBandKey,
+    TemperatureBandSample,
 )
 
 
@@ -263,11 +263,16 @@ def _carry_counts(
 _BAND_HISTOGRAMS = ("acceptance", "ttft", "tpot")
 
 
-def _zero_band(like: BandSample) -> BandSample:
-    return BandSample(0.0, 0.0, *(_zero_or_none(getattr(like, n)) for n in _BAND_HISTOGRAMS))
+def _zero_band(like: TemperatureBandSample) -> TemperatureBandSample:
+    return TemperatureBandSample(0.0, 0.0, *(_zero_or_none(getattr(like, n)) for n in _BAND_HISTOGRAMS))
 
 
-def _carry_band(total: BandSample | None, previous: BandSample | None, current: BandSample, reset: bool) -> BandSample:
+def _carry_band(
+    total: TemperatureBandSample | None,
+    previous: TemperatureBandSample | None,
+    current: TemperatureBandSample,
+    reset: bool,
+) -> TemperatureBandSample:
     if total is None or previous is None:
         # New in a tap already seen: prometheus_client creates a labelled series at its first observation, so
         # the series started at zero since the last poll.
@@ -285,7 +290,7 @@ def _carry_band(total: BandSample | None, previous: BandSample | None, current: 
         running: float = getattr(total, name)
         return running + (0.0 if reset else _step(getattr(previous, name), getattr(current, name)))
 
-    return BandSample(stepped("accepted_tokens"), stepped("draft_tokens"), *hists)
+    return TemperatureBandSample(stepped("accepted_tokens"), stepped("draft_tokens"), *hists)
 
 
 def _zero_or_none(h: Histogram | None) -> Histogram | None:
@@ -306,7 +311,7 @@ def _advance_tap(
         )
         return zero, current
     reset = _tap_restarted(last, current)
-    bands: dict[BandKey, BandSample] = dict(totals.bands)
+    bands: dict[TemperatureBandKey, TemperatureBandSample] = dict(totals.bands)
     for key, band in current.bands.items():
         bands[key] = _carry_band(totals.bands.get(key), last.bands.get(key), band, reset)
     new_totals = TapSample(
@@ -399,7 +404,7 @@ def subtract_tap(later: TapSample | None, earlier: TapSample | None) -> TapSampl
         if e is None:
             bands[key] = b
             continue
-        bands[key] = BandSample(
+        bands[key] = TemperatureBandSample(
             accepted_tokens=b.accepted_tokens - e.accepted_tokens,
             draft_tokens=b.draft_tokens - e.draft_tokens,
             acceptance=histogram_increase(b.acceptance, e.acceptance),

@@ -48,7 +48,7 @@ LOAD_BANDS: tuple[tuple[str, int, float], ...] = (
     ("33-64", 33, 64),
     ("65+", 65, math.inf),
 )
-BAND_LABELS: tuple[str, ...] = tuple(label for label, _, _ in LOAD_BANDS)
+LOAD_BAND_LABELS: tuple[str, ...] = tuple(label for label, _, _ in LOAD_BANDS)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -226,7 +226,7 @@ def window_load(spans: Sequence[Interval]) -> Load:
     return Load(math.fsum(s * r for s, r in busy) / busy_seconds, busy_seconds, span)
 
 
-def histograms_by_band(spans: Sequence[Interval], metric: LatencyMetric) -> dict[str, Histogram]:
+def histograms_by_load_band(spans: Sequence[Interval], metric: LatencyMetric) -> dict[str, Histogram]:
     """A latency histogram's increase per load band: each interval's observations go to the band it ran at.
 
     Requests finishing in an interval are credited to its load; their earlier steps may have run at another, so
@@ -247,7 +247,7 @@ def histograms_by_band(spans: Sequence[Interval], metric: LatencyMetric) -> dict
 
 
 @dataclass(frozen=True, slots=True)
-class BandComparison:
+class LoadBandComparison:
     band: str
     spec_p50: float
     baseline_p50: float
@@ -260,22 +260,24 @@ class BandComparison:
         return self.baseline_p50 / self.spec_p50
 
 
-def compare_bands(spec: Mapping[str, Histogram], baseline: Mapping[str, Histogram]) -> tuple[BandComparison, ...]:
+def compare_load_bands(
+    spec: Mapping[str, Histogram], baseline: Mapping[str, Histogram]
+) -> tuple[LoadBandComparison, ...]:
     """Per band both pools were seen at, their p50 of the histogram (TPOT) and the speedup, in band order."""
     out = []
-    for band in BAND_LABELS:
+    for band in LOAD_BAND_LABELS:
         s, b = spec.get(band), baseline.get(band)
         if s is None or b is None:
             continue
         sp50, bp50 = histogram_quantile(0.5, s.bounds, s.counts), histogram_quantile(0.5, b.bounds, b.counts)
         if math.isnan(sp50) or math.isnan(bp50) or sp50 <= 0:
             continue
-        out.append(BandComparison(band, sp50, bp50, min(s.count, b.count)))
+        out.append(LoadBandComparison(band, sp50, bp50, min(s.count, b.count)))
     return tuple(out)
 
 
 # The latency families compared per load band: per-request TPOT, and ITL (per decode step of a request).
-BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
+LOAD_BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +287,7 @@ class WindowLoad:
     window: Window
     engines: Mapping[EngineKey, Load]
     target: Load
-    latency_by_band: Mapping[LatencyMetric, Mapping[str, Histogram]]
+    latency_by_load_band: Mapping[LatencyMetric, Mapping[str, Histogram]]
 
 
 def window_loads(
@@ -294,17 +296,17 @@ def window_loads(
     slack_seconds: float,
     keys: Sequence[EngineKey],
     *,
-    band_latency: bool = True,
+    load_band_latency: bool = True,
 ) -> tuple[WindowLoad, ...]:
     """Every window's load over the ring's points, for the engines in `keys` (those the latest scrape has).
 
     Each poll interval's load is read once, over the longest window; a shorter window is the newest part of it.
-    TPOT and ITL by band only with `band_latency` (a target compared with a baseline, or a baseline). Both give
-    what `intervals` and `histograms_by_band` give; they only do less work, as this runs at every poll.
+    TPOT and ITL by band only with `load_band_latency` (a target compared with a baseline, or a baseline). Both give
+    what `intervals` and `histograms_by_load_band` give; they only do less work, as this runs at every poll.
     """
     if not windows:
         return ()
-    latencies = BAND_LATENCIES if band_latency else ()
+    latencies = LOAD_BAND_LATENCIES if load_band_latency else ()
     longest = window_points(points, max(w.seconds for w in windows), slack_seconds)
     pairs = list(pairwise(longest))
     steps = {key: [_engine_step(a, b, key, ()) for a, b in pairs] for key in keys}
@@ -333,19 +335,19 @@ def window_loads(
             for key in keys
         }
         spans = [Interval(seconds[i], running[i], {}) for i in range(first, len(pairs)) if present[i]]
-        by_band = {m: {} for m in latencies} if not latencies else _by_band(pairs, steps, bands, first, latencies)
-        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_band=by_band))
+        by_band = {m: {} for m in latencies} if not latencies else _by_load_band(pairs, steps, bands, first, latencies)
+        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_load_band=by_band))
     return tuple(out)
 
 
-def _by_band(
+def _by_load_band(
     pairs: Sequence[tuple[Point, Point]],
     steps: Mapping[EngineKey, Sequence[_Step | None]],
     bands: Sequence[str | None],
     first: int,
     latencies: Sequence[LatencyMetric],
 ) -> dict[LatencyMetric, dict[str, Histogram]]:
-    """`histograms_by_band` over intervals first..: the increases of a run of intervals at one band telescope into
+    """`histograms_by_load_band` over intervals first..: the increases of a run of intervals at one band telescope into
     one subtraction of totals (restart-stitched, so that holds across a restart too), per engine present."""
     sums: dict[tuple[LatencyMetric, str], list[Histogram]] = {}
     n = len(pairs)

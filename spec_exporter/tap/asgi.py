@@ -24,7 +24,7 @@ vLLM's own), so usage is injected whatever the client's Accept-Encoding. If an a
 compressing middleware listed before this one), it passes untouched and is counted as not measurable.
 
 Fail-open by construction: the body messages read ahead are replayed as they came if anything of ours fails, every
-response message goes out as the app sent it unless the join core rewrote it, the core never raises, and the
+response message goes out as the app sent it unless the tap's core rewrote it, the core never raises, and the
 app's exceptions and cancellation (client gone) pass through unchanged.
 
 Imports only the standard library, prometheus_client, pydantic and spec_exporter.tap.

@@ -1,5 +1,5 @@
 """The proxy tap: a pass-through HTTP proxy in front of vLLM, for a vLLM whose command line cannot take the
-middleware. A thin front end on the join core's Exchange, folding into the `spec_tap_*` families of a TapMetrics
+middleware. A thin front end on the tap's Exchange, folding into the `spec_tap_*` families of a TapMetrics
 on a registry the exporter owns.
 
 It forwards exactly what it received and returns exactly what vLLM sent, the documented usage injection aside:

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spec_exporter.types import (
-    BandKey,
-    BandSample,
     EngineGeneration,
     EngineKey,
     EngineSample,
@@ -25,6 +23,8 @@ from spec_exporter.types import (
     Snapshot,
     SpecCounters,
     TapSample,
+    TemperatureBandKey,
+    TemperatureBandSample,
 )
 from spec_exporter.vllm import names
 
@@ -43,7 +43,7 @@ _POSITION = 1
 _BUCKET = 2
 _HCOUNT = 3
 _HSUM = 4
-# The tap's `spec_tap_*` families (the join core's, on vLLM's /metrics when the middleware runs there).
+# The tap's `spec_tap_*` families (the tap's, on vLLM's /metrics when the middleware runs there).
 _TAP_COUNTER = 5
 _TAP_BUCKET = 6
 _TAP_HCOUNT = 7
@@ -122,7 +122,7 @@ class _EngineBuilder:
 class _TapBuilder:
     # (field, key) → value; key is (model, band) for tokens, (band, outcome) for requests, stage for errors.
     counters: dict[tuple[str, Any], float] = field(default_factory=dict)
-    histograms: dict[tuple[str, BandKey], _HistogramBuilder] = field(default_factory=dict)
+    histograms: dict[tuple[str, TemperatureBandKey], _HistogramBuilder] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -367,7 +367,7 @@ def _finish(builder: _EngineBuilder, generation: EngineGeneration, key: EngineKe
 
 
 def _finish_tap(tb: _TapBuilder) -> TapSample:
-    bands: dict[BandKey, dict[str, Any]] = {}
+    bands: dict[TemperatureBandKey, dict[str, Any]] = {}
     requests: dict[tuple[str, str], float] = {}
     errors: dict[str, float] = {}
     for (field_name, key), value in tb.counters.items():
@@ -380,7 +380,7 @@ def _finish_tap(tb: _TapBuilder) -> TapSample:
     for (field_name, key), hb in tb.histograms.items():
         bands.setdefault(key, {})[field_name] = _finish_histogram(f"spec_tap {field_name}", hb, key)
     return TapSample(
-        bands={k: BandSample(**v) for k, v in bands.items()},
+        bands={k: TemperatureBandSample(**v) for k, v in bands.items()},
         requests=requests,
         errors=errors,
     )
