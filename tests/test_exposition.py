@@ -27,6 +27,7 @@ from tests.standin import (
     stretch_latency,
     with_engines,
 )
+from tests.tap_folds import measured, outcome
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -248,10 +249,10 @@ def tap_exposition(metrics: Any, registry: CollectorRegistry) -> str:
     from spec_exporter.tap.metrics import ErrorStage, Outcome
 
     for _ in range(6):
-        metrics.measured("tiny", "0", 41, 50, 0.03, 0.012)
+        measured(metrics, "tiny", "0", 41, 50, 0.03, 0.012)
     for _ in range(4):
-        metrics.measured("tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
-    metrics.outcome("tiny", "0.7-1.0", Outcome.NO_SPEC_METRICS)
+        measured(metrics, "tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
+    outcome(metrics, "tiny", "0.7-1.0", Outcome.NO_SPEC_METRICS)
     metrics.error(ErrorStage.REQUEST)
     return generate_latest(registry).decode()
 

@@ -11,8 +11,6 @@ from spec_exporter.derive.load import (
     best_k,
     compare_load_bands,
     effective_k,
-    histograms_by_load_band,
-    intervals,
     load_band,
     speculated_share,
     speedup_curve,
@@ -24,6 +22,7 @@ from spec_exporter.derive.verdict import expected_speedup
 from spec_exporter.types import EngineSample, LatencyMetric
 from spec_exporter.window import Point, SnapshotRing, window_delta
 from tests.builders import KEY, engine, hist, snap
+from tests.load_oracles import histograms_by_load_band, intervals
 
 ITL, TPOT = LatencyMetric.ITL, LatencyMetric.TPOT
 

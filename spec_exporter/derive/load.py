@@ -30,7 +30,7 @@ ran at while it served, not diluted by idle time. A window with no busy interval
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -172,38 +172,6 @@ def _engine_step(a: Point, b: Point, key: EngineKey, latencies: Sequence[Latency
     return running, histograms
 
 
-def _combine(seconds: float, parts: Sequence[_Step]) -> Interval:
-    """Engines taken together: the mean load per engine, their histogram increases summed."""
-    mean = sum(r for r, _ in parts) / len(parts)
-    if len(parts) == 1:
-        return Interval(seconds, mean if mean > 0 else None, parts[0][1])
-    histograms: dict[LatencyMetric, Histogram] = {}
-    for metric in {m for _, hs in parts for m in hs}:
-        merged = merge(hs[metric] for _, hs in parts if metric in hs)
-        if merged is not None:
-            histograms[metric] = merged
-    return Interval(seconds, mean if mean > 0 else None, histograms)
-
-
-def intervals(
-    points: Sequence[Point],
-    keys: Iterable[EngineKey],
-    latencies: Sequence[LatencyMetric] = (LatencyMetric.TPOT, LatencyMetric.ITL),
-) -> list[Interval]:
-    """Every poll interval between consecutive points, for the engines in `keys` taken together.
-
-    Load is per engine: the mean over the engines present of each one's load (idle engines count as 0 when
-    another engine is busy). The increases of `latencies` are summed over the engines.
-    """
-    keys = tuple(keys)
-    out = []
-    for a, b in pairwise(points):
-        parts = [p for key in keys if (p := _engine_step(a, b, key, latencies)) is not None]
-        if parts:
-            out.append(_combine(b.taken_at - a.taken_at, parts))
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class Load:
     """Running requests per engine over a window, while it served. `band` is None for an idle window."""
@@ -224,26 +192,6 @@ def window_load(spans: Sequence[Interval]) -> Load:
     if busy_seconds <= 0:
         return Load(None, 0.0, span)
     return Load(math.fsum(s * r for s, r in busy) / busy_seconds, busy_seconds, span)
-
-
-def histograms_by_load_band(spans: Sequence[Interval], metric: LatencyMetric) -> dict[str, Histogram]:
-    """A latency histogram's increase per load band: each interval's observations go to the band it ran at.
-
-    Requests finishing in an interval are credited to its load; their earlier steps may have run at another, so
-    this is sharp for steady load and blurred across a band edge.
-    """
-    by_band: dict[str, list[Histogram]] = {}
-    for i in spans:
-        h = i.histograms.get(metric)
-        if i.running is None or h is None or h.count <= 0:
-            continue
-        by_band.setdefault(load_band(i.running), []).append(h)
-    out = {}
-    for band, hs in by_band.items():
-        merged = merge(hs)
-        if merged is not None:
-            out[band] = merged
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +250,8 @@ def window_loads(
 
     Each poll interval's load is read once, over the longest window; a shorter window is the newest part of it.
     TPOT and ITL by band only with `load_band_latency` (a target compared with a baseline, or a baseline). Both give
-    what `intervals` and `histograms_by_load_band` give; they only do less work, as this runs at every poll.
+    what the plain interval-by-interval reading gives (tests/load_oracles.py); they only do less work, as this runs
+    at every poll.
     """
     if not windows:
         return ()
@@ -311,7 +260,7 @@ def window_loads(
     pairs = list(pairwise(longest))
     steps = {key: [_engine_step(a, b, key, ()) for a, b in pairs] for key in keys}
     seconds = [b.taken_at - a.taken_at for a, b in pairs]
-    # Per interval, the load per engine of the engines present (None: idle), as `_combine` has it.
+    # Per interval, the load per engine of the engines present (None: idle).
     running: list[float | None] = []
     present: list[bool] = []
     for i in range(len(pairs)):
@@ -347,7 +296,7 @@ def _by_load_band(
     first: int,
     latencies: Sequence[LatencyMetric],
 ) -> dict[LatencyMetric, dict[str, Histogram]]:
-    """`histograms_by_load_band` over intervals first..: the increases of a run of intervals at one band telescope into
+    """Latency per load band over intervals first..: the increases of a run of intervals at one band telescope into
     one subtraction of totals (restart-stitched, so that holds across a restart too), per engine present."""
     sums: dict[tuple[LatencyMetric, str], list[Histogram]] = {}
     n = len(pairs)

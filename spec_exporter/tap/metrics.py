@@ -111,8 +111,7 @@ def _encodable(value: str) -> bool:
 class TapMetrics:
     """The `spec_tap_*` families in `registry`; one instance per registry (prometheus_client refuses a second).
 
-    Fold each request exactly once (`request`, or its shorthands `measured` / `outcome`): the model-name label is
-    resolved, capped and sanitised there.
+    Fold each request exactly once (`request`): the model-name label is resolved, capped and sanitised there.
     """
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int | None = None) -> None:
@@ -217,16 +216,6 @@ class TapMetrics:
             ttft_hist.observe(ttft)
         if tpot is not None:
             tpot_hist.observe(tpot)
-
-    def measured(
-        self, model: str | None, band: str, accepted: int, drafted: int, ttft: float | None, tpot: float | None
-    ) -> None:
-        self.request(model, band, Outcome.MEASURED, accepted=accepted, drafted=drafted, ttft=ttft, tpot=tpot)
-
-    def outcome(
-        self, model: str | None, band: str, outcome: Outcome, ttft: float | None = None, tpot: float | None = None
-    ) -> None:
-        self.request(model, band, outcome, ttft=ttft, tpot=tpot)
 
     def error(self, stage: ErrorStage) -> None:
         self.errors.labels(ErrorStage(stage).value).inc()
