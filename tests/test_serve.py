@@ -28,12 +28,24 @@ async def wait_for(check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def fetch(client: aiohttp.ClientSession, url: str) -> tuple[int, str] | None:
+    """(status, body); None while nothing listens there yet."""
+    try:
+        async with client.get(url) as r:
+            return r.status, await r.text()
+    except aiohttp.ClientConnectionError:
+        return None
+
+
 @contextlib.asynccontextmanager
-async def exporter_and_tap(metrics_url: str, api_url: str) -> AsyncIterator[tuple[str, str]]:
-    """serve() with the proxy tap, polling every 500ms (windows of two polls): (exporter URL, tap URL)."""
+async def exporter_and_tap(aiohttp_server: Any, metrics_url: str) -> AsyncIterator[tuple[str, str, OpenAIStandIn]]:
+    """serve() with the proxy tap, polling every 500ms (windows of two polls): (exporter URL, tap URL, the OpenAI
+    API behind the tap). One vLLM: /metrics from the metrics stand-in, the OpenAI API from the other."""
+    upstream = OpenAIStandIn()
+    api = await aiohttp_server(upstream.app())
     settings = make_settings(
         metrics_url,
-        tap={"upstream_url": api_url},
+        tap={"upstream_url": str(api.make_url(""))},
         poll={"interval": "500ms", "timeout": "400ms"},
         windows=["1s", "5s"],
     )
@@ -43,7 +55,7 @@ async def exporter_and_tap(metrics_url: str, api_url: str) -> AsyncIterator[tupl
         serve(settings, listen=f"127.0.0.1:{exporter_port}", tap_listen=f"127.0.0.1:{tap_port}", stop=stop)
     )
     try:
-        yield f"http://127.0.0.1:{exporter_port}", f"http://127.0.0.1:{tap_port}"
+        yield f"http://127.0.0.1:{exporter_port}", f"http://127.0.0.1:{tap_port}", upstream
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
@@ -52,21 +64,15 @@ async def exporter_and_tap(metrics_url: str, api_url: str) -> AsyncIterator[tupl
 async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any) -> None:
     metrics_server, metrics_url = standin
     metrics_server.push(sample(V032_LOAD))
-    upstream = OpenAIStandIn()
-    # One vLLM: /metrics from the metrics stand-in, the OpenAI API from the other, behind one URL.
-    api = await aiohttp_server(upstream.app())
     # The tap's numbers reach /metrics at the next poll after a request.
     async with (
-        exporter_and_tap(metrics_url, str(api.make_url(""))) as (exporter, tap),
+        exporter_and_tap(aiohttp_server, metrics_url) as (exporter, tap, upstream),
         aiohttp.ClientSession() as client,
     ):
 
         async def ready() -> bool:
-            try:
-                async with client.get(f"{exporter}/readyz") as r:
-                    return r.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
+            got = await fetch(client, f"{exporter}/readyz")
+            return got is not None and got[0] == 200
 
         await wait_for(ready)
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}
@@ -117,19 +123,14 @@ async def test_a_vllm_whose_metrics_are_not_metrics_is_down_whatever_the_proxy_t
 ) -> None:
     metrics_server, metrics_url = standin
     metrics_server.push(broken)
-    upstream = OpenAIStandIn()
-    api = await aiohttp_server(upstream.app())
     async with (
-        exporter_and_tap(metrics_url, str(api.make_url(""))) as (exporter, tap),
+        exporter_and_tap(aiohttp_server, metrics_url) as (exporter, tap, _),
         aiohttp.ClientSession() as client,
     ):
 
         async def metrics_text() -> str:
-            try:
-                async with client.get(f"{exporter}/metrics") as r:
-                    return await r.text()
-            except aiohttp.ClientConnectionError:
-                return ""
+            got = await fetch(client, f"{exporter}/metrics")
+            return got[1] if got is not None else ""
 
         async def listening() -> bool:
             return bool(await metrics_text())
