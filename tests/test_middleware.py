@@ -308,6 +308,18 @@ async def test_garbage_in_every_variable_still_builds_a_working_middleware(
     assert counts(registry) == {("tiny", "measured", "0.3-0.5"): 1}
 
 
+def test_a_failure_of_our_own_reading_the_environment_still_builds_the_middleware(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(env: Any) -> TapSettings:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(middleware_module, "settings_from_env", broken)
+    mw = SpecDecodeMiddleware(VLLMApp(), metrics=TapMetrics(CollectorRegistry()))
+    assert mw.settings == TapSettings()
+    assert any("could not read the SPEC_EXPORTER_TAP_* settings" in r.getMessage() for r in caplog.records)
+
+
 def test_importing_the_middleware_pulls_in_nothing_vllm_lacks() -> None:
     script = (
         "import sys, spec_exporter.middleware as m; m.SpecDecodeMiddleware; "
