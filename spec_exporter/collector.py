@@ -17,10 +17,10 @@ from prometheus_client.registry import Collector
 
 from spec_exporter import buildinfo, catalog
 from spec_exporter.catalog import MetricSpec
-from spec_exporter.derive.bands import TapHealth
 from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.health import EngineHealth, TargetHealth
-from spec_exporter.derive.load import BAND_LABELS
+from spec_exporter.derive.load import LOAD_BAND_LABELS
+from spec_exporter.derive.tap_health import TapHealth
 from spec_exporter.state import ExporterState, TargetState
 from spec_exporter.types import Histogram, LatencyMetric, PollError, Verdict
 
@@ -208,8 +208,8 @@ def _load_families(out: _Families, name: str, h: TargetHealth) -> None:
                 out.add(catalog.LOAD_BAND_INFO, [name, *key, load.band], 1.0)
     # Latency by band is there only for a target compared with a baseline and for its baseline.
     for wl in h.load:
-        for metric, by_band in sorted(wl.latency_by_band.items()):
-            for band in BAND_LABELS:
+        for metric, by_band in sorted(wl.latency_by_load_band.items()):
+            for band in LOAD_BAND_LABELS:
                 latency = by_band.get(band)
                 if latency is None:
                     continue

@@ -18,13 +18,12 @@ from pydantic import (
     model_validator,
 )
 
+from spec_exporter.tap.settings import ByteSize, TapSettings
 from spec_exporter.types import DeriveParams, Thresholds, Window
 
 _DURATION_RE = re.compile(
     r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
 )
-_SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 
 
 def parse_duration(value: Any) -> Any:
@@ -42,18 +41,6 @@ def parse_duration(value: Any) -> Any:
     return h * 3600 + mins * 60 + s + ms / 1000
 
 
-def parse_size(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 16MiB")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value.strip())
-        if m:
-            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise ValueError(f"{value!r} is not a size (use e.g. 16MiB or a number of bytes)")
-
-
 def format_duration(seconds: float) -> str:
     """The label form of a window: 1m, 5m, 90s, 1h."""
     if seconds >= 3600 and seconds % 3600 == 0:
@@ -66,7 +53,6 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 # A target name becomes the `target` label value: keep it short and printable.
 TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
 
@@ -124,25 +110,17 @@ class SpeculationConfig(Model):
     draft_cost_ratio: float = Field(default=0.1, ge=0, le=10)
 
 
-class TapConfig(Model):
-    """The request-path tap: off unless `listen_address` is set (or --tap.listen-address is given)."""
+class TapConfig(TapSettings):
+    """The request-path tap: off unless `listen_address` is set (or --tap.listen-address is given).
+
+    What it does with requests (and every default) is `TapSettings`, shared with the middleware's environment;
+    this adds where the proxy listens and forwards.
+    """
 
     listen_address: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):\d{1,5}$")
     target: TargetName | None = None
     # Where requests go; default the tap target's own URL (vLLM serves its API and /metrics on one port).
     upstream_url: AnyHttpUrl | None = None
-    temperature_bands: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0], min_length=1, max_length=12)
-    default_temperature: float = Field(default=1.0, ge=0, le=2)
-    inject_usage: bool = True
-    max_models: int = Field(default=20, ge=1, le=1000)
-    max_inspect_bytes: ByteSize = 8 * 1024**2
-
-    @model_validator(mode="after")
-    def _bands(self) -> TapConfig:
-        edges = self.temperature_bands
-        if any(e <= 0 or e > 2 for e in edges) or edges != sorted(set(edges)):
-            raise ValueError("temperature_bands must be strictly increasing edges in (0, 2]")
-        return self
 
 
 class Settings(Model):

@@ -17,14 +17,14 @@ from spec_exporter.derive.baseline import compare_pairs
 from spec_exporter.derive.health import TargetHealth, derive_target
 from spec_exporter.fetch import FetchError, fetch_metrics
 from spec_exporter.state import StateStore, TargetState
-from spec_exporter.types import DeriveParams, PollError
+from spec_exporter.types import DeriveParams, PollError, Snapshot, TapSample
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 from spec_exporter.window import SnapshotRing, window_delta
 
 log = structlog.get_logger("spec_exporter.poller")
 
-TextSource = Callable[[], str]
-"""Extra exposition text read with a target's scrape: the proxy tap's own `spec_tap_*` families."""
+TapSource = Callable[[], TapSample | None]
+"""The proxy tap's counts, read with its target's scrape (the middleware's come in vLLM's own /metrics)."""
 
 
 class _MultipleProcesses(Exception):
@@ -34,11 +34,11 @@ class _MultipleProcesses(Exception):
 class _TargetRuntime:
     """What the poller remembers about one target between polls."""
 
-    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, extra: TextSource | None):
+    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, tap: TapSource | None):
         self.config = config
         self.params = params
         self.keep_seconds = keep_seconds
-        self.extra = extra
+        self.tap = tap
         self.parser = ExpositionParser()
         self.ring = SnapshotRing(keep_seconds)
         self.failures_in_a_row = 0
@@ -60,6 +60,19 @@ def _another_process(starts: tuple[float, ...], current: float | None) -> bool:
     return current < starts[-1] or current in starts
 
 
+def _with_proxy_tap(snapshot: Snapshot, tap: TapSample | None, url: str) -> Snapshot:
+    if tap is None:
+        return snapshot
+    if snapshot.tap is not None:
+        # Both would count the same requests; adding them up would double them.
+        raise ParseError(
+            PollError.DUPLICATE_SERIES,
+            f"{url} already has spec_tap_* series (the tap middleware runs in that vLLM) and the proxy tap has its "
+            "own: run one tap, not both",
+        )
+    return replace(snapshot, tap=tap)
+
+
 class Poller:
     def __init__(
         self,
@@ -70,7 +83,7 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        extra_text: Mapping[str, TextSource] | None = None,
+        tap_sources: Mapping[str, TapSource] | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
@@ -79,10 +92,8 @@ class Poller:
         self._wall_clock = wall_clock
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
-        extra = extra_text or {}
-        self._targets = [
-            _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
-        ]
+        taps = tap_sources or {}
+        self._targets = [_TargetRuntime(t, settings.derive_params(t), keep, taps.get(t.name)) for t in settings.targets]
         # The one place the comparison policy is decided: which pairs are compared, and so which targets derive
         # latency by load band (both sides of every pair; the collector renders what it is given).
         self._pairs = settings.comparison_pairs()
@@ -106,8 +117,6 @@ class Poller:
         previous = self._store.current().targets[name]
         try:
             text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes)
-            if rt.extra is not None:
-                text = text + rt.extra()
             health, folded = self._derive(rt, text)
         except (FetchError, ParseError) as e:
             self._failed(rt, previous, e.reason, str(e), started)
@@ -142,7 +151,10 @@ class Poller:
         self._store.publish(target, compare_pairs(self._pairs, health))
 
     def _derive(self, rt: _TargetRuntime, text: str) -> tuple[TargetHealth, int]:
+        # vLLM's body alone decides whether the target is up: the proxy tap's counts join a scrape that parsed.
         snapshot = rt.parser.parse(text, self._clock())
+        if rt.tap is not None:
+            snapshot = _with_proxy_tap(snapshot, rt.tap(), rt.config.metrics_url)
         snapshot, rt.models = cap_models(snapshot, rt.models, self._settings.poll.max_models)
         start = snapshot.process_start
         if _another_process(rt.process_starts, start):
@@ -161,8 +173,8 @@ class Poller:
             log.info("target restarted", target=rt.config.name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
         slack = self._settings.poll.interval / 2
         deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
-        band_latency = rt.config.name in self._compared
-        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, band_latency=band_latency)
+        load_band_latency = rt.config.name in self._compared
+        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, load_band_latency=load_band_latency)
         return health, snapshot.folded_models
 
     def _failed(

@@ -132,13 +132,13 @@ EngineKey = tuple[str, str]
 """(model_name, engine); engine is "" on V0, which has no engine label."""
 
 
-BandKey = tuple[str, str]
+TemperatureBandKey = tuple[str, str]
 """(model_name, temperature_band) of the tap's per-band series."""
 
 
 @dataclass(frozen=True, slots=True)
-class BandSample:
-    """The join core's cumulative series for one (model_name, temperature_band)."""
+class TemperatureBandSample:
+    """The tap's cumulative series for one (model_name, temperature_band)."""
 
     accepted_tokens: float = 0.0
     draft_tokens: float = 0.0
@@ -151,7 +151,7 @@ class BandSample:
 class TapSample:
     """Everything the tap's `spec_tap_*` families held in one scrape (the middleware's, or the proxy's own)."""
 
-    bands: Mapping[BandKey, BandSample] = field(default_factory=dict)
+    bands: Mapping[TemperatureBandKey, TemperatureBandSample] = field(default_factory=dict)
     # (temperature_band, outcome) → requests, summed over model names.
     requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
     errors: Mapping[str, float] = field(default_factory=dict)

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from spec_exporter.types import (
-    BandKey,
-    BandSample,
     EngineKey,
     EngineSample,
     Histogram,
@@ -31,6 +29,8 @@ from spec_exporter.types import (
     Snapshot,
     SpecCounters,
     TapSample,
+    TemperatureBandKey,
+    TemperatureBandSample,
 )
 
 
@@ -245,7 +245,7 @@ def _tap_readings(tap: TapSample) -> Readings:
 
 
 def _tap_totals(r: Readings) -> TapSample:
-    bands: dict[BandKey, BandSample] = {}
+    bands: dict[TemperatureBandKey, TemperatureBandSample] = {}
     requests: dict[tuple[str, str], float] = {}
     errors: dict[str, float] = {}
     for (kind, key), value in cast("Mapping[tuple[str, Any], float]", r.counters).items():
@@ -254,7 +254,7 @@ def _tap_totals(r: Readings) -> TapSample:
         elif kind == "errors":
             errors[key] = value
         elif kind == "accepted_tokens":
-            bands[key] = BandSample(
+            bands[key] = TemperatureBandSample(
                 value, r.counters[("draft_tokens", key)], *(r.histograms.get((n, key)) for n in _BAND_HISTOGRAMS)
             )
     return TapSample(bands=bands, requests=requests, errors=errors)

@@ -51,7 +51,7 @@ def intervals(
     return out
 
 
-def histograms_by_band(spans: Sequence[Span], metric: LatencyMetric) -> dict[str, Histogram]:
+def histograms_by_load_band(spans: Sequence[Span], metric: LatencyMetric) -> dict[str, Histogram]:
     """A latency histogram's increase per load band: each interval's observations go to the band it ran at."""
     return merge_each(
         {load_band(i.running): h}

@@ -259,3 +259,28 @@ async def test_the_poller_derives_the_comparisons_and_drops_them_when_a_side_goe
     await poller.poll_once()
     # The baseline's numbers are gone with its poll: nothing is compared with stale data.
     assert not store.current().targets["base"].up and store.current().comparisons == ()
+
+
+async def test_the_middleware_and_the_proxy_tap_together_fail_rather_than_count_twice(
+    standin: Any, session: Any, clock: Any, wall_clock: Any
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from spec_exporter.app import tap_source
+    from spec_exporter.poller import Poller
+    from spec_exporter.state import StateStore
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
+
+    middleware, proxy = CollectorRegistry(), CollectorRegistry()
+    for registry in (middleware, proxy):
+        TapMetrics(registry).request("tiny", "0", Outcome.MEASURED, accepted=3, drafted=4)
+    server, url = standin
+    server.push(sample(V032_LOAD) + generate_latest(middleware).decode())
+    settings = make_settings(url)
+    store = StateStore.for_settings(settings)
+    for taps, up in (({}, True), ({"vllm": tap_source(proxy)}, False)):
+        poller = Poller(settings, session, store, clock=clock, wall_clock=wall_clock, tap_sources=taps)
+        await poller.poll_once()
+        state = store.current().targets["vllm"]
+        assert state.up is up
+    assert state.last_error is PollError.DUPLICATE_SERIES

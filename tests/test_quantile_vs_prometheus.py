@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.derive import latency
 from spec_exporter.derive.health import derive_target
-from spec_exporter.join.metrics import ACCEPTANCE_BUCKETS
 from spec_exporter.state import ExporterState, TargetState
-from spec_exporter.types import BandSample, EngineGeneration, Histogram, Snapshot, TapSample
+from spec_exporter.tap.metrics import ACCEPTANCE_BUCKETS
+from spec_exporter.types import EngineGeneration, Histogram, Snapshot, TapSample, TemperatureBandSample
 from spec_exporter.window import SnapshotRing, window_delta
 from tests.conftest import make_settings
 from tests.promql_helpers import (
@@ -189,7 +189,7 @@ def _acceptance(values: list[float]) -> Histogram:
 
 def _tap(values_by_band: dict[str, list[float]]) -> TapSample:
     bands = {
-        ("tiny", band): BandSample(
+        ("tiny", band): TemperatureBandSample(
             accepted_tokens=10.0 * math.fsum(vs), draft_tokens=10.0 * len(vs), acceptance=_acceptance(vs)
         )
         for band, vs in values_by_band.items()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from spec_exporter.types import BandSample, LatencyMetric, Snapshot, TapSample
+from spec_exporter.types import TemperatureBandSample, LatencyMetric, Snapshot, TapSample
 from spec_exporter.window import SnapshotRing, advance, window_delta
 from tests.builders import KEY, engine, hist, snap
 
@@ -110,7 +110,7 @@ def test_a_single_point_is_an_empty_window() -> None:
 
 
 def _tap(t: float, accepted: float, drafted: float, measured: float, *bands: str) -> Snapshot:
-    band = BandSample(accepted, drafted, hist((0, measured, measured, measured)))
+    band = TemperatureBandSample(accepted, drafted, hist((0, measured, measured, measured)))
     tap = TapSample(
         bands={("m", b): band for b in (bands or ("0",))}, requests={("0", "measured"): measured}, errors={}
     )

@@ -48,7 +48,7 @@ LOAD_BANDS: tuple[tuple[str, int, float], ...] = (
     ("33-64", 33, 64),
     ("65+", 65, math.inf),
 )
-BAND_LABELS: tuple[str, ...] = tuple(label for label, _, _ in LOAD_BANDS)
+LOAD_BAND_LABELS: tuple[str, ...] = tuple(label for label, _, _ in LOAD_BANDS)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -177,7 +177,7 @@ def window_load(spans: Sequence[Interval]) -> Load:
 
 
 @dataclass(frozen=True, slots=True)
-class BandComparison:
+class LoadBandComparison:
     band: str
     spec_p50: float
     baseline_p50: float
@@ -190,27 +190,29 @@ class BandComparison:
         return self.baseline_p50 / self.spec_p50
 
 
-def compare_bands(spec: Mapping[str, BandLatency], baseline: Mapping[str, BandLatency]) -> tuple[BandComparison, ...]:
+def compare_load_bands(
+    spec: Mapping[str, LoadBandLatency], baseline: Mapping[str, LoadBandLatency]
+) -> tuple[LoadBandComparison, ...]:
     """Per band both pools were seen at, their TPOT p50 and the speedup, in band order."""
     out = []
-    for band in BAND_LABELS:
+    for band in LOAD_BAND_LABELS:
         s, b = spec.get(band), baseline.get(band)
         if s is None or b is None:
             continue
         sp50, bp50 = s.quantiles.get(0.5), b.quantiles.get(0.5)
         if sp50 is None or bp50 is None or sp50 <= 0:
             continue
-        out.append(BandComparison(band, sp50, bp50, min(s.requests, b.requests)))
+        out.append(LoadBandComparison(band, sp50, bp50, min(s.requests, b.requests)))
     return tuple(out)
 
 
 # The latency families compared per load band: per-request TPOT, and ITL (per decode step of a request).
-BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
+LOAD_BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
 BAND_QUANTILES: tuple[float, ...] = (0.5, 0.99)
 
 
 @dataclass(frozen=True, slots=True)
-class BandLatency:
+class LoadBandLatency:
     """A latency family's increase over the poll intervals of a window that ran at one load band."""
 
     histogram: Histogram
@@ -223,8 +225,8 @@ class BandLatency:
         return self.histogram.count
 
 
-def band_latency(h: Histogram) -> BandLatency:
-    return BandLatency(h, quantiles(h, BAND_QUANTILES))
+def load_band_latency(h: Histogram) -> LoadBandLatency:
+    return LoadBandLatency(h, quantiles(h, BAND_QUANTILES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +236,7 @@ class WindowLoad:
     window: Window
     engines: Mapping[EngineKey, Load]
     target: Load
-    latency_by_band: Mapping[LatencyMetric, Mapping[str, BandLatency]]
+    latency_by_load_band: Mapping[LatencyMetric, Mapping[str, LoadBandLatency]]
 
 
 def window_loads(
@@ -243,18 +245,18 @@ def window_loads(
     slack_seconds: float,
     keys: Sequence[EngineKey],
     *,
-    band_latency: bool = True,
+    load_band_latency: bool = True,
 ) -> tuple[WindowLoad, ...]:
     """Every window's load over the ring's points, for the engines in `keys` (those the latest scrape has).
 
     Each poll interval's load is read once, over the longest window; a shorter window is the newest part of it.
-    TPOT and ITL by band only with `band_latency` (a target compared with a baseline, or a baseline). Both give
+    TPOT and ITL by band only with `load_band_latency` (a target compared with a baseline, or a baseline). Both give
     what summing interval by interval gives (tests/load_oracle.py); they only do less work, as this runs at every
     poll.
     """
     if not windows:
         return ()
-    latencies = BAND_LATENCIES if band_latency else ()
+    latencies = LOAD_BAND_LATENCIES if load_band_latency else ()
     longest = window_points(points, max(w.seconds for w in windows), slack_seconds)
     pairs = list(pairwise(longest))
     steps = {key: [engine_load(a, b, key) for a, b in pairs] for key in keys}
@@ -285,7 +287,7 @@ def window_loads(
         }
         spans = [Interval(seconds[i], running[i]) for i in range(first, len(pairs)) if present[i]]
         by_band = {m: {} for m in latencies} if not latencies else _by_band(pairs, steps, bands, first, latencies)
-        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_band=by_band))
+        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_load_band=by_band))
     return tuple(out)
 
 
@@ -295,7 +297,7 @@ def _by_band(
     bands: Sequence[str | None],
     first: int,
     latencies: Sequence[LatencyMetric],
-) -> dict[LatencyMetric, dict[str, BandLatency]]:
+) -> dict[LatencyMetric, dict[str, LoadBandLatency]]:
     """Each latency family's increase per load band over intervals first..: each interval's observations go to
     the band it ran at. The increases of a run of intervals at one band telescope into one subtraction of totals
     (restart-stitched, so that holds across a restart too), per engine present.
@@ -321,7 +323,7 @@ def _by_band(
                 if increase is not None and increase.count > 0:
                     increases.append({(m, band): increase})
             i = j + 1
-    out: dict[LatencyMetric, dict[str, BandLatency]] = {m: {} for m in latencies}
+    out: dict[LatencyMetric, dict[str, LoadBandLatency]] = {m: {} for m in latencies}
     for (m, band), h in merge_each(increases).items():
-        out[m][band] = band_latency(h)
+        out[m][band] = load_band_latency(h)
     return out
