@@ -14,7 +14,7 @@ import structlog
 from spec_exporter.cardinality import cap_models
 from spec_exporter.config import Settings, TargetConfig
 from spec_exporter.derive.health import TargetHealth, derive_target
-from spec_exporter.fetch import FetchError, fetch_metrics
+from spec_exporter.fetch import FetchError, TargetTLS, fetch_metrics, target_tls
 from spec_exporter.state import StateStore, TargetState
 from spec_exporter.types import DeriveParams, PollError
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
@@ -33,8 +33,16 @@ class _MultipleProcesses(Exception):
 class _TargetRuntime:
     """What the poller remembers about one target between polls."""
 
-    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, extra: TextSource | None):
+    def __init__(
+        self,
+        config: TargetConfig,
+        params: DeriveParams,
+        keep_seconds: float,
+        extra: TextSource | None,
+        tls: TargetTLS | None,
+    ):
         self.config = config
+        self.tls = tls
         self.params = params
         self.keep_seconds = keep_seconds
         self.extra = extra
@@ -79,8 +87,10 @@ class Poller:
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
         extra = extra_text or {}
+        tls = target_tls(settings)
         self._targets = [
-            _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
+            _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name), tls.get(t.name))
+            for t in settings.targets
         ]
         # Latency by load band is read only where a baseline comparison uses it: on both sides of every pair.
         self._compared = {name for pair in settings.comparison_pairs() for name in pair}
@@ -102,7 +112,7 @@ class Poller:
         started = self._clock()
         previous = self._store.current().targets[name]
         try:
-            text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes)
+            text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes, rt.tls)
             if rt.extra is not None:
                 text = text + rt.extra()
             health, folded = self._derive(rt, text)
