@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -68,8 +69,27 @@ def format_duration(seconds: float) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: Any) -> Any:
+    """`${VAR}` from the environment, so that one ConfigMap serves every pod: a sidecar's target is named after its
+    pod (`name: ${POD_NAME}`, from the downward API) and per-pod alerts name the pod. An unset variable is an error,
+    never an empty name."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(m: re.Match[str]) -> str:
+        found = os.environ.get(m.group(1))
+        if not found:
+            raise ValueError(f"${{{m.group(1)}}} is not set in the environment")
+        return found
+
+    return _ENV_RE.sub(lookup, value)
+
+
 # A target name becomes the `target` label value: keep it short and printable.
-TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
+TargetName = Annotated[str, BeforeValidator(expand_env), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
 
 
 class Model(BaseModel):
@@ -128,7 +148,7 @@ class TargetConfig(Model):
     """One vLLM server (or one pool behind a Service) to poll."""
 
     name: TargetName
-    url: AnyHttpUrl
+    url: Annotated[AnyHttpUrl, BeforeValidator(expand_env)]
     role: Literal["spec", "baseline"] = "spec"
     metrics_path: str = Field(default="/metrics", pattern=r"^/")
     baseline: TargetName | None = None
