@@ -34,7 +34,15 @@ from mixin.generate import RULE_FILES
 from mixin.params import Params
 from spec_exporter import __version__
 from spec_exporter.commands.serve import serve_parser, serve_settings
-from spec_exporter.config import PollConfig, Settings, SpeculationConfig, TapConfig, TargetConfig, TLSConfig
+from spec_exporter.config import (
+    PollConfig,
+    Settings,
+    SpeculationConfig,
+    TapConfig,
+    TargetConfig,
+    TLSConfig,
+    settings_from_mapping,
+)
 from spec_exporter.types import Thresholds
 
 ROOT = Path(__file__).parent.parent
@@ -1194,21 +1202,34 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_deployment() -> None:
-    before = yaml.safe_load((DEPLOY / "kustomize" / "example" / "vllm-deployment.yaml").read_text())
-    docs = kustomize(DEPLOY / "kustomize" / "example")
+# Each kustomize recipe: its directory, the Deployment's vLLM container, and the Deployment file it starts from.
+RECIPES = {
+    "example": (DEPLOY / "kustomize" / "example", "vllm", "vllm-deployment.yaml"),
+    "llm-d": (DEPLOY / "llm-d", "main", "decode-deployment.yaml"),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_deployment(
+    recipe: str, pki: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, name, source = RECIPES[recipe]
+    before = yaml.safe_load((directory / source).read_text())
+    originals = {c["name"]: c for c in before["spec"]["template"]["spec"]["containers"]}
+    docs = kustomize(directory)
     deployment = only(docs, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     pod = {c["name"]: c for c in spec["containers"]}
     (copy,) = spec["initContainers"]
-    vllm, exporter = pod["vllm"], pod["spec-exporter"]
-    # Everything the Deployment had is still there: the flags are appended, not replaced.
-    original = before["spec"]["template"]["spec"]["containers"][0]
-    assert vllm["args"][: len(original["args"])] == original["args"]
-    assert vllm["args"][len(original["args"]) :] == [
+    vllm, exporter, original = pod[name], pod["spec-exporter"], originals[name]
+    # Everything the Deployment had is still there: the flags are appended to the vLLM container's, and only there.
+    assert vllm["args"] == [
+        *original["args"],
         f"--middleware={MIDDLEWARE_CLASS}",
         "--per-request-spec-decode-metrics=summary",
     ]
+    for other, container in originals.items():
+        assert pod[other]["args"] == container["args"] or other == name
     assert vllm["command"] == original["command"] and vllm["resources"] == original["resources"]
     assert env_of(vllm)["PYTHONPATH"] == MIDDLEWARE_DIR
     assert {"name": "spec-exporter-middleware", "mountPath": MIDDLEWARE_DIR, "readOnly": True} in vllm["volumeMounts"]
@@ -1218,9 +1239,28 @@ def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_
     (chart_copy,) = init_containers(objects(render_default())).values()
     assert copy["command"] == chart_copy["command"]
     assert copy["image"] == exporter["image"] == "registry.example.com/spec-exporter:0.1.0"
-    # The exporter polls this pod's vLLM on localhost and is no part of the pod's readiness.
+    # The exporter's configuration is the recipe's ConfigMap, and the exporter accepts it: its target is the pod,
+    # vLLM's own port on localhost, over HTTPS with a CA the exporter has mounted when vLLM serves TLS.
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in exporter["volumeMounts"]}
+    (path,) = [a.split("=", 1)[1] for a in exporter["args"] if a.startswith("--config.file=")]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert mounts[str(Path(path).parent)]["configMap"]["name"] == configmap["metadata"]["name"]
+    config = yaml.safe_load(configmap["data"][Path(path).name])
+    downward_env(exporter, monkeypatch)
+    tls = config["targets"][0].get("tls_config", {})
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in tls:
+            # Mounted from the Secret vLLM serves its certificate from; a real CA stands in for it here.
+            secret = mounts[str(Path(tls[key]).parent)]["secret"]["secretName"]
+            assert secret in {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+            tls[key] = str(pki.path("ca.crt"))
+    settings = settings_from_mapping(config)
+    (target,) = settings.targets
     port = next(p["containerPort"] for p in original["ports"])
-    assert f"--target=http://127.0.0.1:{port}" in exporter["args"]
+    tls_flag = any(a.startswith("--ssl-certfile") for a in original["args"])
+    assert target.name == POD and str(target.url) == f"{'https' if tls_flag else 'http'}://127.0.0.1:{port}/"
+    assert (target.tls_config is not None) == tls_flag
+    # No readiness probe: the exporter is no part of the pod's readiness.
     assert "readinessProbe" not in exporter
     validate_kubernetes(deployment)
     monitor = only(docs, "PodMonitor")
@@ -1228,6 +1268,16 @@ def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= {
         p["name"] for c in spec["containers"] for p in c.get("ports", [])
     }
+
+
+def test_the_kustomize_component_refuses_to_build_without_the_exporters_configuration(tmp_path: Path) -> None:
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    example = tmp_path / "deploy" / "kustomize" / "example"
+    kustomization = yaml.safe_load((example / "kustomization.yaml").read_text())
+    del kustomization["configMapGenerator"]
+    (example / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = subprocess.run([kubectl(), "kustomize", str(example)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "spec-exporter-config" in result.stderr, result.stderr
 
 
 def render_default() -> dict[str, str]:
