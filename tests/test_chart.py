@@ -1341,14 +1341,13 @@ def test_vllm_accepts_every_flag_the_chart_and_the_examples_pass(chart: helm.Cha
         if values.get("mode", "sidecar") == "sidecar":
             vllm = containers(objects(render(chart, values)))["vllm"]
             lines[path.id] = [*vllm["command"][2:], *vllm["args"]]
-    kustomized = next(
-        c
-        for c in only(kustomize(DEPLOY / "kustomize" / "example"), "Deployment")["spec"]["template"]["spec"][
-            "containers"
-        ]
-        if c["name"] == "vllm"
-    )
-    lines["kustomize"] = kustomized["args"]
+    for recipe, (directory, name, _) in RECIPES.items():
+        kustomized = next(
+            c
+            for c in only(kustomize(directory), "Deployment")["spec"]["template"]["spec"]["containers"]
+            if c["name"] == name
+        )
+        lines["kustomize" if recipe == "example" else recipe] = kustomized["args"]
     (model,) = yaml.safe_load((DEPLOY / "production-stack" / "values-snippet.yaml").read_text())["servingEngineSpec"][
         "modelSpec"
     ]
@@ -1370,7 +1369,7 @@ def test_vllm_accepts_every_flag_the_chart_and_the_examples_pass(chart: helm.Cha
     assert result.returncode == 0, result.stderr[-3000:]
     parsed = json.loads(result.stdout.strip().splitlines()[-1])
     assert parsed.keys() == lines.keys()
-    for name in ("defaults", "sidecar-values.yaml", "production-values.yaml", "kustomize", "production-stack"):
+    for name in ("defaults", "sidecar-values.yaml", "production-values.yaml", "kustomize", "llm-d", "production-stack"):
         assert parsed[name] == {"middleware": [MIDDLEWARE_CLASS], "per_request": "summary"}, name
     assert parsed["proxy-values.yaml"] == {"middleware": [], "per_request": "summary"}
     assert parsed["tap-off-values.yaml"] == {"middleware": [], "per_request": "none"}
