@@ -1,10 +1,11 @@
-"""The Helm chart's generated files: its PrometheusRule template, from mixin/rules.py, and its dashboards.
+"""The Helm chart's generated files: its PrometheusRule template (one object per rule layer), from mixin/rules.py,
+the mixin defaults its other templates need, and its dashboards.
 
 A chart cannot read files outside its own folder, so the rules and dashboards reach helm/spec-exporter through this
 step, run by `python -m mixin` with everything else. The rules are rendered from the same `rule_groups` that writes
 alerts/, with every value-driven parameter replaced by a placeholder that becomes a Helm expression; with the chart's
-default values the template renders exactly the rules in alerts/ (tests/test_chart.py renders it with real Helm and
-compares, and regenerates these files to prove they are current).
+default values the layers together render exactly the rules in alerts/ (tests/test_chart.py renders them with real
+Helm and compares, and regenerates these files to prove they are current).
 """
 
 from __future__ import annotations
@@ -183,10 +184,6 @@ def layer_groups(params: Params) -> dict[str, list[dict[str, Any]]]:
                 name = str(group["name"]).replace("spec-decode", f"spec-decode-{layer}", 1)
                 out[layer].append({**group, "name": name, "rules": mine})
     return out
-
-
-def _groups(params: Params) -> list[dict[str, Any]]:
-    return [group for doc in rule_groups(params).values() for group in doc["groups"]]
 
 
 def _substitute(text: str) -> str:
