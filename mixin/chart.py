@@ -314,6 +314,8 @@ def mixin_template(base: Params | None = None) -> str:
             "The runbook URL the mixin writes into the dashboards' panel links (prometheusRule.runbookUrl replaces it",
             "in the chart's dashboard ConfigMaps). */}}",
             f'{{{{- define "spec-exporter.mixinRunbookUrl" -}}}}{base.runbook_url}{{{{- end }}}}',
+            "{{- /* The mixin's selector of the exporter's scrape, for a release without a monitor of its own. */}}",
+            f'{{{{- define "spec-exporter.mixinExporterJobSelector" -}}}}{base.exporter_job_selector}{{{{- end }}}}',
             "",
         ]
     )

@@ -298,8 +298,8 @@ def mixin_groups(params: Params) -> list[dict[str, Any]]:
     return [g for layer in LAYERS for g in layers[layer]]
 
 
-# The chart selects the exporter's scrape by its release; alerts/ by the mixin's default, which any scrape matches.
-AS_THE_MIXIN = {"prometheusRule": {"enabled": True, "exporterJobSelector": Params().exporter_job_selector}}
+# The chart selects the exporter's scrape by its release when its monitor scrapes it, as alerts/ does otherwise.
+AS_THE_MIXIN = {"prometheusRule": {"enabled": True}}
 
 
 def test_prometheus_rule_with_default_values_is_the_alerts_directory(chart: helm.Chart) -> None:
@@ -491,6 +491,13 @@ def test_the_exporter_down_alert_selects_the_job_this_releases_monitor_gives(
     # Another scrape config (bare metal, a hand-written job): the value replaces the release's selector.
     values["prometheusRule"]["exporterJobSelector"] = 'job="spec-exporter"'
     assert exporter_down_selector(chart, values) == {"job": "spec-exporter"}
+
+
+def test_without_a_monitor_of_its_own_the_exporter_down_alert_keeps_the_mixins_selector(chart: helm.Chart) -> None:
+    """The release's job exists only if its monitor scrapes the exporter; otherwise whoever scrapes it names the job."""
+    rendered = by_name(rendered_groups(chart, {"prometheusRule": {"enabled": True}}))["SpecDecodeExporterDown"]
+    mixin = by_name(mixin_groups(Params()))["SpecDecodeExporterDown"]
+    assert rendered["expr"] == mixin["expr"] and Params().exporter_job_selector in rendered["expr"]
 
 
 def test_each_rule_layer_installs_alone_as_its_own_prometheus_rule(chart: helm.Chart) -> None:

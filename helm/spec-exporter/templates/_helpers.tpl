@@ -197,11 +197,18 @@ fullnameOverride says.
 {{- end }}
 
 {{/*
-Label matchers of the exporter's own scrape, for the exporter-down alert: prometheusRule.exporterJobSelector, or
-the job and namespace this release's monitor gives it.
+Label matchers of the exporter's own scrape, for the exporter-down alert: prometheusRule.exporterJobSelector; else
+the job and namespace this release's monitor gives it; else, with no monitor of this release's, the mixin's
+selector, which any job with spec-exporter in its name matches.
 */}}
 {{- define "spec-exporter.exporterJobSelector" -}}
-{{- .Values.prometheusRule.exporterJobSelector | default (printf "job=%q,namespace=%q" (include "spec-exporter.exporterJob" .) .Release.Namespace) }}
+{{- if .Values.prometheusRule.exporterJobSelector }}
+{{- .Values.prometheusRule.exporterJobSelector }}
+{{- else if .Values.monitor.enabled }}
+{{- printf "job=%q,namespace=%q" (include "spec-exporter.exporterJob" .) .Release.Namespace }}
+{{- else }}
+{{- include "spec-exporter.mixinExporterJobSelector" . }}
+{{- end }}
 {{- end }}
 
 {{/*
