@@ -1,10 +1,11 @@
-"""The Helm chart's generated files: its PrometheusRule template, from mixin/rules.py, and its dashboards.
+"""The Helm chart's generated files: its PrometheusRule template (one object per rule layer), from mixin/rules.py,
+the mixin defaults its other templates need, and its dashboards.
 
 A chart cannot read files outside its own folder, so the rules and dashboards reach helm/spec-exporter through this
 step, run by `python -m mixin` with everything else. The rules are rendered from the same `rule_groups` that writes
 alerts/, with every value-driven parameter replaced by a placeholder that becomes a Helm expression; with the chart's
-default values the template renders exactly the rules in alerts/ (tests/test_chart.py renders it with real Helm and
-compares, and regenerates these files to prove they are current).
+default values the layers together render exactly the rules in alerts/ (tests/test_chart.py renders them with real
+Helm and compares, and regenerates these files to prove they are current).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from mixin.rules import rule_groups
 
 CHART = Path("helm") / "spec-exporter"
 RULE_TEMPLATE = "templates/prometheusrule.yaml"
+MIXIN_TEMPLATE = "templates/_mixin.tpl"
+# The label that says which layer a PrometheusRule holds.
+LAYER_LABEL = "spec-exporter.dev/rule-layer"
 DASHBOARDS = "dashboards"
 
 # Each value-driven Params field and the chart value that replaces it. Numbers print as Go prints a float64, which
@@ -43,7 +47,14 @@ VALUES = {
     "for_target_down": "for.targetDown",
     "for_missing": "for.missing",
     "runbook_url": "runbookUrl",
+    "grafana_url": "grafanaUrl",
     "exporter_job_selector": "exporterJobSelector",
+}
+# Chart values whose Helm expression is more than the value itself: the exporter's job selector defaults to the job
+# and namespace this release's monitor gives it; a Grafana URL may end in a slash.
+_EXPRESSIONS = {
+    "exporter_job_selector": '(include "spec-exporter.exporterJobSelector" $)',
+    "grafana_url": '(trimSuffix "/" $.Values.prometheusRule.grafanaUrl)',
 }
 # Changes the shape of a selector (`{}` or none), so the template carries both renderings of the rules it touches.
 SELECTOR = "selector"
@@ -61,6 +72,8 @@ def _placeholder(name: str) -> str:
 
 
 def _value(name: str) -> str:
+    if name in _EXPRESSIONS:
+        return _EXPRESSIONS[name]
     return f"$.Values.prometheusRule.{VALUES[name] if name in VALUES else name}"
 
 
@@ -127,8 +140,50 @@ def _rule_name(rule: dict[str, Any]) -> str:
     return str(rule.get("alert") or rule.get("record"))
 
 
-def _groups(params: Params) -> list[dict[str, Any]]:
-    return [group for doc in rule_groups(params).values() for group in doc["groups"]]
+# The rule layers, each installable alone (prometheusRule.layers.<layer>.enabled) as its own PrometheusRule: `base`
+# reads what Prometheus scrapes from vLLM itself (vllm:*, and the middleware's spec_tap_*), `exporter` the
+# exporter's derived spec_decode_* series and its own health.
+LAYERS = ("base", "exporter")
+# An exporter series by name: spec_decode_ not inside a recorded name (those carry colons and are followed by
+# what records them).
+_EXPORTER_SERIES = re.compile(r"(?<![\w:])spec_decode_[a-z]\w*(?![\w:])")
+
+
+def layer_groups(params: Params) -> dict[str, list[dict[str, Any]]]:
+    """The rule groups of each layer. A rule is in the exporter layer when it reads an exporter series, the
+    exporter's scrape (`up` by its job) or what another exporter-layer rule records; else in the base layer. Each
+    group is split by layer and named after it.
+
+    Stands in for the mixin's own split (mixin.rules), which the chart will take as is once it exists."""
+    groups = [group for doc in rule_groups(params).values() for group in doc["groups"]]
+    rules = [rule for group in groups for rule in group["rules"]]
+    exporter_records: set[str] = set()
+    in_exporter: set[int] = set()
+    changed = True
+    while changed:  # until what the exporter layer records stops growing: a record may be read before it is defined
+        changed = False
+        for i, rule in enumerate(rules):
+            if i in in_exporter:
+                continue
+            expr = rule["expr"]
+            if (
+                _EXPORTER_SERIES.search(expr)
+                or (params.exporter_job_selector and params.exporter_job_selector in expr)
+                or any(re.search(rf"(?<![\w:]){re.escape(r)}(?![\w:])", expr) for r in exporter_records)
+            ):
+                in_exporter.add(i)
+                if "record" in rule:
+                    exporter_records.add(rule["record"])
+                changed = True
+    layer_of = {id(rule): "exporter" if i in in_exporter else "base" for i, rule in enumerate(rules)}
+    out: dict[str, list[dict[str, Any]]] = {layer: [] for layer in LAYERS}
+    for group in groups:
+        for layer in LAYERS:
+            mine = [rule for rule in group["rules"] if layer_of[id(rule)] == layer]
+            if mine:
+                name = str(group["name"]).replace("spec-decode", f"spec-decode-{layer}", 1)
+                out[layer].append({**group, "name": name, "rules": mine})
+    return out
 
 
 def _substitute(text: str) -> str:
@@ -159,16 +214,46 @@ def _substitute(text: str) -> str:
     return re.sub(r"(\{?)" + _PLACEHOLDER.pattern, inline, text)
 
 
+def _rules_text(group: dict[str, Any], scoped_group: dict[str, Any]) -> list[str]:
+    """One group's lines: each alert behind its disabledAlerts switch, each selector-dependent rule in both forms."""
+    lines = [_dump_rule({k: v for k, v in group.items() if k != "rules"}, 2)]
+    group_alerts = [_rule_name(r) for r in group["rules"] if "alert" in r]
+    rules_line = "    rules:"
+    if group_alerts and len(group_alerts) == len(group["rules"]):
+        # Every alert of the group disabled leaves an empty list, which the CRD accepts and null it does not.
+        every = " ".join(f'(has "{a}" $disabled)' for a in group_alerts)
+        rules_line += (
+            f"{{{{ if and {every} }}}} []{{{{ end }}}}"
+            if len(group_alerts) > 1
+            else f"{{{{ if {every} }}}} []{{{{ end }}}}"
+        )
+    lines.append(rules_line)
+    for rule, scoped_rule in zip(group["rules"], scoped_group["rules"], strict=True):
+        if _rule_name(rule) != _rule_name(scoped_rule):
+            raise ValueError("the selector changed the list of rules")
+        text, scoped_text = _dump_rule(rule, 4), _dump_rule(scoped_rule, 4)
+        if text != scoped_text:
+            text = "\n".join(
+                ["{{- if $.Values.prometheusRule.selector }}", scoped_text, "{{- else }}", text, "{{- end }}"]
+            )
+        if "alert" in rule:
+            text = "\n".join([f'{{{{- if not (has "{_rule_name(rule)}" $disabled) }}}}', text, "{{- end }}"])
+        lines.append(text)
+    return lines
+
+
 def prometheus_rule_template(base: Params | None = None) -> str:
-    """The chart's templates/prometheusrule.yaml."""
+    """The chart's templates/prometheusrule.yaml: one PrometheusRule per rule layer."""
     base = base or Params()
-    plain, scoped = _groups(helm_params(base, selector=False)), _groups(helm_params(base, selector=True))
-    alerts = [_rule_name(r) for g in plain for r in g["rules"] if "alert" in r]
+    plain, scoped = layer_groups(helm_params(base, selector=False)), layer_groups(helm_params(base, selector=True))
+    alerts = [_rule_name(r) for layer in LAYERS for g in plain[layer] for r in g["rules"] if "alert" in r]
     lines = [
         "{{- /*",
         "Generated by `python -m mixin` (mixin/chart.py) from mixin/rules.py: edit those, not this file.",
-        "Thresholds, `for` durations, the selector, runbook URL and rule labels come from .Values.prometheusRule;",
-        "with the chart's defaults this renders the rules in alerts/ (tests/test_chart.py compares them).",
+        "One PrometheusRule per rule layer (prometheusRule.layers): base reads vLLM's own series, exporter the",
+        "exporter's. Thresholds, `for` durations, selectors, links and rule labels come from .Values.prometheusRule;",
+        "with the chart's defaults the layers together render the rules in alerts/ (tests/test_chart.py compares",
+        "them).",
         "*/ -}}",
         "{{- if .Values.prometheusRule.enabled }}",
         "{{- $disabled := .Values.prometheusRule.disabledAlerts }}",
@@ -184,48 +269,34 @@ def prometheus_rule_template(base: Params | None = None) -> str:
         '{{- fail (printf "prometheusRule.thresholds: disableBelow (%v) must not be above beneficialAt (%v)" '
         "$t.disableBelow $t.beneficialAt) }}",
         "{{- end }}",
-        "apiVersion: monitoring.coreos.com/v1",
-        "kind: PrometheusRule",
-        "metadata:",
-        '  name: {{ include "spec-exporter.fullname" . }}',
-        "  namespace: {{ .Release.Namespace }}",
-        "  labels:",
-        '    {{- include "spec-exporter.labels" . | nindent 4 }}',
-        "    {{- with .Values.prometheusRule.additionalLabels }}",
-        "    {{- toYaml . | nindent 4 }}",
-        "    {{- end }}",
-        "  {{- with .Values.prometheusRule.annotations }}",
-        "  annotations:",
-        "    {{- toYaml . | nindent 4 }}",
-        "  {{- end }}",
-        "spec:",
-        "  groups:",
     ]
-    for group, scoped_group in zip(plain, scoped, strict=True):
-        head = {k: v for k, v in group.items() if k != "rules"}
-        lines.append(_dump_rule(head, 2))
-        group_alerts = [_rule_name(r) for r in group["rules"] if "alert" in r]
-        rules_line = "    rules:"
-        if group_alerts and len(group_alerts) == len(group["rules"]):
-            # Every alert of the group disabled leaves an empty list, which the CRD accepts and null it does not.
-            every = " ".join(f'(has "{a}" $disabled)' for a in group_alerts)
-            rules_line += (
-                f"{{{{ if and {every} }}}} []{{{{ end }}}}"
-                if len(group_alerts) > 1
-                else (f"{{{{ if {every} }}}} []{{{{ end }}}}")
-            )
-        lines.append(rules_line)
-        for rule, scoped_rule in zip(group["rules"], scoped_group["rules"], strict=True):
-            if _rule_name(rule) != _rule_name(scoped_rule):
-                raise ValueError("the selector changed the list of rules")
-            text, scoped_text = _dump_rule(rule, 4), _dump_rule(scoped_rule, 4)
-            if text != scoped_text:
-                text = "\n".join(
-                    ["{{- if $.Values.prometheusRule.selector }}", scoped_text, "{{- else }}", text, "{{- end }}"]
-                )
-            if "alert" in rule:
-                text = "\n".join([f'{{{{- if not (has "{_rule_name(rule)}" $disabled) }}}}', text, "{{- end }}"])
-            lines.append(text)
+    for layer in LAYERS:
+        if not plain[layer]:
+            continue
+        lines += [
+            f"{{{{- if .Values.prometheusRule.layers.{layer}.enabled }}}}",
+            "---",
+            "apiVersion: monitoring.coreos.com/v1",
+            "kind: PrometheusRule",
+            "metadata:",
+            f'  name: {{{{ printf "%s-{layer}" (include "spec-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}}}',
+            "  namespace: {{ .Release.Namespace }}",
+            "  labels:",
+            '    {{- include "spec-exporter.labels" . | nindent 4 }}',
+            f"    {LAYER_LABEL}: {layer}",
+            "    {{- with .Values.prometheusRule.additionalLabels }}",
+            "    {{- toYaml . | nindent 4 }}",
+            "    {{- end }}",
+            "  {{- with .Values.prometheusRule.annotations }}",
+            "  annotations:",
+            "    {{- toYaml . | nindent 4 }}",
+            "  {{- end }}",
+            "spec:",
+            "  groups:",
+        ]
+        for group, scoped_group in zip(plain[layer], scoped[layer], strict=True):
+            lines += _rules_text(group, scoped_group)
+        lines.append("{{- end }}")
     lines.append("{{- end }}")
     text = _substitute("\n".join(lines) + "\n")
     leftover = _PLACEHOLDER.search(text)
@@ -234,9 +305,25 @@ def prometheus_rule_template(base: Params | None = None) -> str:
     return text
 
 
+def mixin_template(base: Params | None = None) -> str:
+    """The chart's templates/_mixin.tpl: the mixin's defaults the chart's other templates need, from one source."""
+    base = base or Params()
+    return "\n".join(
+        [
+            "{{- /* Generated by `python -m mixin` (mixin/chart.py) from mixin/params.py: edit those, not this file.",
+            "The runbook URL the mixin writes into the dashboards' panel links (prometheusRule.runbookUrl replaces it",
+            "in the chart's dashboard ConfigMaps). */}}",
+            f'{{{{- define "spec-exporter.mixinRunbookUrl" -}}}}{base.runbook_url}{{{{- end }}}}',
+            "{{- /* The mixin's selector of the exporter's scrape, for a release without a monitor of its own. */}}",
+            f'{{{{- define "spec-exporter.mixinExporterJobSelector" -}}}}{base.exporter_job_selector}{{{{- end }}}}',
+            "",
+        ]
+    )
+
+
 def chart_files(dashboards: dict[str, str], base: Params | None = None) -> dict[str, str]:
     """Generated files, relative to the chart: the PrometheusRule template and a copy of every dashboard."""
-    files = {RULE_TEMPLATE: prometheus_rule_template(base)}
+    files = {RULE_TEMPLATE: prometheus_rule_template(base), MIXIN_TEMPLATE: mixin_template(base)}
     files.update({f"{DASHBOARDS}/{name}": text for name, text in sorted(dashboards.items())})
     return files
 

@@ -390,7 +390,8 @@ POLL_ERRORS = MetricSpec(
     ("target", "reason"),
     "Failed polls by reason: timeout, connection_error, http_status, body_too_large, truncated, parse_error, "
     "unknown_layout, not_an_engine (a router or proxy, not a vLLM engine), duplicate_series (the same series "
-    "twice in one scrape), multiple_processes (the URL reaches several vLLM processes: poll each pod).",
+    "twice in one scrape), multiple_processes (the URL reaches several vLLM processes: poll each pod), tls_error "
+    "(an https target's certificate does not verify against its tls_config).",
 )
 BUILD_INFO = MetricSpec(
     "spec_decode_exporter_build_info",

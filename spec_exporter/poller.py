@@ -15,7 +15,7 @@ from spec_exporter.cardinality import cap_models
 from spec_exporter.config import Settings, TargetConfig
 from spec_exporter.derive.baseline import compare_pairs
 from spec_exporter.derive.health import TargetHealth, derive_target
-from spec_exporter.fetch import FetchError, fetch_metrics
+from spec_exporter.fetch import FetchError, TargetTLS, fetch_metrics, target_tls
 from spec_exporter.state import StateStore, TargetState
 from spec_exporter.types import DeriveParams, PollError, Snapshot, TapSample
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
@@ -34,8 +34,16 @@ class _MultipleProcesses(Exception):
 class _TargetRuntime:
     """What the poller remembers about one target between polls."""
 
-    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, tap: TapSource | None):
+    def __init__(
+        self,
+        config: TargetConfig,
+        params: DeriveParams,
+        keep_seconds: float,
+        tap: TapSource | None,
+        tls: TargetTLS | None,
+    ):
         self.config = config
+        self.tls = tls
         self.params = params
         self.keep_seconds = keep_seconds
         self.tap = tap
@@ -93,7 +101,11 @@ class Poller:
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
         taps = tap_sources or {}
-        self._targets = [_TargetRuntime(t, settings.derive_params(t), keep, taps.get(t.name)) for t in settings.targets]
+        tls = target_tls(settings)
+        self._targets = [
+            _TargetRuntime(t, settings.derive_params(t), keep, taps.get(t.name), tls.get(t.name))
+            for t in settings.targets
+        ]
         # The one place the comparison policy is decided: which pairs are compared, and so which targets derive
         # latency by load band (both sides of every pair; the collector renders what it is given).
         self._pairs = settings.comparison_pairs()
@@ -116,7 +128,7 @@ class Poller:
         started = self._clock()
         previous = self._store.current().targets[name]
         try:
-            text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes)
+            text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes, rt.tls)
             health, folded = self._derive(rt, text)
         except (FetchError, ParseError) as e:
             self._failed(rt, previous, e.reason, str(e), started)

@@ -46,6 +46,10 @@ class PollError(StrEnum):
     # process_start_time_seconds changed with no counter going down: the URL reaches several vLLM processes
     # (a Service in front of a pool), whose counters cannot be differenced.
     MULTIPLE_PROCESSES = "multiple_processes"
+    # The TLS handshake with an https target failed: its certificate does not verify against tls_config. A target
+    # that refuses the exporter's client certificate closes the connection after a TLS 1.3 handshake instead:
+    # connection_error.
+    TLS = "tls_error"
 
 
 class Verdict(StrEnum):

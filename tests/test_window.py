@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from spec_exporter.types import TemperatureBandSample, LatencyMetric, Snapshot, TapSample
+from spec_exporter.types import LatencyMetric, Snapshot, TapSample, TemperatureBandSample
 from spec_exporter.window import SnapshotRing, advance, window_delta
 from tests.builders import KEY, engine, hist, snap
 
