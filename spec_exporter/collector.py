@@ -101,7 +101,7 @@ class SpecDecodeCollector(Collector):
                 _engine_families(out, name, engine)
             _load_families(out, name, target.health, name in compared)
             if target.health.tap is not None:
-                _tap_families(out, name, target.health.tap)
+                _tap_families(out, name, target.health.tap, target.health)
         _baseline_families(out, state.comparisons)
         yield from out.nonempty()
 
@@ -131,6 +131,10 @@ def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
                 out.summary(catalog.LATENCY, [*labels, metric.value], qs, totals.count, totals.sum)
         for metric, ratio in sorted(w.divergence.items()):
             out.add(catalog.DIVERGENCE, [*labels, metric.value], ratio)
+    # The same buckets in every window: the lowest bound of the first window that has quantiles.
+    floors = next((w.latency_floor for w in e.windows if w.latency_floor), {})
+    for metric, bound in sorted(floors.items()):
+        out.add(catalog.LATENCY_LOWEST_BUCKET, [*base, metric.value], bound)
     if e.spec_enabled:
         # Off means no acceptance series at all: zeros would read as "drafts all rejected".
         _speculation_families(out, base, e)
@@ -138,7 +142,6 @@ def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
 
 def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> None:
     out.add(catalog.NUM_SPECULATIVE_TOKENS, base, e.num_speculative_tokens)
-    out.add(catalog.BREAK_EVEN, base, e.break_even_acceptance)
     for verdict in Verdict:
         out.add(catalog.VERDICT, [*base, "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
     if e.lifetime_acceptance is not None:
@@ -160,12 +163,16 @@ def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> N
         out.add(catalog.WINDOW_ACCEPTED_TOKENS, labels, a.accepted_tokens)
         out.add(catalog.ACCEPTANCE_RATE, labels, a.rate)
         out.add(catalog.MEAN_ACCEPTANCE_LENGTH, labels, a.mean_length)
-        out.add(catalog.EXPECTED_SPEEDUP, labels, w.expected_speedup)
         out.add(catalog.EFFECTIVE_K, labels, w.effective_k)
         out.add(catalog.SPECULATED_SHARE, labels, w.speculated_share)
-        if w.recommended is not None:
-            out.add(catalog.RECOMMENDED_K, labels, float(w.recommended.k))
-            out.add(catalog.RECOMMENDED_SPEEDUP, labels, w.recommended.speedup)
+        if w.cost is not None:
+            sourced = [*labels, w.cost.source.value]
+            out.add(catalog.STEP_COST_RATIO, sourced, w.cost.rho)
+            out.add(catalog.BREAK_EVEN, sourced, w.break_even_rate)
+            out.add(catalog.EXPECTED_SPEEDUP, sourced, w.expected_speedup)
+            if w.recommended is not None:
+                out.add(catalog.RECOMMENDED_K, labels, float(w.recommended.k))
+                out.add(catalog.RECOMMENDED_SPEEDUP, sourced, w.recommended.speedup)
         for i, (accepted, rate) in enumerate(zip(a.accepted_per_position, a.per_position, strict=True)):
             out.add(catalog.WINDOW_POSITION_ACCEPTED, [*labels, str(i)], accepted)
             out.add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
@@ -179,7 +186,8 @@ def rebucket(h: Histogram, bounds: tuple[float, ...]) -> Histogram:
     return Histogram(bounds, tuple(at[b] for b in bounds), h.count, h.sum)
 
 
-def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
+def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHealth) -> None:
+    sources = {w.window.label: w.cost.source.value for w in health.combined if w.cost is not None}
     for (band, outcome), n in sorted(tap.requests.items()):
         out.add(catalog.TAP_REQUESTS, [target, band, outcome], n)
     for stage, n in sorted(tap.errors.items()):
@@ -205,6 +213,8 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
             out.summary(catalog.REQUEST_ACCEPTANCE_QUANTILE, wl, w.percentiles, acceptance.count, acceptance.sum)
             out.add(catalog.REQUEST_WINDOW_DRAFT_TOKENS, wl, w.drafted)
             out.add(catalog.REQUEST_WINDOW_ACCEPTED_TOKENS, wl, w.accepted)
+            if w.window.label in sources:
+                out.add(catalog.BAND_EXPECTED_SPEEDUP, [*wl, sources[w.window.label]], w.expected_speedup)
         for verdict in Verdict:
             out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
 

@@ -322,7 +322,8 @@ def _advance_tap(
     return new_totals, seen
 
 
-def _sub_spec(later: SpecCounters | None, earlier: SpecCounters | None) -> SpecCounters | None:
+def spec_increase(later: SpecCounters | None, earlier: SpecCounters | None) -> SpecCounters | None:
+    """`later` − `earlier`, positions aligned from 0 (a position `earlier` lacks counts from 0)."""
     if later is None:
         return None
     if earlier is None:
@@ -355,7 +356,7 @@ def subtract(later: EngineTotals, earlier: EngineTotals | None) -> EngineTotals:
     if earlier is None:
         return later
     return EngineTotals(
-        spec=_sub_spec(later.spec, earlier.spec),
+        spec=spec_increase(later.spec, earlier.spec),
         histograms={m: _sub_histogram(h, earlier.histograms.get(m)) for m, h in later.histograms.items()},
         generation_tokens=later.generation_tokens - earlier.generation_tokens,
         preemptions=later.preemptions - earlier.preemptions,

@@ -225,9 +225,17 @@ async def test_load_band_and_the_speedup_at_it_against_a_baseline(
     band = {"target": "spec", "baseline": "base", "load_band": "9-16", "window": "1m"}
     assert registry.get_sample_value("spec_decode_baseline_load_band_tpot_speedup", band) == pytest.approx(0.5)
     assert registry.get_sample_value("spec_decode_baseline_load_band_requests", band) == 3
-    # The acceptance-only numbers do not move with load: the same as at batch 1.
-    spec_window = {**engine, "window": "1m"}
-    assert registry.get_sample_value("spec_decode_expected_speedup", spec_window) == pytest.approx((1 + 55 / 49) / 1.3)
+    # The baseline at the band the pool runs at is the step cost's evidence: rho = AL / 0.5, the speedup is the
+    # measured one, and the verdict follows it (the acceptance policy would have said the same here, for another
+    # reason: 0.374 < 0.5).
+    baseline = {**engine, "window": "1m", "source": "baseline"}
+    length = 1 + 55 / 49
+    assert registry.get_sample_value("spec_decode_step_cost_ratio", baseline) == pytest.approx(length / 0.5)
+    assert registry.get_sample_value("spec_decode_expected_speedup", baseline) == pytest.approx(0.5)
+    # (rho - 1) / k = 1.08: no acceptance rate breaks even at this load, so no break-even series.
+    assert registry.get_sample_value("spec_decode_break_even_acceptance_rate", baseline) is None
+    prior = {**engine, "window": "1m", "source": "prior"}
+    assert registry.get_sample_value("spec_decode_expected_speedup", prior) is None
 
 
 async def test_an_idle_window_has_no_load_band_and_no_target_without_baseline_gets_band_latency(

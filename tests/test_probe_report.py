@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from spec_exporter.commands.probe import probe_document, render_table
+from spec_exporter.commands.probe_document import probe_document
+from spec_exporter.commands.probe_render import render_table
 from spec_exporter.commands.probe_report import render_html
 from tests.test_probe import swept
 

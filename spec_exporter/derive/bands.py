@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from spec_exporter.derive import cost as cost_model
+from spec_exporter.derive.cost import StepCost
 from spec_exporter.derive.latency import quantiles
-from spec_exporter.derive.verdict import verdict
 from spec_exporter.join.metrics import Outcome
 from spec_exporter.types import BandKey, BandSample, DeriveParams, TapSample, Verdict, Window
 
@@ -29,6 +30,9 @@ class BandWindow:
     drafted: float
     percentiles: Mapping[float, float]
     verdict: Verdict
+    # 1 + k_eff·r of the band (k_eff the engine's over the window) and AL / rho at the engine's current load.
+    acceptance_length: float | None = None
+    expected_speedup: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +55,25 @@ class TapHealth:
     missing_spec_metrics: bool
 
 
-def _band_window(window: Window, delta: BandSample | None, params: DeriveParams) -> BandWindow:
+def _band_window(window: Window, delta: BandSample | None, params: DeriveParams, cost: StepCost | None) -> BandWindow:
     if delta is None:
         return BandWindow(window, 0.0, 0.0, 0.0, {}, Verdict.INSUFFICIENT_DATA)
     h = delta.acceptance
     rate = delta.accepted_tokens / delta.draft_tokens if delta.draft_tokens > 0 else None
+    # The band's requests ran in the engine's batches: the engine's step cost at its load (whatever its source, a
+    # baseline's rho = AL·TPOT_spec/TPOT_base included) is theirs too. The tap counts no steps, so
+    # AL = 1 + k_eff·r with the engine's effective k.
+    length = 1.0 + cost.k * rate if cost is not None and rate is not None else None
+    speedup = cost_model.speedup(length, cost) if cost is not None and length is not None else None
     return BandWindow(
         window=window,
         requests=h.count if h is not None else 0.0,
         accepted=delta.accepted_tokens,
         drafted=delta.draft_tokens,
         percentiles=quantiles(h, PERCENTILES) if h is not None else {},
-        verdict=verdict(rate, delta.draft_tokens, params.thresholds),
+        verdict=cost_model.verdict(rate, delta.draft_tokens, speedup, cost, params.thresholds),
+        acceptance_length=length,
+        expected_speedup=speedup,
     )
 
 
@@ -71,15 +82,18 @@ def derive_tap(
     deltas: Mapping[str, TapSample | None],
     engine_drafted: Mapping[str, float | None],
     params: DeriveParams,
+    costs: Mapping[str, StepCost | None] | None = None,
 ) -> TapHealth:
-    """`deltas` and `engine_drafted` (the engine's draft tokens, all engines summed) map each window label."""
+    """`deltas`, `engine_drafted` (the engine's draft tokens, all engines summed) and `costs` (the engines' step
+    cost at their load) map each window label."""
     bands = []
     drafted_in_window = {w.label: 0.0 for w in params.windows}
     for key, band_totals in sorted(totals.bands.items()):
         windows = []
         for w in params.windows:
             delta = deltas.get(w.label)
-            windows.append(_band_window(w, delta.bands.get(key) if delta is not None else None, params))
+            band = delta.bands.get(key) if delta is not None else None
+            windows.append(_band_window(w, band, params, (costs or {}).get(w.label)))
             drafted_in_window[w.label] += windows[-1].drafted
         band_verdict = next(
             (bw.verdict for bw in windows if bw.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from spec_exporter.derive.health import TargetHealth
+from spec_exporter.derive.health import TargetHealth, costed, only_model, verdict_of
 from spec_exporter.derive.load import BandComparison, compare_bands
-from spec_exporter.types import LatencyMetric
+from spec_exporter.types import DeriveParams, EngineGeneration, LatencyMetric
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +60,32 @@ def compare_pairs(
         if spec is not None and baseline is not None:
             out.extend(compare(spec_name, spec, baseline_name, baseline))
     return tuple(out)
+
+
+def with_baseline(h: TargetHealth, comparisons: Sequence[Comparison], params: DeriveParams) -> TargetHealth:
+    """`h` re-costed with the strongest evidence: the measured speedup against its baseline at the band it runs at.
+
+    Applies to the target as a whole (the comparison is of all engines), and to its engine when it has one.
+    """
+    by_window = {c.window: c for c in comparisons}
+    loads = {wl.window.label: wl.target for wl in h.load}
+    model = only_model(h.engines)
+    ks = {e.num_speculative_tokens for e in h.engines.values() if e.num_speculative_tokens}
+    k = ks.pop() if len(ks) == 1 else None
+    combined = []
+    for w in h.combined:
+        c, load = by_window.get(w.window.label), loads.get(w.window.label)
+        at = next((b for b in c.load_bands if b.band == load.band), None) if c and load else None
+        if at is None:
+            combined.append(w)
+            continue
+        combined.append(costed(w, k, params, load.mean_running if load else None, model, at.speedup))
+    engines = h.engines
+    if len(engines) == 1:
+        ((key, only),) = engines.items()
+        if only.generation is EngineGeneration.V1:
+            engines = {key: dataclasses.replace(only, windows=tuple(combined), verdict=verdict_of(combined, params))}
+    combined_verdict = h.combined_verdict
+    if h.generation is EngineGeneration.V1:
+        combined_verdict = verdict_of(combined, params)
+    return dataclasses.replace(h, engines=engines, combined=tuple(combined), combined_verdict=combined_verdict)
