@@ -207,3 +207,32 @@ def test_baseline_comparison_divides_tpot_p50_and_p99() -> None:
 def test_quantile_zero_on_an_empty_first_bucket_is_nan_as_in_promql() -> None:
     # vLLM's TTFT histograms nearly always have an empty 0.001 bucket; Go's 0/0 is NaN.
     assert math.isnan(histogram_quantile(0.0, (1e-05, math.inf), (0, 10)))
+
+
+def test_a_calibration_profile_prices_the_step_at_the_live_load_and_the_speedup_decides() -> None:
+    from spec_exporter.types import PROFILE_KIND, CostPoint, CostProfile
+
+    profile = CostProfile(
+        kind=PROFILE_KIND,
+        version=1,
+        model="tiny",
+        num_speculative_tokens=3,
+        points=(CostPoint(batch_size=1, step_cost_ratio=1.2), CostPoint(batch_size=4, step_cost_ratio=2.4)),
+    )
+    params = DeriveParams(windows=WINDOWS, verdict_window="1m", draft_cost_ratio=0.1, cost_profile=profile)
+    ring = SnapshotRing(400)
+    ring.push(parse_exposition(sample(V032_IDLE), 0.0))
+    point = ring.push(parse_exposition(sample(V032_LOAD), 60.0))
+    deltas = {w.label: window_delta(ring.points, w.seconds, 2.5) for w in WINDOWS}
+    h = derive_target(point, deltas, params, ring.points, 2.5)
+    w = h.combined[0]
+    # The pair ran one request at a time (load 1.0): rho(1) = 1.2 from the profile, exactly AL / 1.2.
+    assert w.cost.source.value == "calibration" and w.cost.load == 1.0 and w.cost.rho == pytest.approx(1.2)
+    assert w.expected_speedup == pytest.approx((1 + 55 / 49) / 1.2)
+    assert w.break_even_rate == pytest.approx(0.2 / 3)
+    # Load evidence: the 1.77x decides (beneficial), where acceptance 0.374 alone says disable.
+    assert w.verdict is Verdict.BENEFICIAL and h.combined_verdict is Verdict.BENEFICIAL
+    # Without the ring there is no load to read the profile at: the prior, and the acceptance policy, say so.
+    alone = derive_target(point, deltas, params).combined[0]
+    assert alone.cost.source.value == "prior" and "no load measured" in alone.cost.note
+    assert alone.verdict is Verdict.DISABLE
