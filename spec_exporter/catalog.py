@@ -338,11 +338,24 @@ BAND_EXPECTED_SPEEDUP = MetricSpec(
     "spec_decode_request_expected_speedup",
     "gauge",
     (*BAND, "window", "source"),
-    "Speedup of the band's requests at the engine's current load: (1 + k_eff * r_band) / rho, r_band the band's "
-    "accepted / draft tokens over the window, k_eff and rho the engine's (spec_decode_step_cost_ratio)."
-    + _COST
-    + " "
-    + _TAP,
+    "Speedup of the band's requests at the engine's current load: spec_decode_request_mean_acceptance_length / "
+    "rho, rho the engine's (spec_decode_step_cost_ratio) priced for the k the band drafted." + _COST + " " + _TAP,
+)
+BAND_ACCEPTANCE_LENGTH = MetricSpec(
+    "spec_decode_request_mean_acceptance_length",
+    "gauge",
+    (*BAND, "window"),
+    "Tokens per verification step of the band's requests that finished in the window: 1 + accepted / steps "
+    "(vLLM's per-request num_spec_steps); from a tap that does not count steps, 1 + k_eff * r_band with the "
+    "engine's effective k. " + _TAP,
+)
+BAND_RECOMMENDED_K = MetricSpec(
+    "spec_decode_request_recommended_num_speculative_tokens",
+    "gauge",
+    (*BAND, "window"),
+    "The best k for the band's requests at the engine's current load, from their per-position acceptance (vLLM's "
+    "per-request acceptance_histogram) and rho_j; 0 when no k pays; absent when the denominators leave it open "
+    "(see spec_decode_recommended_num_speculative_tokens). " + _TAP,
 )
 REQUEST_WINDOW_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_window_draft_tokens",
@@ -477,6 +490,8 @@ ALL: tuple[MetricSpec, ...] = (
     REQUEST_TPOT,
     REQUEST_ACCEPTANCE_QUANTILE,
     BAND_EXPECTED_SPEEDUP,
+    BAND_ACCEPTANCE_LENGTH,
+    BAND_RECOMMENDED_K,
     REQUEST_WINDOW_DRAFT_TOKENS,
     REQUEST_WINDOW_ACCEPTED_TOKENS,
     TAP_REQUESTS,

@@ -213,8 +213,11 @@ def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHea
             out.summary(catalog.REQUEST_ACCEPTANCE_QUANTILE, wl, w.percentiles, acceptance.count, acceptance.sum)
             out.add(catalog.REQUEST_WINDOW_DRAFT_TOKENS, wl, w.drafted)
             out.add(catalog.REQUEST_WINDOW_ACCEPTED_TOKENS, wl, w.accepted)
+            out.add(catalog.BAND_ACCEPTANCE_LENGTH, wl, w.acceptance_length)
             if w.window.label in sources:
                 out.add(catalog.BAND_EXPECTED_SPEEDUP, [*wl, sources[w.window.label]], w.expected_speedup)
+            if w.recommended is not None:
+                out.add(catalog.BAND_RECOMMENDED_K, wl, float(w.recommended.k))
         for verdict in Verdict:
             out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
 

@@ -202,6 +202,9 @@ class BandSample:
     acceptance: Histogram | None = None
     ttft: Histogram | None = None
     tpot: Histogram | None = None
+    # Steps (as drafts), draft and accepted tokens, and per-position counts of the band's measured requests, from
+    # vLLM's per-request num_spec_steps and acceptance_histogram; None from a tap that does not count them.
+    spec: SpecCounters | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,18 +82,24 @@ def _went_down(previous: float | None, current: float | None) -> bool:
     return previous is not None and current is not None and current < previous
 
 
-def engine_restarted(previous: EngineSample, current: EngineSample) -> bool:
-    """True if any counter of the engine went down: vLLM restarted between the two scrapes."""
-    ps, cs = previous.spec, current.spec
-    if ps is not None and cs is not None:
-        if (
+def _spec_went_down(ps: SpecCounters | None, cs: SpecCounters | None) -> bool:
+    return (
+        ps is not None
+        and cs is not None
+        and (
             _went_down(ps.drafts, cs.drafts)
             or _went_down(ps.draft_tokens, cs.draft_tokens)
             or _went_down(ps.accepted_tokens, cs.accepted_tokens)
             or any(c < p for p, c in zip(ps.per_position, cs.per_position, strict=False))
             or len(ps.per_position) != len(cs.per_position)
-        ):
-            return True
+        )
+    )
+
+
+def engine_restarted(previous: EngineSample, current: EngineSample) -> bool:
+    """True if any counter of the engine went down: vLLM restarted between the two scrapes."""
+    if _spec_went_down(previous.spec, current.spec):
+        return True
     if _went_down(previous.generation_tokens, current.generation_tokens) or _went_down(
         previous.preemptions, current.preemptions
     ):
@@ -240,6 +246,8 @@ def _tap_restarted(previous: TapSample, current: TapSample) -> bool:
             continue
         if band.accepted_tokens < old.accepted_tokens or band.draft_tokens < old.draft_tokens:
             return True
+        if _spec_went_down(old.spec, band.spec):
+            return True
         for name in _BAND_HISTOGRAMS:
             h, oh = getattr(band, name), getattr(old, name)
             if h is not None and oh is not None and (h.bounds != oh.bounds or h.count < oh.count):
@@ -264,7 +272,9 @@ _BAND_HISTOGRAMS = ("acceptance", "ttft", "tpot")
 
 
 def _zero_band(like: BandSample) -> BandSample:
-    return BandSample(0.0, 0.0, *(_zero_or_none(getattr(like, n)) for n in _BAND_HISTOGRAMS))
+    acceptance, ttft, tpot = (_zero_or_none(getattr(like, n)) for n in _BAND_HISTOGRAMS)
+    spec = _zero_spec(like.spec) if like.spec is not None else None
+    return BandSample(0.0, 0.0, acceptance, ttft, tpot, spec)
 
 
 def _carry_band(total: BandSample | None, previous: BandSample | None, current: BandSample, reset: bool) -> BandSample:
@@ -285,7 +295,9 @@ def _carry_band(total: BandSample | None, previous: BandSample | None, current: 
         running: float = getattr(total, name)
         return running + (0.0 if reset else _step(getattr(previous, name), getattr(current, name)))
 
-    return BandSample(stepped("accepted_tokens"), stepped("draft_tokens"), *hists)
+    acceptance, ttft, tpot = hists
+    spec = _carry_spec(total.spec, previous.spec, current.spec, reset)
+    return BandSample(stepped("accepted_tokens"), stepped("draft_tokens"), acceptance, ttft, tpot, spec)
 
 
 def _zero_or_none(h: Histogram | None) -> Histogram | None:
@@ -406,6 +418,7 @@ def subtract_tap(later: TapSample | None, earlier: TapSample | None) -> TapSampl
             acceptance=histogram_increase(b.acceptance, e.acceptance),
             ttft=histogram_increase(b.ttft, e.ttft),
             tpot=histogram_increase(b.tpot, e.tpot),
+            spec=spec_increase(b.spec, e.spec),
         )
     return TapSample(
         bands=bands,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spec_exporter.derive.cost import (
@@ -149,3 +151,47 @@ def test_the_rule_sentence_names_what_decides() -> None:
     assert "speedup at the current load (calibration evidence)" in rule(_cost(CostSource.CALIBRATION), t)
     prior_rule = rule(_cost(CostSource.PRIOR), t)
     assert "acceptance policy" in prior_rule and "ignores load" in prior_rule and "--write-profile" in prior_rule
+
+
+# --- per temperature band: steps and per-position acceptance from vLLM's per-request acceptance_histogram ----------
+
+
+def test_the_acceptance_histogram_gives_per_position_counts() -> None:
+    import json
+
+    from spec_exporter.join.response import spec_result
+    from tests.vllm_answers import fixture
+
+    # acceptance_histogram [6, 5, 0, 0] over 11 steps: 5 steps accepted exactly one token, none more.
+    r = spec_result(json.loads(fixture("completion_default_temp.json")))
+    assert (r.steps, r.accepted, r.drafted, r.per_position) == (11, 5, 33, (5, 0, 0))
+    # [18, 7, 0, 0] over 25 steps, 7 accepted.
+    r = spec_result(json.loads(fixture("chat_nonstream_t0.7.json")))
+    assert (r.steps, r.per_position) == (25, (7, 0, 0))
+    body = json.loads(fixture("chat_nonstream_t0.7.json"))
+    spec = body["metrics"]["speculative_decoding"]
+    # A step accepting 3 counts at positions 0, 1 and 2 (each needs all earlier ones).
+    spec |= {"acceptance_histogram": [20, 2, 1, 2], "num_accepted_draft_tokens": 10}
+    assert spec_result(body).per_position == (5, 3, 2)
+    # Inconsistent with the request's own totals: dropped, not half-read.
+    spec |= {"acceptance_histogram": [20, 2, 1, 1]}
+    assert spec_result(body).per_position is None
+    spec |= {"acceptance_histogram": "nope", "num_accepted_draft_tokens": 10}
+    assert spec_result(body).per_position is None
+
+
+def test_the_exchange_counts_a_requests_steps_and_positions_in_its_band() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from spec_exporter.join.metrics import TapMetrics
+    from tests.test_join import CHAT, run
+    from tests.test_join_metrics import samples
+
+    registry = CollectorRegistry()
+    body = json.dumps({**CHAT, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    run(body, metrics=TapMetrics(registry))
+    got = {(k[0], dict(k[1]).get("position")): v for k, v in samples(registry).items() if k[0].startswith("spec_tap_")}
+    # chat_stream_usage_t0.4.sse: 16 steps, acceptance_histogram [9, 7, 0, 0].
+    assert got[("spec_tap_spec_steps_total", None)] == 16
+    positions = {p: v for (n, p), v in got.items() if n == "spec_tap_accepted_tokens_per_pos_total"}
+    assert positions == {"0": 7, "1": 0, "2": 0}

@@ -315,3 +315,33 @@ async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock
         == 4
     )
     assert registry.get_sample_value("spec_decode_tap_errors_total", {"target": "vllm", "stage": "request"}) == 1
+
+
+async def test_per_band_acceptance_length_speedup_and_best_k_from_the_taps_steps_and_positions(
+    standin: Any, make_poller: Any, clock: Any
+) -> None:
+    from spec_exporter.join.metrics import Outcome, TapMetrics
+
+    tap_registry = CollectorRegistry()
+    metrics = TapMetrics(tap_registry)
+    before = scale_counters(sample(V032_LOAD), 0.0) + generate_latest(tap_registry).decode()
+    # 16 steps per request. Greedy drafts 3 a step, histogram [2, 2, 4, 8] (34 accepted); hot, under a schedule,
+    # 2 a step, histogram [10, 4, 2] (8 accepted).
+    for _ in range(4):
+        metrics.request("tiny", "0", Outcome.MEASURED, accepted=34, drafted=48, steps=16, per_position=(14, 12, 8))
+        metrics.request("tiny", "0.7-1.0", Outcome.MEASURED, accepted=8, drafted=32, steps=16, per_position=(6, 2))
+    after = scale_counters(sample(V032_LOAD), 500 / 147) + generate_latest(tap_registry).decode()
+    _, registry = await polled(standin, make_poller, clock, before, after)
+    band = {"target": "vllm", "model_name": "tiny", "window": "1m"}
+    greedy, hot = {**band, "temperature_band": "0"}, {**band, "temperature_band": "0.7-1.0"}
+    # AL = 1 + accepted / steps, from the band's own steps (the engine's k = 3 would say 1 + 3 * 8/32 = 1.75).
+    assert registry.get_sample_value("spec_decode_request_mean_acceptance_length", greedy) == 1 + 34 / 16
+    assert registry.get_sample_value("spec_decode_request_mean_acceptance_length", hot) == 1 + 8 / 16
+    # Speedup at the engine's step cost (the prior here, c = 0.15), priced for the k each band drafted.
+    speedup = "spec_decode_request_expected_speedup"
+    assert registry.get_sample_value(speedup, {**greedy, "source": "prior"}) == pytest.approx((1 + 34 / 16) / 1.45)
+    assert registry.get_sample_value(speedup, {**hot, "source": "prior"}) == pytest.approx(1.5 / 1.3)
+    # Best k per band: greedy positions 0.875, 0.75, 0.5 each pay their 0.15; hot's second (0.125) does not.
+    best = "spec_decode_request_recommended_num_speculative_tokens"
+    assert registry.get_sample_value(best, greedy) == 3
+    assert registry.get_sample_value(best, hot) == 1

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spec_exporter.derive import cost as cost_model
-from spec_exporter.derive.cost import StepCost
+from spec_exporter.derive.acceptance import acceptance
+from spec_exporter.derive.cost import BestK, StepCost
 from spec_exporter.derive.latency import quantiles
 from spec_exporter.join.metrics import Outcome
 from spec_exporter.types import BandKey, BandSample, DeriveParams, TapSample, Verdict, Window
@@ -30,9 +31,12 @@ class BandWindow:
     drafted: float
     percentiles: Mapping[float, float]
     verdict: Verdict
-    # 1 + k_eff·r of the band (k_eff the engine's over the window) and AL / rho at the engine's current load.
+    # The band's acceptance length (1 + accepted / steps from the tap; without its step count, 1 + k_eff·r with the
+    # engine's k_eff) and AL / rho at the engine's current load.
     acceptance_length: float | None = None
     expected_speedup: float | None = None
+    # The best k for the band's requests from their per-position acceptance (vLLM's acceptance_histogram).
+    recommended: BestK | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +65,18 @@ def _band_window(window: Window, delta: BandSample | None, params: DeriveParams,
     h = delta.acceptance
     rate = delta.accepted_tokens / delta.draft_tokens if delta.draft_tokens > 0 else None
     # The band's requests ran in the engine's batches: the engine's step cost at its load (whatever its source, a
-    # baseline's rho = AL·TPOT_spec/TPOT_base included) is theirs too. The tap counts no steps, so
-    # AL = 1 + k_eff·r with the engine's effective k.
-    length = 1.0 + cost.k * rate if cost is not None and rate is not None else None
+    # baseline's rho = AL·TPOT_spec/TPOT_base included) is theirs too, priced for the k the band drafted.
+    spec = delta.spec if delta.spec is not None and delta.spec.drafts > 0 else None
+    length = None
+    recommended = None
+    if spec is not None:
+        length = acceptance(spec).mean_length
+        if cost is not None:
+            band_k = spec.draft_tokens / spec.drafts
+            cost = StepCost(cost_model.rho_for(band_k, cost), cost.source, band_k, cost.load, cost.note)
+            recommended = cost_model.best_k(spec.per_position, spec.drafts, spec.draft_tokens, cost)
+    elif cost is not None and rate is not None:
+        length = 1.0 + cost.k * rate
     speedup = cost_model.speedup(length, cost) if cost is not None and length is not None else None
     return BandWindow(
         window=window,
@@ -74,6 +87,7 @@ def _band_window(window: Window, delta: BandSample | None, params: DeriveParams,
         verdict=cost_model.verdict(rate, delta.draft_tokens, speedup, cost, params.thresholds),
         acceptance_length=length,
         expected_speedup=speedup,
+        recommended=recommended,
     )
 
 
