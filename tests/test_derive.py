@@ -236,3 +236,30 @@ def test_a_calibration_profile_prices_the_step_at_the_live_load_and_the_speedup_
     alone = derive_target(point, deltas, params).combined[0]
     assert alone.cost.source.value == "prior" and "no load measured" in alone.cost.note
     assert alone.verdict is Verdict.DISABLE
+
+
+def test_a_baseline_at_the_load_band_re_costs_the_target_and_each_engine() -> None:
+    from spec_exporter.derive.baseline import Comparison, with_baseline
+    from spec_exporter.derive.load import BandComparison
+
+    params = DeriveParams(windows=WINDOWS, verdict_window="1m", draft_cost_ratio=0.1)
+    ring = SnapshotRing(400)
+    ring.push(parse_exposition(with_engines(sample(V032_IDLE), 2), 0.0))
+    point = ring.push(parse_exposition(with_engines(sample(V032_LOAD), 2), 60.0))
+    deltas = {w.label: window_delta(ring.points, w.seconds, 2.5) for w in WINDOWS}
+    h = derive_target(point, deltas, params, ring.points, 2.5)
+    assert h.load[0].target.band == "1" and h.combined[0].cost.source.value == "prior"
+    # The baseline's TPOT p50 is half the target's at band 1, over the 1m window only.
+    slower = Comparison("t", "b", "1m", 0.5, {}, (BandComparison("1", 0.02, 0.01, 5.0),))
+    recosted = with_baseline(h, [slower], params)
+    (one_minute, five_minutes) = recosted.combined
+    assert one_minute.cost.source.value == "baseline" and one_minute.expected_speedup == pytest.approx(0.5)
+    assert one_minute.cost.rho == pytest.approx((1 + 55 / 49) / 0.5)
+    assert five_minutes.cost.source.value == "prior"
+    # Acceptance 0.374 was `disable` by policy already; now the measured 0.5x at this load says it.
+    assert recosted.combined_verdict is Verdict.DISABLE
+    for e in recosted.engines.values():
+        assert e.windows[0].cost.source.value == "baseline" and e.windows[0].expected_speedup == pytest.approx(0.5)
+    # A faster baseline comparison flips the verdict the other way: 1.2x at the band beats acceptance 0.374.
+    faster = Comparison("t", "b", "1m", 1.2, {}, (BandComparison("1", 0.01, 0.012, 5.0),))
+    assert with_baseline(h, [faster], params).combined_verdict is Verdict.BENEFICIAL

@@ -49,13 +49,7 @@ def render_table(doc: dict[str, Any]) -> str:
     if with_baseline:
         lines.append("")
         for c in doc["crossover"]:
-            if c["concurrency"] is not None:
-                where = f"stops paying at concurrency {c['concurrency']}"
-            elif c["measured_concurrencies"]:
-                where = f"pays at every concurrency measured (up to {max(c['measured_concurrencies'])})"
-            else:
-                where = "no TPOT measured on both pools"
-            lines.append(f"crossover T={c['temperature']:g}: {where}")
+            lines.append(f"crossover T={c['temperature']:g}: {crossover_text(c)}")
         schedule = _schedule_json(doc)
         if schedule is not None:
             lines += [
@@ -65,6 +59,15 @@ def render_table(doc: dict[str, Any]) -> str:
             ]
     lines += [f"warning: {w}" for w in doc["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def crossover_text(c: dict[str, Any]) -> str:
+    """One temperature's crossover in words: the table and the HTML report say it alike."""
+    if c["concurrency"] is not None:
+        return f"stops paying at concurrency {c['concurrency']}"
+    if c["measured_concurrencies"]:
+        return f"pays at every concurrency measured (up to {max(c['measured_concurrencies'])})"
+    return "no TPOT measured on both pools"
 
 
 def render_json(doc: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from spec_exporter.commands.format import ms, number
+from spec_exporter.commands.probe_render import crossover_text
 
 
 def _finite(value: Any) -> Any:
@@ -83,13 +84,7 @@ def _findings(doc: dict[str, Any]) -> str:
     if doc["crossover"]:
         items = []
         for c in doc["crossover"]:
-            if c["concurrency"] is not None:
-                text = f"stops paying at concurrency {c['concurrency']}"
-            elif c["measured_concurrencies"]:
-                text = f"pays at every concurrency measured (up to {max(c['measured_concurrencies'])})"
-            else:
-                text = "no TPOT measured on both pools"
-            items.append(f"<li>T={c['temperature']:g}: {html.escape(text)}</li>")
+            items.append(f"<li>T={c['temperature']:g}: {html.escape(crossover_text(c))}</li>")
         parts.append(f'<h2>Crossover</h2><ul id="crossover">{"".join(items)}</ul>')
     config = doc["suggested_speculative_config"]
     if config is not None:
