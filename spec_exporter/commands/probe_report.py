@@ -81,6 +81,11 @@ def _cells_table(doc: dict[str, Any]) -> str:
 
 def _findings(doc: dict[str, Any]) -> str:
     parts = []
+    rules = dict.fromkeys(c["rule"] for c in doc["cells"] if c.get("rule"))
+    if rules:
+        # Beside every verdict, the number that decided it: the measured speedup at the cell, or acceptance.
+        listed = "".join(f"<li>{html.escape(r)}</li>" for r in rules)
+        parts.append(f'<h2>Verdict rule</h2><ul id="rule">{listed}</ul>')
     if doc["crossover"]:
         items = []
         for c in doc["crossover"]:
