@@ -35,6 +35,7 @@ from harness.processes import alertmanager_cmd, prometheus_cmd, running
 from harness.vllm import MODEL_NAME, ROOT, running_vllm, trained_models
 from mixin.generate import render_rules
 from mixin.params import Params
+from spec_exporter.commands.format import latency
 
 # Shorter than the shipped rules so that something happens within a demo's minutes; same rules otherwise.
 DEMO_PARAMS = Params(
@@ -128,7 +129,9 @@ def summary(samples: list[Any], alerts: list[dict[str, Any]] | None) -> str:
     for metric in ("ttft", "tpot"):
         p50 = value("spec_decode_latency_seconds", metric=metric, window="1m", quantile="0.5")
         p99 = value("spec_decode_latency_seconds", metric=metric, window="1m", quantile="0.99")
-        lines.append(f"{metric.upper()} p50 / p99: {_ms(p50)} / {_ms(p99)}")
+        # Inside vLLM's lowest bucket a quantile is interpolated from 0: it says only "below the bound".
+        floor = value("spec_decode_latency_lowest_bucket_seconds", metric=metric)
+        lines.append(f"{metric.upper()} p50 / p99: {latency(p50, floor)} / {latency(p99, floor)}")
     if alerts is not None:
         firing = sorted(
             {
@@ -143,10 +146,6 @@ def summary(samples: list[Any], alerts: list[dict[str, Any]] | None) -> str:
 
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000:.1f} ms"
 
 
 MIDDLEWARE = ("--middleware", "spec_exporter.middleware.SpecDecodeMiddleware")

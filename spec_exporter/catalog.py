@@ -13,10 +13,11 @@ from spec_exporter.buildinfo import BUILD_INFO_LABELS
 
 ENGINE = ("target", "model_name", "engine")
 _FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_timestamp_seconds)."
-_NO_LOAD = (
-    " Acceptance-only: it ignores load (at a large batch the verify step costs more and speculation can lose at any "
-    "acceptance); for evidence at the load the pool runs at, compare with a baseline pool "
-    "(spec_decode_baseline_load_band_tpot_speedup) or run `spec-exporter probe --baseline-target`."
+_COST = (
+    " In vLLM's units, from the one cost model (docs/models.md): the step-cost ratio rho at the window's load "
+    "(spec_decode_step_cost_ratio); source says where rho came from: baseline (a baseline pool at the same load "
+    "band), calibration (a profile written by `spec-exporter probe --write-profile`, read at the live load) or "
+    "prior (1 + k_eff*c, which ignores load)."
 )
 
 
@@ -127,6 +128,14 @@ LATENCY = MetricSpec(
     "step), tpot (vllm:request_time_per_output_token_seconds, one per request), e2e "
     "(vllm:e2e_request_latency_seconds). " + _FRESH,
 )
+LATENCY_LOWEST_BUCKET = MetricSpec(
+    "spec_decode_latency_lowest_bucket_seconds",
+    "gauge",
+    (*ENGINE, "metric"),
+    "Upper bound of the lowest bucket of vLLM's histogram behind spec_decode_latency_seconds{metric}: a quantile "
+    'at or below it is interpolated from 0 inside that bucket and only says "below this bound" (vLLM\'s TPOT '
+    "and ITL buckets start at 10 ms). " + _FRESH,
+)
 DIVERGENCE = MetricSpec(
     "spec_decode_latency_divergence_ratio",
     "gauge",
@@ -168,23 +177,35 @@ VERDICT = MetricSpec(
     "spec_decode_verdict",
     "gauge",
     (*ENGINE, "temperature_band", "verdict"),
-    "Stateset: 1 for the current verdict (disable < 0.5 <= break_even < 0.65 <= beneficial by default; "
-    'insufficient_data below the minimum draft tokens), over the verdict window. temperature_band="all" is '
-    'the engine\'s own counters; the other bands come from the tap and carry engine="".' + _NO_LOAD + " " + _FRESH,
+    "Stateset: 1 for the current verdict over the verdict window (insufficient_data below the minimum draft "
+    "tokens). One rule: with evidence at the current load (spec_decode_step_cost_ratio source baseline or "
+    "calibration) it follows the speedup there (disable < 1.0 <= break_even < 1.1 <= beneficial by default); "
+    "with only the prior it follows the acceptance policy on vLLM's rate (disable < 0.5 <= break_even < 0.65 "
+    'by default), which ignores load. temperature_band="all" is the engine\'s own counters; the other bands come '
+    'from the tap and carry engine="". ' + _FRESH,
+)
+STEP_COST_RATIO = MetricSpec(
+    "spec_decode_step_cost_ratio",
+    "gauge",
+    (*ENGINE, "window", "source"),
+    "rho: time of one speculative step / time of one plain step at the window's load (running batch), for the "
+    "effective k. Every modelled number divides by it: speedup = acceptance length / rho, break-even rate = "
+    "(rho - 1) / k_eff." + _COST + " " + _FRESH,
 )
 BREAK_EVEN = MetricSpec(
     "spec_decode_break_even_acceptance_rate",
     "gauge",
-    ENGINE,
-    "Acceptance at which the speculative-sampling model (E = (1-a^(k+1))/(1-a), speedup = E/(1+k*c)) "
-    "breaks even, for this k and the configured draft cost ratio c.",
+    (*ENGINE, "window", "source"),
+    "The acceptance rate (vLLM's accepted / draft tokens, the same quantity as spec_decode_draft_acceptance_rate) "
+    "at which speculation breaks even at the window's load: (rho - 1) / k_eff; c under the prior. Absent when no "
+    "rate does." + _COST + " " + _FRESH,
 )
 EXPECTED_SPEEDUP = MetricSpec(
     "spec_decode_expected_speedup",
     "gauge",
-    (*ENGINE, "window"),
-    "Modelled speedup at the configured k from the measured acceptance length: (1 + accepted / drafts) / "
-    "(1 + k*c), c the configured draft cost ratio." + _NO_LOAD + " " + _FRESH,
+    (*ENGINE, "window", "source"),
+    "Speedup at the window's load per speculating step: acceptance length (1 + accepted / drafts) / rho. Under "
+    "source baseline it equals the measured TPOT speedup at the load band." + _COST + " " + _FRESH,
 )
 EFFECTIVE_K = MetricSpec(
     "spec_decode_effective_num_speculative_tokens",
@@ -206,14 +227,16 @@ RECOMMENDED_K = MetricSpec(
     "gauge",
     (*ENGINE, "window"),
     "The k in 1..configured k with the highest modelled speedup from the per-position acceptance p_i: "
-    "argmax of (1 + sum_{i<j} p_i) / (1 + j*c); 0 when no k models a speedup above 1. Equal to the configured k "
-    "means a larger k might do better (nothing beyond it is measured)." + _NO_LOAD + " " + _FRESH,
+    "argmax of (1 + sum_{i<j} p_i) / rho_j, rho_j = 1 + (j/k)*(rho - 1); 0 when no k models a speedup above 1. "
+    "Equal to the configured k means a larger k might do better (nothing beyond it is measured). Absent when a "
+    "batch-size schedule drafted fewer than k and the per-position denominators vLLM does not export leave the "
+    "answer open." + _COST + " " + _FRESH,
 )
 RECOMMENDED_SPEEDUP = MetricSpec(
     "spec_decode_recommended_expected_speedup",
     "gauge",
-    (*ENGINE, "window"),
-    "Modelled speedup at spec_decode_recommended_num_speculative_tokens (1 when that is 0). " + _FRESH,
+    (*ENGINE, "window", "source"),
+    "Modelled speedup at spec_decode_recommended_num_speculative_tokens (1 when that is 0)." + _COST + " " + _FRESH,
 )
 LOAD_RUNNING = MetricSpec(
     "spec_decode_load_running_requests",
@@ -311,6 +334,29 @@ REQUEST_ACCEPTANCE_QUANTILE = MetricSpec(
     "P10/P50/P90 of per-request acceptance over the window (quantile label): PromQL's histogram_quantile over the "
     "window's increase of spec_decode_request_acceptance_rate (the same buckets); _count and _sum are cumulative "
     "over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
+)
+BAND_EXPECTED_SPEEDUP = MetricSpec(
+    "spec_decode_request_expected_speedup",
+    "gauge",
+    (*BAND, "window", "source"),
+    "Speedup of the band's requests at the engine's current load: spec_decode_request_mean_acceptance_length / "
+    "rho, rho the engine's (spec_decode_step_cost_ratio) priced for the k the band drafted." + _COST + " " + _TAP,
+)
+BAND_ACCEPTANCE_LENGTH = MetricSpec(
+    "spec_decode_request_mean_acceptance_length",
+    "gauge",
+    (*BAND, "window"),
+    "Tokens per verification step of the band's requests that finished in the window: 1 + accepted / steps "
+    "(vLLM's per-request num_spec_steps); from a tap that does not count steps, 1 + k_eff * r_band with the "
+    "engine's effective k. " + _TAP,
+)
+BAND_RECOMMENDED_K = MetricSpec(
+    "spec_decode_request_recommended_num_speculative_tokens",
+    "gauge",
+    (*BAND, "window"),
+    "The best k for the band's requests at the engine's current load, from their per-position acceptance (vLLM's "
+    "per-request acceptance_histogram) and rho_j; 0 when no k pays; absent when the denominators leave it open "
+    "(see spec_decode_recommended_num_speculative_tokens). " + _TAP,
 )
 REQUEST_WINDOW_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_window_draft_tokens",
@@ -416,6 +462,7 @@ ALL: tuple[MetricSpec, ...] = (
     POSITION_ACCEPTED,
     NUM_SPECULATIVE_TOKENS,
     LATENCY,
+    LATENCY_LOWEST_BUCKET,
     DIVERGENCE,
     GENERATION_TOKENS_RATE,
     PREEMPTIONS_RATE,
@@ -423,6 +470,7 @@ ALL: tuple[MetricSpec, ...] = (
     REQUESTS_WAITING,
     KV_CACHE_USAGE,
     VERDICT,
+    STEP_COST_RATIO,
     BREAK_EVEN,
     EXPECTED_SPEEDUP,
     EFFECTIVE_K,
@@ -443,6 +491,9 @@ ALL: tuple[MetricSpec, ...] = (
     REQUEST_TTFT,
     REQUEST_TPOT,
     REQUEST_ACCEPTANCE_QUANTILE,
+    BAND_EXPECTED_SPEEDUP,
+    BAND_ACCEPTANCE_LENGTH,
+    BAND_RECOMMENDED_K,
     REQUEST_WINDOW_DRAFT_TOKENS,
     REQUEST_WINDOW_ACCEPTED_TOKENS,
     TAP_REQUESTS,
@@ -471,14 +522,15 @@ def markdown() -> str:
         "(`lifetime` for the V0 gauge). Derived series are absent while a target is down, and acceptance series are",
         "absent (not zero) when the target runs without speculative decoding.",
         "",
-        "**Load.** The acceptance verdict, `spec_decode_expected_speedup` and the recommended k judge acceptance",
-        "alone and ignore load: the same acceptance is a speedup at batch 1 and can be a slowdown when the verify step",
-        "is compute-bound at a large batch. Only a measurement at the load says which. Configure a baseline target",
-        "(the same model served without speculative decoding, `role: baseline`) and the exporter compares TPOT per",
-        "load band (`spec_decode_baseline_load_band_tpot_speedup`, read at the band the pool is in now,",
-        "`spec_decode_load_band_info`); or run `spec-exporter probe --baseline-target URL --concurrency 1,4,16`,",
-        "which also suggests a `num_speculative_tokens_per_batch_size` schedule. Load bands are running requests per",
-        "engine (`vllm:num_requests_running`): 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65+.",
+        "**Cost and load.** Every modelled number (`spec_decode_expected_speedup`, the break-even rate, the",
+        "recommended k, the speedup per temperature band) divides by one step-cost ratio rho at the load the engine",
+        "runs at (`spec_decode_step_cost_ratio`), and carries a `source` label saying where rho came from:",
+        "`baseline` (a baseline target at the same load band, `role: baseline`), `calibration` (a profile written",
+        "by `spec-exporter probe --baseline-target URL --concurrency 1,2,4 --write-profile FILE`, configured as",
+        "`speculation.cost_profile`, interpolated at the live load) or `prior` (1 + k_eff*c, which ignores load).",
+        "With baseline or calibration evidence the verdict follows the speedup at that load; with only the prior it",
+        "follows the acceptance policy (0.5 / 0.65 of vLLM's rate). See docs/models.md. Load bands are running",
+        "requests per engine (`vllm:num_requests_running`): 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65+.",
         "",
         "| name | type | labels | meaning |",
         "|---|---|---|---|",

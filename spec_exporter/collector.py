@@ -96,7 +96,7 @@ class SpecDecodeCollector(Collector):
                 _engine_families(out, name, engine)
             _load_families(out, name, target.health)
             if target.health.tap is not None:
-                _tap_families(out, name, target.health.tap)
+                _tap_families(out, name, target.health.tap, target.health)
         _baseline_families(out, state.comparisons)
         yield from out.nonempty()
 
@@ -126,6 +126,10 @@ def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
                 out.summary(catalog.LATENCY, [*labels, metric.value], qs, totals.count, totals.sum)
         for metric, ratio in sorted(w.divergence.items()):
             out.add(catalog.DIVERGENCE, [*labels, metric.value], ratio)
+    # The same buckets in every window: the lowest bound of the first window that has quantiles.
+    floors = next((w.latency_floor for w in e.windows if w.latency_floor), {})
+    for metric, bound in sorted(floors.items()):
+        out.add(catalog.LATENCY_LOWEST_BUCKET, [*base, metric.value], bound)
     if e.spec_enabled:
         # Off means no acceptance series at all: zeros would read as "drafts all rejected".
         _speculation_families(out, base, e)
@@ -133,7 +137,6 @@ def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
 
 def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> None:
     out.add(catalog.NUM_SPECULATIVE_TOKENS, base, e.num_speculative_tokens)
-    out.add(catalog.BREAK_EVEN, base, e.break_even_acceptance)
     for verdict in Verdict:
         out.add(catalog.VERDICT, [*base, "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
     if e.lifetime_acceptance is not None:
@@ -155,18 +158,23 @@ def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> N
         out.add(catalog.WINDOW_ACCEPTED_TOKENS, labels, a.accepted_tokens)
         out.add(catalog.ACCEPTANCE_RATE, labels, a.rate)
         out.add(catalog.MEAN_ACCEPTANCE_LENGTH, labels, a.mean_length)
-        out.add(catalog.EXPECTED_SPEEDUP, labels, w.expected_speedup)
         out.add(catalog.EFFECTIVE_K, labels, w.effective_k)
         out.add(catalog.SPECULATED_SHARE, labels, w.speculated_share)
-        if w.recommended is not None:
-            out.add(catalog.RECOMMENDED_K, labels, float(w.recommended.k))
-            out.add(catalog.RECOMMENDED_SPEEDUP, labels, w.recommended.speedup)
+        if w.cost is not None:
+            sourced = [*labels, w.cost.source.value]
+            out.add(catalog.STEP_COST_RATIO, sourced, w.cost.rho)
+            out.add(catalog.BREAK_EVEN, sourced, w.break_even_rate)
+            out.add(catalog.EXPECTED_SPEEDUP, sourced, w.expected_speedup)
+            if w.recommended is not None:
+                out.add(catalog.RECOMMENDED_K, labels, float(w.recommended.k))
+                out.add(catalog.RECOMMENDED_SPEEDUP, sourced, w.recommended.speedup)
         for i, (accepted, rate) in enumerate(zip(a.accepted_per_position, a.per_position, strict=True)):
             out.add(catalog.WINDOW_POSITION_ACCEPTED, [*labels, str(i)], accepted)
             out.add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
 
 
-def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
+def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHealth) -> None:
+    sources = {w.window.label: w.cost.source.value for w in health.combined if w.cost is not None}
     for (band, outcome), n in sorted(tap.requests.items()):
         out.add(catalog.TAP_REQUESTS, [target, band, outcome], n)
     for stage, n in sorted(tap.errors.items()):
@@ -193,6 +201,11 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
             out.summary(catalog.REQUEST_ACCEPTANCE_QUANTILE, wl, w.percentiles, acceptance.count, acceptance.sum)
             out.add(catalog.REQUEST_WINDOW_DRAFT_TOKENS, wl, w.drafted)
             out.add(catalog.REQUEST_WINDOW_ACCEPTED_TOKENS, wl, w.accepted)
+            out.add(catalog.BAND_ACCEPTANCE_LENGTH, wl, w.acceptance_length)
+            if w.window.label in sources:
+                out.add(catalog.BAND_EXPECTED_SPEEDUP, [*wl, sources[w.window.label]], w.expected_speedup)
+            if w.recommended is not None:
+                out.add(catalog.BAND_RECOMMENDED_K, wl, float(w.recommended.k))
         for verdict in Verdict:
             out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
 

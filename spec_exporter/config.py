@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from spec_exporter.tap.settings import ByteSize, TapSettings
-from spec_exporter.types import DeriveParams, Thresholds, Window
+from spec_exporter.types import DEFAULT_DRAFT_COST_RATIO, CostProfile, DeriveParams, Thresholds, Window
 
 _DURATION_RE = re.compile(
     r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
@@ -54,6 +54,21 @@ def format_duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
+def read_profile(value: Any) -> Any:
+    """A calibration profile's path (YAML or JSON) becomes its content; pydantic then checks it field by field."""
+    if not isinstance(value, str | Path):
+        return value
+    try:
+        data = yaml.safe_load(Path(value).read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read the profile {value}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"the profile {value} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the profile {value} must be a mapping")
+    return data
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -74,6 +89,7 @@ def expand_env(value: Any) -> Any:
     return _ENV_RE.sub(lookup, value)
 
 
+Profile = Annotated[CostProfile | None, BeforeValidator(read_profile)]
 # A target name becomes the `target` label value: keep it short and printable.
 TargetName = Annotated[str, BeforeValidator(expand_env), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
 
@@ -141,6 +157,7 @@ class TargetConfig(Model):
     num_speculative_tokens: int | None = Field(default=None, ge=1, le=64)
     draft_cost_ratio: float | None = Field(default=None, ge=0, le=10)
     tls_config: TLSConfig | None = None
+    cost_profile: Profile = None
 
     @model_validator(mode="after")
     def _tls_needs_https(self) -> TargetConfig:
@@ -180,10 +197,12 @@ class PollConfig(Model):
 
 
 class SpeculationConfig(Model):
-    """The speculative-sampling model behind break-even and expected speedup."""
+    """The step cost behind every modelled number (derive/cost.py): a calibration profile, else the prior 1 + k*c."""
 
     num_speculative_tokens: int | None = Field(default=None, ge=1, le=64)
-    draft_cost_ratio: float = Field(default=0.1, ge=0, le=10)
+    draft_cost_ratio: float = Field(default=DEFAULT_DRAFT_COST_RATIO, ge=0, le=10)
+    # A file written by `spec-exporter probe --baseline-target URL --write-profile FILE`.
+    cost_profile: Profile = None
 
 
 class TapConfig(TapSettings):
@@ -227,7 +246,19 @@ class Settings(Model):
             raise ValueError("verdict_window must be one of windows")
         if self.tap.target is not None and self.tap.target not in names:
             raise ValueError(f"tap.target {self.tap.target!r} is not a configured target")
+        for t in self.targets:
+            profile = self.cost_profile_for(t)
+            k = t.num_speculative_tokens or self.speculation.num_speculative_tokens
+            if profile is not None and k is not None and profile.num_speculative_tokens != k:
+                where = f"targets.{t.name}.cost_profile" if t.cost_profile is not None else "speculation.cost_profile"
+                raise ValueError(
+                    f"{where}: the profile was measured at num_speculative_tokens={profile.num_speculative_tokens}, "
+                    f"target {t.name!r} runs k={k}; measure a profile at this k (probe --write-profile)"
+                )
         return self
+
+    def cost_profile_for(self, target: TargetConfig) -> CostProfile | None:
+        return target.cost_profile if target.cost_profile is not None else self.speculation.cost_profile
 
     @property
     def tap_target(self) -> TargetConfig:
@@ -250,6 +281,7 @@ class Settings(Model):
             draft_cost_ratio=(
                 target.draft_cost_ratio if target.draft_cost_ratio is not None else self.speculation.draft_cost_ratio
             ),
+            cost_profile=self.cost_profile_for(target),
         )
 
     def comparison_pairs(self) -> tuple[tuple[str, str], ...]:

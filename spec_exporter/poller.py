@@ -13,7 +13,7 @@ import structlog
 
 from spec_exporter.cardinality import cap_models
 from spec_exporter.config import Settings, TargetConfig
-from spec_exporter.derive.baseline import compare_pairs
+from spec_exporter.derive.baseline import Comparison, compare_pairs, with_baseline
 from spec_exporter.derive.health import TargetHealth, derive_target
 from spec_exporter.fetch import FetchError, TargetTLS, fetch_metrics, target_tls
 from spec_exporter.state import StateStore, TargetState
@@ -110,6 +110,10 @@ class Poller:
         # latency by load band (both sides of every pair; the collector renders what it is given).
         self._pairs = settings.comparison_pairs()
         self._compared = {name for pair in self._pairs for name in pair}
+        self._recosted = {spec for spec, _ in self._pairs}
+        self._params = {t.name: settings.derive_params(t) for t in settings.targets}
+        # Each target's health as derived from its own scrapes, before any re-costing with a baseline.
+        self._derived: dict[str, TargetHealth | None] = {}
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(t) for t in self._targets))
@@ -157,10 +161,26 @@ class Poller:
         )
 
     def _publish(self, target: TargetState) -> None:
-        """`target`'s new state with the baseline comparisons it changes: every pair whose two sides are fresh."""
-        health = {name: t.health for name, t in self._store.current().targets.items()}
-        health[target.name] = target.health
-        self._store.publish(target, compare_pairs(self._pairs, health))
+        """`target`'s new state with the baseline comparisons it changes (every pair whose two sides are fresh), and
+        each spec target of a pair re-costed from its own derivation with the measured speedup at its load: a
+        baseline at the same load is the strongest evidence of the step cost."""
+        self._derived[target.name] = target.health
+        comparisons = compare_pairs(self._pairs, self._derived)
+        if target.name in self._recosted:
+            target = replace(target, health=self._recost(target.name, comparisons))
+        others = [
+            replace(current, health=self._recost(spec, comparisons))
+            for spec, _ in self._pairs
+            if spec != target.name and (current := self._store.current().targets[spec]).health is not None
+        ]
+        self._store.publish(target, comparisons, *others)
+
+    def _recost(self, spec: str, comparisons: tuple[Comparison, ...]) -> TargetHealth | None:
+        health = self._derived.get(spec)
+        mine = [c for c in comparisons if c.target == spec]
+        if health is None or not mine:
+            return health
+        return with_baseline(health, mine, self._params[spec])
 
     def _derive(self, rt: _TargetRuntime, text: str) -> tuple[TargetHealth, int]:
         # vLLM's body alone decides whether the target is up: the proxy tap's counts join a scrape that parsed.

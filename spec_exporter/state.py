@@ -54,8 +54,9 @@ class StateStore:
     def current(self) -> ExporterState:
         return self._state
 
-    def publish(self, target: TargetState, comparisons: tuple[Comparison, ...] = ()) -> None:
-        """`target`'s new state, and the comparisons derived with it."""
+    def publish(self, target: TargetState, comparisons: tuple[Comparison, ...] = (), *others: TargetState) -> None:
+        """`target`'s new state, the comparisons derived with it, and the other targets they changed (re-costed)."""
         targets = dict(self._state.targets)
-        targets[target.name] = target
+        for t in (target, *others):
+            targets[t.name] = t
         self._state = ExporterState(MappingProxyType(targets), comparisons)

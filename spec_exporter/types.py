@@ -60,18 +60,67 @@ class Verdict(StrEnum):
 
 
 class Thresholds(BaseModel):
-    """disable < `disable_below` ≤ break_even < `beneficial_at` ≤ beneficial; too few draft tokens: no verdict."""
+    """The verdict's lines; too few draft tokens: no verdict.
+
+    With evidence at the current load (a baseline or a calibration profile) the verdict follows the speedup there:
+    disable < `speedup_disable_below` ≤ break_even < `speedup_beneficial_at` ≤ beneficial. With only the prior it
+    follows the acceptance policy on vLLM's rate: disable < `disable_below` ≤ break_even < `beneficial_at`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     disable_below: float = Field(default=0.5, ge=0, le=1)
     beneficial_at: float = Field(default=0.65, ge=0, le=1)
+    speedup_disable_below: float = Field(default=1.0, gt=0, le=10)
+    speedup_beneficial_at: float = Field(default=1.1, gt=0, le=10)
     min_draft_tokens: int = Field(default=100, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
         if self.beneficial_at < self.disable_below:
             raise ValueError("beneficial_at must be >= disable_below")
+        if self.speedup_beneficial_at < self.speedup_disable_below:
+            raise ValueError("speedup_beneficial_at must be >= speedup_disable_below")
+        return self
+
+
+PROFILE_KIND = "spec-exporter/step-cost-profile"
+
+
+class CostPoint(BaseModel):
+    """rho measured at one batch size (the probe's concurrency), with the numbers it came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: float = Field(gt=0)
+    step_cost_ratio: float = Field(gt=0, le=100)
+    # Evidence, for the reader: rho = acceptance_length * tpot_spec_seconds / tpot_baseline_seconds.
+    acceptance_length: float | None = Field(default=None, ge=1)
+    tpot_spec_seconds: float | None = Field(default=None, gt=0)
+    tpot_baseline_seconds: float | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, ge=0)
+
+
+class CostProfile(BaseModel):
+    """A calibration profile: rho per load level for one hardware, model pair and k (`probe --write-profile`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(pattern=f"^{PROFILE_KIND}$")
+    version: int = Field(ge=1, le=1)
+    # The served model name (the `model_name` label): a profile for another model is not used.
+    model: str = Field(min_length=1)
+    num_speculative_tokens: int = Field(ge=1, le=64)
+    draft_model: str | None = None
+    hardware: str | None = None
+    created: str | None = None
+    points: tuple[CostPoint, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CostProfile:
+        sizes = [p.batch_size for p in self.points]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("points: batch_size values must be distinct")
         return self
 
 
@@ -83,6 +132,12 @@ class Window:
     seconds: float
 
 
+# The prior's draft cost ratio c: 0.15 is what the middle pair of the measured table (70B <- 8B on an H200,
+# docs/models.md) costs per draft step at small batch; 8B <- 1B costs 0.285 and 70B <- 1B 0.042. A parameter
+# ratio understates it (small drafts are latency-bound), and an understated c overstates every modelled speedup.
+DEFAULT_DRAFT_COST_RATIO = 0.15
+
+
 @dataclass(frozen=True, slots=True)
 class DeriveParams:
     """Everything a derivation needs besides its data; `Settings.derive_params` builds it per target."""
@@ -91,7 +146,9 @@ class DeriveParams:
     verdict_window: str
     thresholds: Thresholds = field(default_factory=Thresholds)
     num_speculative_tokens: int | None = None
-    draft_cost_ratio: float = 0.1
+    draft_cost_ratio: float = DEFAULT_DRAFT_COST_RATIO
+    # rho per load level for this target's hardware, model pair and k (speculation.cost_profile), if any.
+    cost_profile: CostProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +206,9 @@ class TemperatureBandSample:
     acceptance: Histogram | None = None
     ttft: Histogram | None = None
     tpot: Histogram | None = None
+    # Steps (as drafts), draft and accepted tokens, and per-position counts of the band's measured requests, from
+    # vLLM's per-request num_spec_steps and acceptance_histogram; None from a tap that does not count them.
+    spec: SpecCounters | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,6 +226,7 @@ def engine_restarted(last: Readings, current: Readings) -> bool:
 # --- the tap: its sample as Readings and back --------------------------------------------------------------------
 
 _BAND_COUNTERS = ("accepted_tokens", "draft_tokens")
+_SPEC_COUNTERS = ("drafts", "draft_tokens", "accepted_tokens")
 _BAND_HISTOGRAMS = ("acceptance", "ttft", "tpot")
 
 
@@ -239,6 +240,10 @@ def _tap_readings(tap: TapSample) -> Readings:
             h = getattr(band, name)
             if h is not None:
                 histograms[(name, key)] = h
+        if band.spec is not None:
+            s = band.spec
+            counters.update({("spec_" + n, key): getattr(s, n) for n in _SPEC_COUNTERS})
+            counters.update({("spec_position", (key, i)): v for i, v in enumerate(s.per_position)})
     counters.update({("requests", k): v for k, v in tap.requests.items()})
     counters.update({("errors", k): v for k, v in tap.errors.items()})
     return Readings(counters, histograms)
@@ -248,16 +253,39 @@ def _tap_totals(r: Readings) -> TapSample:
     bands: dict[TemperatureBandKey, TemperatureBandSample] = {}
     requests: dict[tuple[str, str], float] = {}
     errors: dict[str, float] = {}
-    for (kind, key), value in cast("Mapping[tuple[str, Any], float]", r.counters).items():
+    positions: dict[TemperatureBandKey, dict[int, float]] = {}
+    counters = cast("Mapping[tuple[str, Any], float]", r.counters)
+    for (kind, key), value in counters.items():
         if kind == "requests":
             requests[key] = value
         elif kind == "errors":
             errors[key] = value
-        elif kind == "accepted_tokens":
-            bands[key] = TemperatureBandSample(
-                value, r.counters[("draft_tokens", key)], *(r.histograms.get((n, key)) for n in _BAND_HISTOGRAMS)
-            )
+        elif kind == "spec_position":
+            band_key, i = key
+            positions.setdefault(band_key, {})[i] = value
+    for (kind, key), value in counters.items():
+        if kind == "accepted_tokens":
+            spec = None
+            if ("spec_drafts", key) in counters:
+                per = positions.get(key, {})
+                spec = SpecCounters(
+                    counters[("spec_drafts", key)],
+                    counters[("spec_draft_tokens", key)],
+                    counters[("spec_accepted_tokens", key)],
+                    tuple(per.get(i, 0.0) for i in range(len(per))),
+                )
+            acceptance, ttft, tpot = (r.histograms.get((n, key)) for n in _BAND_HISTOGRAMS)
+            bands[key] = TemperatureBandSample(value, counters[("draft_tokens", key)], acceptance, ttft, tpot, spec)
     return TapSample(bands=bands, requests=requests, errors=errors)
+
+
+def spec_increase(later: SpecCounters | None, earlier: SpecCounters | None) -> SpecCounters | None:
+    """`later` − `earlier` of one engine's or band's speculative counters (a position `earlier` lacks counts from 0)."""
+    if later is None or earlier is None:
+        return later
+    return _engine_totals(
+        _increase(_engine_readings(EngineSample(spec=later)), _engine_readings(EngineSample(spec=earlier)))
+    ).spec
 
 
 # --- one step for every source ------------------------------------------------------------------------------------

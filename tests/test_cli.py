@@ -215,31 +215,55 @@ RUNNING = 'vllm:num_requests_running{engine="0",model_name="tiny"}'
 POSITION_2 = 'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="tiny",position="2"}'
 
 
-def test_check_without_a_baseline_shows_load_and_k_and_says_the_verdict_ignores_load(
-    capsys: pytest.CaptureFixture[str],
+def c_config(tmp_path: Path, c: float = 0.1) -> str:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"targets: [{{name: x, url: 'http://127.0.0.1:9'}}]\nspeculation: {{draft_cost_ratio: {c}}}\n")
+    return str(config)
+
+
+def test_check_on_the_real_pair_prints_and_exports_the_prior_in_vllms_units(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Issue 17: break-even 0.100 (not the i.i.d. 0.233) and speedup AL / 1.3 at k = 3, c = 0.1; a speedup above
+    1 beside `disable` only with the sentence that says the acceptance policy decides and why."""
     with standin_thread(sample(V032_IDLE), sample(V032_LOAD)) as url:
-        assert run_check(["--target", url]) == 2
+        assert run_check(["--target", url, "--config.file", c_config(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert re.search(r"\neffective k +3.00 draft tokens per draft; 100% of decode steps drafted\n", out), out
-    assert re.search(r"\nmodelled speedup +1.63x \(measured acceptance length at k=3; ignores load\)\n", out)
+    assert re.search(r"\nstep cost rho +1.300 \(prior: 1 \+ k_eff\*c with k_eff 3.00; ignores load\)\n", out)
+    assert re.search(r"\nbreak-even acceptance +0.100 \(vLLM's rate, \(rho - 1\) / k_eff; this pool's: 0.374\)\n", out)
+    assert re.search(r"\nmodelled speedup +1.63x \(acceptance length 2.12 / rho 1.300\)\n", out)
     assert re.search(r"\nbest k \(modelled\) +3 \(1.63x\): the configured k is the best measured; a larger k", out)
     # Its three requests finished between the two polls, which saw none running: at least one ran.
     assert re.search(r"\nload +1.0 running requests per engine: band 1\n", out)
-    assert "note: the verdict judges acceptance alone and ignores load" in out
-    assert "--baseline-target URL" in out and "probe --baseline-target" in out
+    assert re.search(r"\nverdict +DISABLE\n", out)
+    assert "\nrule: the verdict follows the acceptance policy on vLLM's rate (below 0.5 disable" in out
+    assert "ignores load, so it does not decide" in out and "--write-profile" in out
     assert "speedup at band" not in out
+    # Every TPOT of the pair is inside vLLM's lowest bucket (10 ms): no digits that aren't there.
+    assert re.search(r"\nTPOT p50 / p99 +< 10 ms / < 10 ms\n", out)
+    with standin_thread(sample(V032_IDLE), sample(V032_LOAD)) as url:
+        run_check(["--target", url, "--config.file", c_config(tmp_path), "--output", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    window = doc["all_engines"]
+    assert window["step_cost"]["source"] == "prior" and window["step_cost"]["rho"] == pytest.approx(1.3)
+    assert window["break_even_acceptance_rate"] == pytest.approx(0.1)
+    assert window["expected_speedup"] == pytest.approx((1 + 55 / 49) / 1.3)
+    assert window["latency_lowest_bucket_seconds"]["tpot"] == 0.01
+    assert doc["verdict"] == "disable" and "acceptance policy" in doc["rule"]
 
 
-def test_check_says_when_fewer_speculative_tokens_would_do_better(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_says_when_fewer_speculative_tokens_would_do_better(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The third draft token is never accepted: it costs a draft step and brings nothing.
     load = rewrite(sample(V032_LOAD), {POSITION_2: 0, ACCEPTED: 45})
     with standin_thread(sample(V032_IDLE), load) as url:
-        run_check(["--target", url, "--output", "json"])
+        run_check(["--target", url, "--output", "json", "--config.file", c_config(tmp_path)])
     best = json.loads(capsys.readouterr().out)["all_engines"]["recommended_num_speculative_tokens"]
     assert best == {"k": 2, "speedup": pytest.approx((1 + 45 / 49) / 1.2), "at_configured_k": False}
     with standin_thread(sample(V032_IDLE), load) as url:
-        run_check(["--target", url])
+        run_check(["--target", url, "--config.file", c_config(tmp_path)])
     assert "2 (1.60x): fewer speculative tokens would do better than k=3" in capsys.readouterr().out
 
 
@@ -264,7 +288,10 @@ def test_check_with_a_baseline_prints_the_speedup_at_the_load_band(capsys: pytes
     assert re.search(r"\nload +12.0 running requests per engine: band 9-16\n", out), out
     assert re.search(r"\nspeedup at band 9-16 +0.50x \(TPOT p50 .* ms vs baseline .* ms, 3 requests\)\n", out)
     assert re.search(r"\nTPOT speedup vs baseline +0.50x", out)
-    assert "note:" not in out
+    # The baseline at the band is the step cost's evidence: rho = AL / 0.5, and the speedup decides.
+    assert re.search(r"\nstep cost rho +4.245 \(baseline: measured against the baseline pool at 12.0 running", out)
+    assert re.search(r"\nmodelled speedup +0.50x \(acceptance length 2.12 / rho 4.245\)\n", out)
+    assert "rule: the verdict follows the speedup at the current load (baseline evidence)" in out
     check_against_baseline("--output", "json")
     doc = json.loads(capsys.readouterr().out)
     assert doc["load"]["load_band"] == "9-16" and doc["load"]["baseline"]["tpot_speedup_at_load_band"] == 0.5

@@ -8,9 +8,9 @@ import pytest
 
 from spec_exporter.derive.acceptance import acceptance
 from spec_exporter.derive.baseline import compare
+from spec_exporter.derive.cost import verdict as cost_verdict
 from spec_exporter.derive.health import derive_target
 from spec_exporter.derive.latency import divergence, histogram_quantile, merge, quantiles
-from spec_exporter.derive.verdict import break_even_acceptance, expected_speedup, expected_tokens_per_step, verdict
 from spec_exporter.types import DeriveParams, EngineGeneration, LatencyMetric, SpecCounters, Thresholds, Verdict, Window
 from spec_exporter.vllm.parse import parse_exposition
 from spec_exporter.window import SnapshotRing, window_delta
@@ -96,25 +96,16 @@ def test_verdict_thresholds(rate: float | None, draft_tokens: float | None, expe
     assert verdict(rate, draft_tokens, Thresholds()) is expected
 
 
+def verdict(rate: float | None, draft_tokens: float | None, thresholds: Thresholds) -> Verdict:
+    # Without evidence at the load (no step cost), the one rule is the acceptance policy.
+    return cost_verdict(rate, draft_tokens, None, None, thresholds)
+
+
 def test_verdict_thresholds_are_configurable() -> None:
     strict = Thresholds(disable_below=0.6, beneficial_at=0.8, min_draft_tokens=10)
     assert verdict(0.55, 10, strict) is Verdict.DISABLE
     assert verdict(0.75, 10, strict) is Verdict.BREAK_EVEN
     assert verdict(0.8, 10, strict) is Verdict.BENEFICIAL
-
-
-def test_speculative_sampling_model() -> None:
-    # E(0.8, 3) = (1 - 0.8^4) / 0.2 = 2.952; speedup with c = 0.1 is 2.952 / 1.3.
-    assert expected_tokens_per_step(0.8, 3) == pytest.approx(2.952)
-    assert expected_speedup(0.8, 3, 0.1) == pytest.approx(2.952 / 1.3)
-    assert expected_tokens_per_step(1.0, 3) == 4.0
-    # k = 1: E = 1 + α, so break-even is α = c exactly.
-    assert break_even_acceptance(1, 0.25) == pytest.approx(0.25, abs=1e-12)
-    be = break_even_acceptance(3, 0.1)
-    assert be is not None and expected_speedup(be, 3, 0.1) == pytest.approx(1.0, abs=1e-12)
-    assert 0.232 < be < 0.234  # α + α² + α³ = 0.3
-    assert break_even_acceptance(3, 0.0) == 0.0
-    assert break_even_acceptance(3, 1.0) is None  # a draft as costly as the target never pays
 
 
 def _health(*texts_at: tuple[str, float], params: DeriveParams = PARAMS):  # type: ignore[no-untyped-def]
@@ -127,7 +118,8 @@ def _health(*texts_at: tuple[str, float], params: DeriveParams = PARAMS):  # typ
 
 
 def test_real_v032_pair_gives_hand_checked_numbers() -> None:
-    h = _health((sample(V032_IDLE), 0.0), (sample(V032_LOAD), 60.0))
+    params = DeriveParams(windows=WINDOWS, verdict_window="5m", draft_cost_ratio=0.1)
+    h = _health((sample(V032_IDLE), 0.0), (sample(V032_LOAD), 60.0), params=params)
     e = h.engines[("tiny", "0")]
     assert e.spec_enabled and e.num_speculative_tokens == 3
     one_minute = e.windows[0]
@@ -139,9 +131,13 @@ def test_real_v032_pair_gives_hand_checked_numbers() -> None:
     assert one_minute.latency[LatencyMetric.TTFT][0.5] == pytest.approx(0.03)
     # 147 draft tokens ≥ 100 and 0.374 < 0.5.
     assert e.verdict is Verdict.DISABLE and h.combined_verdict is Verdict.DISABLE
-    # The measured acceptance length over (1 + k·c), not the i.i.d. formula at the accepted/drafted ratio.
+    # The measured acceptance length over the prior rho = 1 + k_eff·c = 1.3; break-even in vLLM's units is c itself
+    # (AL = 1 + k·r, so AL = rho at r = c), not the i.i.d. α of 0.233 the exporter printed before.
+    assert one_minute.cost.source.value == "prior" and one_minute.cost.rho == pytest.approx(1.3)
     assert one_minute.expected_speedup == pytest.approx((1 + 55 / 49) / 1.3)
-    assert one_minute.expected_speedup > expected_speedup(55 / 147, 3, 0.1)
+    assert one_minute.break_even_rate == pytest.approx(0.1)
+    # A modelled 1.63x beside `disable`: the prior carries no load evidence, so the acceptance policy decides.
+    assert one_minute.expected_speedup > 1 and one_minute.verdict is Verdict.DISABLE
     # 147 draft tokens in 49 drafts; the real capture's 49 ITL observations are the 49 decode steps, all drafted.
     assert one_minute.effective_k == 3.0 and one_minute.speculated_share == 1.0
     # Positions accepted 35, 10, 10 of 49: each one still adds more than its draft costs at c = 0.1.
@@ -161,7 +157,7 @@ def test_a_target_without_spec_decoding_says_so() -> None:
     (e,) = h.engines.values()
     assert not e.spec_enabled
     assert all(w.acceptance is None for w in e.windows)
-    assert e.num_speculative_tokens is None and e.break_even_acceptance is None
+    assert e.num_speculative_tokens is None and all(w.break_even_rate is None for w in e.windows)
 
 
 def test_v0_takes_its_verdict_from_the_lifetime_gauge() -> None:
@@ -188,7 +184,9 @@ def test_configured_k_overrides_the_position_count() -> None:
     params = DeriveParams(windows=WINDOWS, verdict_window="5m", num_speculative_tokens=5, draft_cost_ratio=0.0)
     h = _health((sample(V032_IDLE), 0.0), (sample(V032_LOAD), 60.0), params=params)
     e = h.engines[("tiny", "0")]
-    assert e.num_speculative_tokens == 5 and e.break_even_acceptance == 0.0
+    assert e.num_speculative_tokens == 5
+    # k_eff (3 drafted per draft) prices the drafts, not the configured 5: c = 0 breaks even at any rate.
+    assert e.windows[0].cost.k == 3.0 and e.windows[0].break_even_rate == 0.0
 
 
 def test_baseline_comparison_divides_tpot_p50_and_p99() -> None:
@@ -209,3 +207,59 @@ def test_baseline_comparison_divides_tpot_p50_and_p99() -> None:
 def test_quantile_zero_on_an_empty_first_bucket_is_nan_as_in_promql() -> None:
     # vLLM's TTFT histograms nearly always have an empty 0.001 bucket; Go's 0/0 is NaN.
     assert math.isnan(histogram_quantile(0.0, (1e-05, math.inf), (0, 10)))
+
+
+def test_a_calibration_profile_prices_the_step_at_the_live_load_and_the_speedup_decides() -> None:
+    from spec_exporter.types import PROFILE_KIND, CostPoint, CostProfile
+
+    profile = CostProfile(
+        kind=PROFILE_KIND,
+        version=1,
+        model="tiny",
+        num_speculative_tokens=3,
+        points=(CostPoint(batch_size=1, step_cost_ratio=1.2), CostPoint(batch_size=4, step_cost_ratio=2.4)),
+    )
+    params = DeriveParams(windows=WINDOWS, verdict_window="1m", draft_cost_ratio=0.1, cost_profile=profile)
+    ring = SnapshotRing(400)
+    ring.push(parse_exposition(sample(V032_IDLE), 0.0))
+    point = ring.push(parse_exposition(sample(V032_LOAD), 60.0))
+    deltas = {w.label: window_delta(ring.points, w.seconds, 2.5) for w in WINDOWS}
+    h = derive_target(point, deltas, params, ring.points, 2.5)
+    w = h.combined[0]
+    # The pair ran one request at a time (load 1.0): rho(1) = 1.2 from the profile, exactly AL / 1.2.
+    assert w.cost.source.value == "calibration" and w.cost.load == 1.0 and w.cost.rho == pytest.approx(1.2)
+    assert w.expected_speedup == pytest.approx((1 + 55 / 49) / 1.2)
+    assert w.break_even_rate == pytest.approx(0.2 / 3)
+    # Load evidence: the 1.77x decides (beneficial), where acceptance 0.374 alone says disable.
+    assert w.verdict is Verdict.BENEFICIAL and h.combined_verdict is Verdict.BENEFICIAL
+    # Without the ring there is no load to read the profile at: the prior, and the acceptance policy, say so.
+    alone = derive_target(point, deltas, params).combined[0]
+    assert alone.cost.source.value == "prior" and "no load measured" in alone.cost.note
+    assert alone.verdict is Verdict.DISABLE
+
+
+def test_a_baseline_at_the_load_band_re_costs_the_target_and_each_engine() -> None:
+    from spec_exporter.derive.baseline import Comparison, with_baseline
+    from spec_exporter.derive.load import LoadBandComparison
+
+    params = DeriveParams(windows=WINDOWS, verdict_window="1m", draft_cost_ratio=0.1)
+    ring = SnapshotRing(400)
+    ring.push(parse_exposition(with_engines(sample(V032_IDLE), 2), 0.0))
+    point = ring.push(parse_exposition(with_engines(sample(V032_LOAD), 2), 60.0))
+    deltas = {w.label: window_delta(ring.points, w.seconds, 2.5) for w in WINDOWS}
+    h = derive_target(point, deltas, params, ring.points, 2.5)
+    assert h.load[0].target.band == "1" and h.combined[0].cost.source.value == "prior"
+    # The baseline's TPOT p50 is half the target's at band 1, over the 1m window only.
+    slower = Comparison("t", "b", "1m", 0.5, {}, (LoadBandComparison("1", 0.02, 0.01, 5.0),))
+    recosted = with_baseline(h, [slower], params)
+    (one_minute, five_minutes) = recosted.combined
+    assert one_minute.cost.source.value == "baseline" and one_minute.expected_speedup == pytest.approx(0.5)
+    assert one_minute.cost.rho == pytest.approx((1 + 55 / 49) / 0.5)
+    assert five_minutes.cost.source.value == "prior"
+    # Acceptance 0.374 was `disable` by policy already; now the measured 0.5x at this load says it.
+    assert recosted.combined_verdict is Verdict.DISABLE
+    for e in recosted.engines.values():
+        assert e.windows[0].cost.source.value == "baseline" and e.windows[0].expected_speedup == pytest.approx(0.5)
+    # A faster baseline comparison flips the verdict the other way: 1.2x at the band beats acceptance 0.374.
+    faster = Comparison("t", "b", "1m", 1.2, {}, (LoadBandComparison("1", 0.01, 0.012, 5.0),))
+    assert with_baseline(h, [faster], params).combined_verdict is Verdict.BENEFICIAL

@@ -226,9 +226,17 @@ async def test_load_band_and_the_speedup_at_it_against_a_baseline(
     band = {"target": "spec", "baseline": "base", "load_band": "9-16", "window": "1m"}
     assert registry.get_sample_value("spec_decode_baseline_load_band_tpot_speedup", band) == pytest.approx(0.5)
     assert registry.get_sample_value("spec_decode_baseline_load_band_requests", band) == 3
-    # The acceptance-only numbers do not move with load: the same as at batch 1.
-    spec_window = {**engine, "window": "1m"}
-    assert registry.get_sample_value("spec_decode_expected_speedup", spec_window) == pytest.approx((1 + 55 / 49) / 1.3)
+    # The baseline at the band the pool runs at is the step cost's evidence: rho = AL / 0.5, the speedup is the
+    # measured one, and the verdict follows it (the acceptance policy would have said the same here, for another
+    # reason: 0.374 < 0.5).
+    baseline = {**engine, "window": "1m", "source": "baseline"}
+    length = 1 + 55 / 49
+    assert registry.get_sample_value("spec_decode_step_cost_ratio", baseline) == pytest.approx(length / 0.5)
+    assert registry.get_sample_value("spec_decode_expected_speedup", baseline) == pytest.approx(0.5)
+    # (rho - 1) / k = 1.08: no acceptance rate breaks even at this load, so no break-even series.
+    assert registry.get_sample_value("spec_decode_break_even_acceptance_rate", baseline) is None
+    prior = {**engine, "window": "1m", "source": "prior"}
+    assert registry.get_sample_value("spec_decode_expected_speedup", prior) is None
 
 
 async def test_an_idle_window_has_no_load_band_and_no_target_without_baseline_gets_band_latency(
@@ -340,3 +348,33 @@ async def test_the_proxy_taps_counts_export_exactly_as_the_middlewares(
     tap_exposition(metrics, tap_registry)
     await poller.poll_once()
     check_golden("v0.32_with_tap.prom", render(build_registry(store, process_metrics=False)))
+
+
+async def test_per_band_acceptance_length_speedup_and_best_k_from_the_taps_steps_and_positions(
+    standin: Any, make_poller: Any, clock: Any
+) -> None:
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
+
+    tap_registry = CollectorRegistry()
+    metrics = TapMetrics(tap_registry)
+    before = scale_counters(sample(V032_LOAD), 0.0) + generate_latest(tap_registry).decode()
+    # 16 steps per request. Greedy drafts 3 a step, histogram [2, 2, 4, 8] (34 accepted); hot, under a schedule,
+    # 2 a step, histogram [10, 4, 2] (8 accepted).
+    for _ in range(4):
+        metrics.request("tiny", "0", Outcome.MEASURED, accepted=34, drafted=48, steps=16, per_position=(14, 12, 8))
+        metrics.request("tiny", "0.7-1.0", Outcome.MEASURED, accepted=8, drafted=32, steps=16, per_position=(6, 2))
+    after = scale_counters(sample(V032_LOAD), 500 / 147) + generate_latest(tap_registry).decode()
+    _, registry = await polled(standin, make_poller, clock, before, after)
+    band = {"target": "vllm", "model_name": "tiny", "window": "1m"}
+    greedy, hot = {**band, "temperature_band": "0"}, {**band, "temperature_band": "0.7-1.0"}
+    # AL = 1 + accepted / steps, from the band's own steps (the engine's k = 3 would say 1 + 3 * 8/32 = 1.75).
+    assert registry.get_sample_value("spec_decode_request_mean_acceptance_length", greedy) == 1 + 34 / 16
+    assert registry.get_sample_value("spec_decode_request_mean_acceptance_length", hot) == 1 + 8 / 16
+    # Speedup at the engine's step cost (the prior here, c = 0.15), priced for the k each band drafted.
+    speedup = "spec_decode_request_expected_speedup"
+    assert registry.get_sample_value(speedup, {**greedy, "source": "prior"}) == pytest.approx((1 + 34 / 16) / 1.45)
+    assert registry.get_sample_value(speedup, {**hot, "source": "prior"}) == pytest.approx(1.5 / 1.3)
+    # Best k per band: greedy positions 0.875, 0.75, 0.5 each pay their 0.15; hot's second (0.125) does not.
+    best = "spec_decode_request_recommended_num_speculative_tokens"
+    assert registry.get_sample_value(best, greedy) == 3
+    assert registry.get_sample_value(best, hot) == 1

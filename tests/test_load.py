@@ -9,18 +9,14 @@ import pytest
 
 from spec_exporter.derive.latency import histogram_quantile
 from spec_exporter.derive.load import (
-    best_k,
     compare_load_bands,
     effective_k,
     load_band,
     load_band_latency,
     speculated_share,
-    speedup_curve,
-    speedup_from_length,
     window_load,
     window_points,
 )
-from spec_exporter.derive.verdict import expected_speedup
 from spec_exporter.types import EngineSample, LatencyMetric
 from spec_exporter.window import Point, SnapshotRing, window_delta
 from tests.builders import KEY, engine, hist, snap
@@ -52,39 +48,6 @@ def test_effective_k_and_speculated_share_from_window_deltas() -> None:
     assert speculated_share(d.spec.drafts, d.histograms[ITL].count) == 0.25
     assert effective_k(dataclasses.replace(d.spec, drafts=0, draft_tokens=0)) is None
     assert speculated_share(0, 0) is None
-
-
-def test_speedup_uses_the_measured_acceptance_length_not_the_iid_formula() -> None:
-    # 100 drafts of 3 accepting 150 tokens: AL = 2.5, rate = 0.5. Prefix acceptance front-loads the accepted
-    # tokens, so the i.i.d. α model (E = 1.875 at α = 0.5) under-reads what vLLM measured.
-    assert speedup_from_length(2.5, 3, 0.1) == pytest.approx(2.5 / 1.3)
-    assert expected_speedup(0.5, 3, 0.1) == pytest.approx(1.875 / 1.3)
-    assert speedup_from_length(2.5, 3, 0.1) > expected_speedup(0.5, 3, 0.1)
-    # The configured k pays its draft cost even when the measured length is short.
-    assert speedup_from_length(1.1, 4, 0.1) < 1
-
-
-def test_best_k_where_fewer_drafts_beat_the_configured_four() -> None:
-    # Positions 3 and 4 almost never accepted: their draft cost buys nothing.
-    best = best_k((80, 60, 5, 2), 100, 0.1)
-    assert best.curve == pytest.approx((1.8 / 1.1, 2.4 / 1.2, 2.45 / 1.3, 2.47 / 1.4))
-    assert best.k == 2 and best.speedup == pytest.approx(2.0)
-    assert not best.at_configured_k
-
-
-def test_best_k_at_the_configured_k_says_k_may_be_too_small() -> None:
-    best = best_k((90, 85, 80), 100, 0.1)
-    assert best.k == 3 and best.speedup == pytest.approx(3.55 / 1.3)
-    assert best.at_configured_k
-
-
-def test_best_k_is_zero_when_no_k_pays() -> None:
-    # Expensive drafts (c = 0.5) that are rarely accepted: every j models a slowdown.
-    best = best_k((20, 5, 1), 100, 0.5)
-    assert all(s < 1 for s in best.curve)
-    assert best.k == 0 and best.speedup == 1.0 and not best.at_configured_k
-    assert best_k((0, 0, 0), 0, 0.1) is None
-    assert speedup_curve((), 100, 0.1) is None
 
 
 def test_load_bands_round_to_whole_batch_sizes() -> None:

@@ -10,25 +10,16 @@ import aiohttp
 import pytest
 
 from spec_exporter import cli
-from spec_exporter.commands.probe import (
-    PhaseResult,
-    ProbeSettings,
-    RequestResult,
-    crossovers,
-    probe_document,
-    probe_main,
-    render_json,
-    render_table,
-    run_probe,
-    suggest_schedule,
-)
+from spec_exporter.commands.probe import probe_main
+from spec_exporter.commands.probe_analysis import cell_summary, compare_cell, crossovers, suggest_schedule
+from spec_exporter.commands.probe_document import probe_document
+from spec_exporter.commands.probe_load import PhaseResult, ProbeRun, ProbeSettings, RequestResult, run_probe
+from spec_exporter.commands.probe_render import render_json, render_table
 from spec_exporter.types import SpecCounters
 from tests.system.scenario_vllm import ScenarioVLLM
 
 
 def _run(cells, baseline, warnings):  # type: ignore[no-untyped-def]
-    from spec_exporter.commands.probe import ProbeRun
-
     return ProbeRun(list(cells), None if baseline is None else list(baseline), list(warnings))
 
 
@@ -49,7 +40,7 @@ async def test_per_request_metrics_give_percentiles_per_temperature(aiohttp_serv
         aiohttp_server, ScenarioVLLM("m", acceptance_by_temperature=by_temperature)
     )
     assert warnings == []
-    greedy, hot = (p.summary(settings.thresholds) for p in phases)
+    greedy, hot = (cell_summary(p, settings) for p in phases)
     assert greedy["acceptance_source"] == "per-request metrics"
     assert greedy["acceptance_rate"] == 49 / 60 and greedy["acceptance_percentiles"]["p10"] == 49 / 60
     assert greedy["mean_acceptance_length"] == 1 + 49 * 5 / (20 * 5)
@@ -69,7 +60,7 @@ async def test_per_request_metrics_give_percentiles_per_temperature(aiohttp_serv
 async def test_without_per_request_metrics_acceptance_comes_from_the_counters(aiohttp_server: Any) -> None:
     scenario = ScenarioVLLM("m", acceptance_by_temperature=by_temperature, per_request_spec_metrics=False)
     settings, phases, warnings = await probed(aiohttp_server, scenario)
-    greedy, hot = (p.summary(settings.thresholds) for p in phases)
+    greedy, hot = (cell_summary(p, settings) for p in phases)
     assert greedy["acceptance_source"] == "vLLM counters over the phase"
     assert greedy["acceptance_rate"] == 49 / 60 and hot["acceptance_rate"] == 23 / 60
     assert greedy["acceptance_percentiles"] == {}
@@ -79,7 +70,7 @@ async def test_without_per_request_metrics_acceptance_comes_from_the_counters(ai
 async def test_a_target_without_speculative_decoding_is_called_out(aiohttp_server: Any) -> None:
     settings, phases, warnings = await probed(aiohttp_server, ScenarioVLLM("m", spec_enabled=False))
     assert any("speculative decoding looks off" in w for w in warnings)
-    assert all(p.summary(settings.thresholds)["verdict"] == "insufficient_data" for p in phases)
+    assert all(cell_summary(p, settings)["verdict"] == "insufficient_data" for p in phases)
 
 
 async def test_reports_render_every_temperature(aiohttp_server: Any) -> None:
@@ -163,14 +154,28 @@ async def test_a_sweep_runs_every_temperature_at_every_concurrency_on_both_pools
         {"temperature": 0.0, "concurrency": 4, "measured_concurrencies": [1, 4]},
         {"temperature": 0.8, "concurrency": 4, "measured_concurrencies": [1, 4]},
     ]
-    # At concurrency 1 the per-position acceptance (0.9, 0.54, 0.36 per draft) models k = 3 best; at 4, off.
-    assert doc["suggested_speculative_config"] == {"num_speculative_tokens_per_batch_size": [[1, 3, 3], [4, 4, 0]]}
-    assert [b["modelled_best_k"] for b in doc["schedule_basis"]] == [3, 3]
+    # At concurrency 1 the step cost measured there (rho = AL / TPOT speedup) is high on this stand-in: the third
+    # position's 0.36 per draft does not pay its third of rho - 1, so k = 2 (the prior's 1 + 3 * 0.1 said 3); at 4,
+    # off.
+    basis = {b["concurrency"]: b for b in doc["schedule_basis"]}
+    assert basis[1]["step_cost_ratio"] > 1.5 and basis[1]["modelled_best_k"] == 2
+    assert doc["suggested_speculative_config"] == {"num_speculative_tokens_per_batch_size": [[1, 3, 2], [4, 4, 0]]}
+    assert [b["modelled_best_k"] for b in doc["schedule_basis"]] == [2, 0]
     assert not any("ignore load" in w for w in doc["warnings"])
     table = render_table(probe_document(settings, run))
     assert "crossover T=0: stops paying at concurrency 4" in table
-    assert "T=0: beneficial at concurrency 1, 4 (per-request metrics)." in table and table.count("disable: ") == 1
-    assert '{"num_speculative_tokens_per_batch_size": [[1, 3, 3], [4, 4, 0]]}' in table
+    # One rule: with the baseline measured at each cell, the speedup there decides. T=0.8's 0.38 acceptance pays
+    # at concurrency 1 (1.60x) and T=0's 0.82 does not at 4 (0.60x): acceptance alone said the opposite of both.
+    assert "T=0.8: beneficial at concurrency 1 (per-request metrics)." in table
+    assert "T=0: disable at concurrency 4 (per-request metrics)." in table and table.count("disable: ") == 1
+    assert "rule: the verdict follows the speedup at the current load (baseline evidence)" in table
+    # The calibration profile: rho = AL / TPOT speedup per concurrency, all temperatures pooled.
+    profile = doc["calibration_profile"]
+    assert profile["num_speculative_tokens"] == 3 and profile["model"] == "m"
+    for point in profile["points"]:
+        speedup = 8 / 5 if point["batch_size"] == 1 else 12 / 20
+        assert point["step_cost_ratio"] == pytest.approx(point["acceptance_length"] / speedup)
+    assert '{"num_speculative_tokens_per_batch_size": [[1, 3, 2], [4, 4, 0]]}' in table
     assert "1.60" in table and "0.60" in table
 
 
@@ -181,6 +186,9 @@ async def test_a_baseline_that_speculates_is_called_out(aiohttp_server: Any) -> 
     async with aiohttp.ClientSession() as session:
         run = await run_probe(settings, session)
     assert any("has speculative decoding on" in w for w in run.warnings)
+
+
+SETTINGS = ProbeSettings(target="http://spec", draft_cost_ratio=0.1)
 
 
 def cell(concurrency: int, temperature: float, tpot: float, per_position=(0.0, 0.0, 0.0), drafts=0.0):  # type: ignore[no-untyped-def]
@@ -198,15 +206,15 @@ def test_the_schedule_turns_speculation_off_where_it_stops_paying_and_uses_the_b
     spec = [cell(1, 0.0, 0.005, (80, 60, 5), 100), cell(2, 0.0, 0.006, (80, 60, 5), 100)]
     spec += [cell(8, 0.0, 0.02, (80, 60, 5), 100), cell(32, 0.0, 0.05, (80, 60, 5), 100)]
     base = [base_cell(1, 0.0, 0.01), base_cell(2, 0.0, 0.01), base_cell(8, 0.0, 0.012), base_cell(32, 0.0, 0.02)]
-    schedule, basis = suggest_schedule(spec, base, None, 0.1)
+    schedule, basis = suggest_schedule(spec, base, SETTINGS)
     assert [b["k"] for b in basis] == [2, 2, 0, 0]
     # 1 and 2 merge into one range up to the next level; vLLM carries the last range on past 32.
     assert schedule == [[1, 7, 2], [8, 32, 0]]
     # A measured speedup the model cannot explain keeps the configured k rather than guessing.
     never = [cell(1, 0.0, 0.005, (0, 0, 0), 100)]
-    assert suggest_schedule(never, [base_cell(1, 0.0, 0.01)], None, 0.1)[0] == [[1, 1, 3]]
+    assert suggest_schedule(never, [base_cell(1, 0.0, 0.01)], SETTINGS)[0] == [[1, 1, 3]]
     # Without any measured pair there is nothing to suggest.
-    assert suggest_schedule(spec, [], None, 0.1) == (None, [])
+    assert suggest_schedule(spec, [], SETTINGS) == (None, [])
 
 
 def test_crossover_is_the_lowest_concurrency_where_speculation_stops_paying() -> None:
@@ -231,10 +239,40 @@ def test_tpot_comparisons_use_one_clock_for_both_pools() -> None:
     # The speculative pool reports vLLM's TPOT, the baseline does not: both sides fall back to the probe's own.
     spec = PhaseResult(0.0, [RequestResult(ok=True, tpot=0.001, client_tpot=0.01, tokens=5)], None, 1, 1.0)
     base = PhaseResult(0.0, [RequestResult(ok=True, tpot=None, client_tpot=0.02, tokens=5)], None, 1, 1.0)
-    from spec_exporter.commands.probe import compare_cell
 
     assert compare_cell(spec, base) == {
         "tpot_speedup": 2.0,
         "tpot_source": "measured by the probe",
         "throughput_ratio": 1.0,
     }
+
+
+async def test_write_profile_gives_a_file_the_exporter_loads_and_refuses_for_another_k(
+    aiohttp_server: Any, tmp_path: Any
+) -> None:
+    import dataclasses
+
+    from spec_exporter.commands.probe import probe_main as main
+    from spec_exporter.config import ConfigError, settings_from_mapping
+    from spec_exporter.derive.cost import interpolate
+
+    settings, _ = await swept(aiohttp_server)
+    path = tmp_path / "profile.yaml"
+    settings = dataclasses.replace(settings, write_profile=str(path), hardware="test box")
+    assert await main(settings, "json", out=io.StringIO(), err=io.StringIO()) == 0
+    target = {"name": "vllm", "url": "http://127.0.0.1:8000"}
+    loaded = settings_from_mapping({"targets": [target], "speculation": {"cost_profile": str(path)}})
+    profile = loaded.derive_params(loaded.targets[0]).cost_profile
+    assert profile is not None and profile.hardware == "test box" and profile.num_speculative_tokens == 3
+    assert [p.batch_size for p in profile.points] == [1, 4]
+    at_1 = profile.points[0].step_cost_ratio
+    assert interpolate(profile, 1.0) == pytest.approx(at_1)
+    with pytest.raises(ConfigError) as e:
+        settings_from_mapping(
+            {"targets": [target], "speculation": {"cost_profile": str(path), "num_speculative_tokens": 4}}
+        )
+    assert any("speculation.cost_profile" in d and "num_speculative_tokens=3" in d for d in e.value.details)
+    path.write_text(path.read_text().replace("version: 1", "version: 7"))
+    with pytest.raises(ConfigError) as e:
+        settings_from_mapping({"targets": [target], "speculation": {"cost_profile": str(path)}})
+    assert any(d.startswith("speculation.cost_profile.version:") for d in e.value.details)

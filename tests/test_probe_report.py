@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from spec_exporter.commands.probe import probe_document, render_table
+from spec_exporter.commands.probe_document import probe_document
+from spec_exporter.commands.probe_render import render_table
 from spec_exporter.commands.probe_report import render_html
 from tests.test_probe import swept
 
@@ -116,6 +117,8 @@ async def test_the_report_draws_both_charts_with_the_runs_numbers(aiohttp_server
     schedule = next(a for t, a, _ in dom.elements if t == "pre" and a.get("id") == "schedule")
     assert schedule is not None
     assert json.dumps(doc["suggested_speculative_config"]) in text
+    # Every verdict beside a speedup has the rule that says which number decided it.
+    assert "the verdict follows the speedup at the current load (baseline evidence)" in text
 
 
 async def test_without_a_baseline_the_speedup_chart_says_how_to_get_one(aiohttp_server: Any, tmp_path: Path) -> None:
@@ -129,3 +132,4 @@ async def test_without_a_baseline_the_speedup_chart_says_how_to_get_one(aiohttp_
     assert dom.in_chart("speedup-chart", "circle", "point") == []
     assert len(dom.in_chart("acceptance-chart", "circle", "point")) == 4
     assert "no baseline: run probe with --baseline-target URL" in " ".join(dom.text)
+    assert "the verdict follows the acceptance policy" in " ".join(dom.text)

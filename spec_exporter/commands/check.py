@@ -8,21 +8,22 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from spec_exporter.commands.common import add_common_flags, build_settings, config_failed
-from spec_exporter.commands.format import ms, number
+from spec_exporter.commands.format import latency, number
 from spec_exporter.config import ConfigError, Settings, format_duration, parse_duration
 from spec_exporter.derive.baseline import Comparison
+from spec_exporter.derive.cost import CostSource, StepCost, rule
 from spec_exporter.derive.health import EngineHealth, TargetHealth, WindowHealth
 from spec_exporter.derive.load import Load
 from spec_exporter.derive.verdict import ADVICE
 from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore, TargetState
-from spec_exporter.types import LatencyMetric, Verdict
+from spec_exporter.types import LatencyMetric, Thresholds, Verdict
 
 EXIT_CODES = {Verdict.BENEFICIAL: 0, Verdict.BREAK_EVEN: 1, Verdict.DISABLE: 2, Verdict.INSUFFICIENT_DATA: 3}
 EXIT_UNREACHABLE = 3
@@ -36,6 +37,7 @@ class CheckResult:
     state: TargetState
     baseline_url: str | None = None
     comparisons: tuple[Comparison, ...] = ()
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     @property
     def load(self) -> Load | None:
@@ -54,6 +56,13 @@ class CheckResult:
     @property
     def verdict(self) -> Verdict:
         return self.health.combined_verdict if self.health is not None else Verdict.INSUFFICIENT_DATA
+
+    @property
+    def rule(self) -> str:
+        """Which number decided the verdict, and why: the sentence beside every verdict `check` prints."""
+        h = self.health
+        cost = h.combined[0].cost if h is not None and h.combined else None
+        return rule(cost, self.thresholds)
 
     @property
     def exit_code(self) -> int:
@@ -88,6 +97,7 @@ async def run_check(
         state.targets[target.name],
         baseline.metrics_url if baseline is not None else None,
         tuple(c for c in state.comparisons if c.target == target.name),
+        settings.thresholds,
     )
 
 
@@ -118,7 +128,8 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
     for metric, title in _LATENCY_ROWS:
         q = w.latency.get(metric)
         if q:
-            rows.append((f"{title} p50 / p99", f"{ms(q.get(0.5), unit=True)} / {ms(q.get(0.99), unit=True)}"))
+            floor = w.latency_floor.get(metric)
+            rows.append((f"{title} p50 / p99", f"{latency(q.get(0.5), floor)} / {latency(q.get(0.99), floor)}"))
     if w.divergence:
         rows.append(
             (
@@ -129,10 +140,24 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
     if a is not None and w.effective_k is not None:
         share = f"; {w.speculated_share:.0%} of decode steps drafted" if w.speculated_share is not None else ""
         rows.append(("effective k", f"{w.effective_k:.2f} draft tokens per draft{share}"))
-    k = engine.num_speculative_tokens if engine is not None else None
-    if w.expected_speedup is not None:
-        at = f" at k={k}" if k else ""
-        rows.append(("modelled speedup", f"{w.expected_speedup:.2f}x (measured acceptance length{at}; ignores load)"))
+    if w.cost is not None:
+        rows.append(("step cost rho", f"{w.cost.rho:.3f} ({_source_text(w.cost)})"))
+        if w.cost.note:
+            rows.append(("", w.cost.note))
+        if w.break_even_rate is not None and a is not None:
+            rows.append(
+                (
+                    "break-even acceptance",
+                    f"{w.break_even_rate:.3f} (vLLM's rate, (rho - 1) / k_eff; this pool's: {number(a.rate)})",
+                )
+            )
+    if w.expected_speedup is not None and w.cost is not None and a is not None:
+        rows.append(
+            (
+                "modelled speedup",
+                f"{w.expected_speedup:.2f}x (acceptance length {number(a.mean_length, 2)} / rho {w.cost.rho:.3f})",
+            )
+        )
     best = w.recommended
     if best is not None:
         if best.k == 0:
@@ -145,12 +170,13 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
     return rows
 
 
-LOAD_NOTE = (
-    "the verdict judges acceptance alone and ignores load: the same acceptance can be a speedup at low "
-    "concurrency and a slowdown at high. For evidence at the load this pool runs at, compare it with a baseline "
-    "pool without speculative decoding (--baseline-target URL, or a baseline target in the exporter's config), or run "
-    "`spec-exporter probe --baseline-target URL --concurrency 1,4,16`."
-)
+def _source_text(cost: StepCost) -> str:
+    load = f" at {cost.load:.1f} running requests per engine" if cost.load is not None else ""
+    if cost.source is CostSource.BASELINE:
+        return f"baseline: measured against the baseline pool{load}"
+    if cost.source is CostSource.CALIBRATION:
+        return f"calibration: the configured profile read{load}"
+    return f"prior: 1 + k_eff*c with k_eff {cost.k:.2f}; ignores load"
 
 
 def _load_rows(result: CheckResult) -> list[tuple[str, str]]:
@@ -171,8 +197,8 @@ def _load_rows(result: CheckResult) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"speedup at band {at.band}",
-                f"{at.speedup:.2f}x (TPOT p50 {ms(at.spec_p50, unit=True)} vs baseline "
-                f"{ms(at.baseline_p50, unit=True)}, {at.requests:g} requests)",
+                f"{at.speedup:.2f}x (TPOT p50 {latency(at.spec_p50)} vs baseline "
+                f"{latency(at.baseline_p50)}, {at.requests:g} requests)",
             )
         )
     elif load.band is not None:
@@ -188,12 +214,9 @@ def render_table(result: CheckResult) -> str:
         return f"{head}\n\nunreachable or unreadable ({err}): no verdict.\n"
     engines = list(h.engines.values())
     k = {e.num_speculative_tokens for e in engines if e.num_speculative_tokens}
-    be = {round(e.break_even_acceptance, 3) for e in engines if e.break_even_acceptance is not None}
     lines = [
         head,
-        f"vLLM engine {h.generation.value}, {len(engines)} engine(s)"
-        + (f", k={k.pop()}" if len(k) == 1 else "")
-        + (f", modelled break-even acceptance {be.pop()}" if len(be) == 1 else ""),
+        f"vLLM engine {h.generation.value}, {len(engines)} engine(s)" + (f", k={k.pop()}" if len(k) == 1 else ""),
         "",
     ]
     only = engines[0] if len(engines) == 1 else None
@@ -206,9 +229,7 @@ def render_table(result: CheckResult) -> str:
     rows.append(("verdict", result.verdict.value.upper()))
     width = max(len(r[0]) for r in rows) + 2
     lines += [f"{title:<{width}}{value}" for title, value in rows]
-    lines += ["", "advice: " + ADVICE[result.verdict]]
-    if result.comparison is None:
-        lines.append("note: " + LOAD_NOTE)
+    lines += ["", "rule: " + result.rule, "advice: " + ADVICE[result.verdict]]
     lines.append("")
     return "\n".join(lines)
 
@@ -229,7 +250,18 @@ def _window_json(w: WindowHealth) -> dict[str, Any]:
         },
         "latency_seconds": {m.value: {str(q): v for q, v in qs.items()} for m, qs in w.latency.items()},
         "divergence": {m.value: v for m, v in w.divergence.items()},
+        "step_cost": None
+        if w.cost is None
+        else {
+            "rho": w.cost.rho,
+            "source": w.cost.source.value,
+            "k_eff": w.cost.k,
+            "load": w.cost.load,
+            "note": w.cost.note or None,
+        },
+        "break_even_acceptance_rate": w.break_even_rate,
         "expected_speedup": w.expected_speedup,
+        "latency_lowest_bucket_seconds": {m.value: v for m, v in w.latency_floor.items()},
         "effective_k": w.effective_k,
         "speculated_share": w.speculated_share,
         "recommended_num_speculative_tokens": None
@@ -256,8 +288,6 @@ def _load_json(result: CheckResult) -> dict[str, Any]:
             "requests_at_load_band": at.requests if at is not None else None,
             "load_bands": {b.band: {"tpot_speedup": b.speedup, "requests": b.requests} for b in c.load_bands},
         }
-    else:
-        doc["note"] = LOAD_NOTE
     return doc
 
 
@@ -268,6 +298,7 @@ def render_json(result: CheckResult) -> str:
         "url": result.url,
         "window_seconds": result.window_seconds,
         "verdict": result.verdict.value,
+        "rule": result.rule,
         "advice": ADVICE[result.verdict],
         "exit_code": result.exit_code,
         "error": result.state.last_error.value if result.state.last_error else None,
@@ -282,7 +313,6 @@ def render_json(result: CheckResult) -> str:
                 "engine": e.key[1],
                 "spec_decode_enabled": e.spec_enabled,
                 "num_speculative_tokens": e.num_speculative_tokens,
-                "break_even_acceptance": e.break_even_acceptance,
                 "lifetime_acceptance": e.lifetime_acceptance,
                 **_window_json(e.windows[0]),
                 # The engine's verdict, which for V0 comes from its lifetime gauge rather than the window.

@@ -18,6 +18,14 @@ def ms(seconds: float | None, digits: int = 1, *, unit: bool = False) -> str:
     return text + " ms" if unit and text != MISSING else text
 
 
+def latency(seconds: float | None, lowest_bucket: float | None = None) -> str:
+    """Milliseconds with the unit; "< 10 ms" for a quantile inside vLLM's lowest bucket (interpolated from 0 there,
+    so its digits say nothing beyond "below the bound")."""
+    if seconds is not None and lowest_bucket is not None and seconds <= lowest_bucket:
+        return f"< {lowest_bucket * 1000:g} ms"
+    return ms(seconds, unit=True)
+
+
 def table(rows: list[list[str]]) -> list[str]:
     """Right-aligned columns, two spaces apart; the first row is the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from spec_exporter.commands.format import ms, number
+from spec_exporter.commands.probe_render import crossover_text
 
 
 def _finite(value: Any) -> Any:
@@ -80,16 +81,15 @@ def _cells_table(doc: dict[str, Any]) -> str:
 
 def _findings(doc: dict[str, Any]) -> str:
     parts = []
+    rules = dict.fromkeys(c["rule"] for c in doc["cells"] if c.get("rule"))
+    if rules:
+        # Beside every verdict, the number that decided it: the measured speedup at the cell, or acceptance.
+        listed = "".join(f"<li>{html.escape(r)}</li>" for r in rules)
+        parts.append(f'<h2>Verdict rule</h2><ul id="rule">{listed}</ul>')
     if doc["crossover"]:
         items = []
         for c in doc["crossover"]:
-            if c["concurrency"] is not None:
-                text = f"stops paying at concurrency {c['concurrency']}"
-            elif c["measured_concurrencies"]:
-                text = f"pays at every concurrency measured (up to {max(c['measured_concurrencies'])})"
-            else:
-                text = "no TPOT measured on both pools"
-            items.append(f"<li>T={c['temperature']:g}: {html.escape(text)}</li>")
+            items.append(f"<li>T={c['temperature']:g}: {html.escape(crossover_text(c))}</li>")
         parts.append(f'<h2>Crossover</h2><ul id="crossover">{"".join(items)}</ul>')
     config = doc["suggested_speculative_config"]
     if config is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from spec_exporter.derive.health import TargetHealth
+from spec_exporter.derive.health import TargetHealth, WindowHealth, costed, only_model, verdict_of
 from spec_exporter.derive.load import LoadBandComparison, WindowLoad, compare_load_bands
-from spec_exporter.types import LatencyMetric
+from spec_exporter.types import DeriveParams, EngineGeneration, LatencyMetric
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +60,38 @@ def compare_pairs(
         if spec is not None and baseline is not None:
             out.extend(compare(spec_name, spec, baseline_name, baseline))
     return tuple(out)
+
+
+def with_baseline(h: TargetHealth, comparisons: Sequence[Comparison], params: DeriveParams) -> TargetHealth:
+    """`h` re-costed with the strongest evidence: the measured speedup against its baseline at the band it runs at.
+
+    The comparison is of all engines together, so the measured speedup stands for each engine too: each gets
+    rho = its own AL / that speedup (a V0 engine, judged by its lifetime gauge, is left as it is).
+    """
+    if h.generation is not EngineGeneration.V1:
+        return h
+    by_window = {c.window: c for c in comparisons}
+    loads = {wl.window.label: wl.target for wl in h.load}
+    speedups = {}
+    for label, load in loads.items():
+        c = by_window.get(label)
+        at = next((b for b in c.load_bands if b.band == load.band), None) if c is not None else None
+        if at is not None:
+            speedups[label] = (load.mean_running, at.speedup)
+
+    def recost(windows: Sequence[WindowHealth], k: int | None, model: str | None) -> tuple[WindowHealth, ...]:
+        out = []
+        for w in windows:
+            found = speedups.get(w.window.label)
+            out.append(w if found is None else costed(w, k, params, found[0], model, found[1]))
+        return tuple(out)
+
+    if not speedups:
+        return h
+    ks = {e.num_speculative_tokens for e in h.engines.values() if e.num_speculative_tokens}
+    combined = recost(h.combined, ks.pop() if len(ks) == 1 else None, only_model(h.engines))
+    engines = {}
+    for key, e in h.engines.items():
+        windows = combined if len(h.engines) == 1 else recost(e.windows, e.num_speculative_tokens, key[0])
+        engines[key] = dataclasses.replace(e, windows=windows, verdict=verdict_of(windows, params))
+    return dataclasses.replace(h, engines=engines, combined=combined, combined_verdict=verdict_of(combined, params))

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from spec_exporter.derive import cost as cost_model
 from spec_exporter.derive.acceptance import Acceptance, acceptance, sum_spec
+from spec_exporter.derive.cost import BestK, StepCost
 from spec_exporter.derive.latency import divergence, merge_each, quantiles
-from spec_exporter.derive.load import BestK, WindowLoad, best_k, effective_k, speculated_share, speedup_from_length
+from spec_exporter.derive.load import Load, WindowLoad, effective_k, speculated_share
 from spec_exporter.derive.load import window_loads as derive_window_loads
 from spec_exporter.derive.tap_health import TapHealth, derive_tap
-from spec_exporter.derive.verdict import break_even_acceptance, verdict
 from spec_exporter.types import (
     DeriveParams,
     EngineGeneration,
@@ -35,7 +37,7 @@ class WindowHealth:
     divergence: Mapping[LatencyMetric, float]
     generation_tokens_per_second: float | None
     preemptions_per_second: float | None
-    # AL / (1 + k·c) from the measured acceptance length at the configured k.
+    # AL / rho(B): the measured acceptance length over the step cost at the window's load (derive/cost.py).
     expected_speedup: float | None
     verdict: Verdict
     # Draft tokens per draft, and drafts per ITL observation (share of decode steps that speculated).
@@ -43,6 +45,11 @@ class WindowHealth:
     speculated_share: float | None = None
     # The k in 1..configured k the per-position acceptance models best (0: none pays).
     recommended: BestK | None = None
+    # rho at the window's load and where it came from; the vLLM rate at which AL / rho = 1.
+    cost: StepCost | None = None
+    break_even_rate: float | None = None
+    # Per latency metric, the upper bound of vLLM's lowest bucket: a quantile at or below it says only "< bound".
+    latency_floor: Mapping[LatencyMetric, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +58,6 @@ class EngineHealth:
     generation: EngineGeneration
     spec_enabled: bool
     num_speculative_tokens: int | None
-    break_even_acceptance: float | None
     lifetime_acceptance: float | None
     verdict: Verdict
     windows: tuple[WindowHealth, ...]
@@ -84,6 +90,8 @@ def _window_health(
     preemptions: float | None,
     k: int | None,
     params: DeriveParams,
+    load: float | None = None,
+    model: str | None = None,
 ) -> WindowHealth:
     acc = acceptance(spec) if spec is not None else None
     latency = {m: q for m, h in histograms.items() if (q := quantiles(h))}
@@ -92,15 +100,12 @@ def _window_health(
         d = divergence(q.get(0.5), q.get(0.99))
         if d is not None:
             div[m] = d
-    rate = acc.rate if acc is not None else None
-    length = acc.mean_length if acc is not None else None
-    speedup = speedup_from_length(length, k, params.draft_cost_ratio) if length is not None and k else None
     itl = histograms.get(LatencyMetric.ITL)
 
     def per_second(value: float | None) -> float | None:
         return value / span if value is not None and span > 0 else None
 
-    return WindowHealth(
+    measured = WindowHealth(
         window=window,
         span_seconds=span,
         acceptance=acc,
@@ -108,11 +113,54 @@ def _window_health(
         divergence=div,
         generation_tokens_per_second=per_second(generation_tokens),
         preemptions_per_second=per_second(preemptions),
-        expected_speedup=speedup,
-        verdict=verdict(rate, acc.draft_tokens if acc is not None else None, params.thresholds),
+        expected_speedup=None,
+        verdict=Verdict.INSUFFICIENT_DATA,
         effective_k=effective_k(spec) if spec is not None else None,
         speculated_share=speculated_share(spec.drafts, itl.count) if spec is not None and itl is not None else None,
-        recommended=best_k(spec.per_position, spec.drafts, params.draft_cost_ratio) if spec is not None else None,
+        latency_floor={m: h.bounds[0] for m, h in histograms.items() if m in latency and h.bounds},
+    )
+    return costed(measured, k, params, load, model)
+
+
+def costed(
+    w: WindowHealth,
+    k: int | None,
+    params: DeriveParams,
+    load: float | None,
+    model: str | None,
+    baseline_speedup: float | None = None,
+) -> WindowHealth:
+    """`w` with every modelled number and the verdict, from one step cost (derive/cost.py) at `load`.
+
+    `baseline_speedup`: the measured speedup against a baseline pool at the load band the target runs at.
+    """
+    a = w.acceptance
+    k_eff = w.effective_k if w.effective_k is not None else (float(k) if k else None)
+    cost = None
+    if a is not None and k_eff:
+        cost = cost_model.step_cost(
+            k_eff=k_eff,
+            draft_cost_ratio=params.draft_cost_ratio,
+            load=load,
+            model=model,
+            k=k,
+            profile=params.cost_profile,
+            baseline_speedup=baseline_speedup,
+            acceptance_length=a.mean_length,
+        )
+    speedup = cost_model.speedup(a.mean_length, cost) if cost is not None and a and a.mean_length else None
+    rate = a.rate if a is not None else None
+    return dataclasses.replace(
+        w,
+        cost=cost,
+        expected_speedup=speedup,
+        break_even_rate=cost_model.break_even_rate(cost) if cost is not None else None,
+        verdict=cost_model.verdict(rate, a.draft_tokens if a else None, speedup, cost, params.thresholds),
+        recommended=(
+            cost_model.best_k(a.accepted_per_position, a.drafts, a.draft_tokens, cost)
+            if a is not None and cost is not None
+            else None
+        ),
     )
 
 
@@ -121,7 +169,12 @@ def _empty_window(window: Window) -> WindowHealth:
 
 
 def _engine_health(
-    key: EngineKey, sample: EngineSample, latest: Point, deltas: Mapping[str, WindowDelta | None], params: DeriveParams
+    key: EngineKey,
+    sample: EngineSample,
+    latest: Point,
+    deltas: Mapping[str, WindowDelta | None],
+    params: DeriveParams,
+    loads: Mapping[str, float | None],
 ) -> EngineHealth:
     generation = latest.snapshot.generation
     v0 = generation is EngineGeneration.V0
@@ -147,22 +200,23 @@ def _engine_health(
                 d.preemptions if sample.preemptions is not None else None,
                 k,
                 params,
+                loads.get(window.label),
+                key[0],
             )
         )
     lifetime = sample.lifetime_acceptance
     if v0:
         # V0's counters are sums of running totals; its lifetime gauge is the only honest acceptance.
-        engine_verdict = verdict(
-            None if lifetime is None or math.isnan(lifetime) else lifetime, None, params.thresholds
+        engine_verdict = cost_model.verdict(
+            None if lifetime is None or math.isnan(lifetime) else lifetime, None, None, None, params.thresholds
         )
     else:
-        engine_verdict = _verdict_of(windows, params)
+        engine_verdict = verdict_of(windows, params)
     return EngineHealth(
         key=key,
         generation=generation,
         spec_enabled=spec_enabled,
         num_speculative_tokens=k if spec_enabled else None,
-        break_even_acceptance=break_even_acceptance(k, params.draft_cost_ratio) if spec_enabled and k else None,
         lifetime_acceptance=lifetime if v0 else None,
         verdict=engine_verdict,
         windows=tuple(windows),
@@ -173,7 +227,7 @@ def _engine_health(
     )
 
 
-def _verdict_of(windows: Iterable[WindowHealth], params: DeriveParams) -> Verdict:
+def verdict_of(windows: Iterable[WindowHealth], params: DeriveParams) -> Verdict:
     return next((w.verdict for w in windows if w.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA)
 
 
@@ -192,27 +246,38 @@ def derive_target(
     `load_band_latency`: also TPOT and ITL by load band (for a target compared with a baseline, and its baseline).
     """
     snapshot = latest.snapshot
-    engines = {key: _engine_health(key, sample, latest, deltas, params) for key, sample in snapshot.engines.items()}
+    load = (
+        derive_window_loads(
+            points, params.windows, slack_seconds, tuple(snapshot.engines), load_band_latency=load_band_latency
+        )
+        if points
+        else ()
+    )
+    engines = {
+        key: _engine_health(
+            key, sample, latest, deltas, params, {wl.window.label: _running(wl.engines.get(key)) for wl in load}
+        )
+        for key, sample in snapshot.engines.items()
+    }
     if len(engines) == 1:
         # One engine is the whole target: its windows already are the combined ones.
         (only,) = engines.values()
         combined = only.windows
     else:
-        combined = tuple(_combined_window(w, deltas.get(w.label), engines, params) for w in params.windows)
+        target_load = {wl.window.label: wl.target.mean_running for wl in load}
+        combined = tuple(
+            _combined_window(w, deltas.get(w.label), engines, params, target_load.get(w.label)) for w in params.windows
+        )
     if snapshot.generation is EngineGeneration.V0:
         combined_verdict = _v0_combined_verdict(engines.values())
     else:
-        combined_verdict = _verdict_of(combined, params)
+        combined_verdict = verdict_of(combined, params)
     tap = None
     if snapshot.tap is not None and latest.tap is not None:
         engine_drafted = {w.window.label: w.acceptance.draft_tokens if w.acceptance else None for w in combined}
         tap_deltas = {label: d.tap if d is not None else None for label, d in deltas.items()}
-        tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params)
-    load = (
-        derive_window_loads(points, params.windows, slack_seconds, tuple(engines), load_band_latency=load_band_latency)
-        if points
-        else ()
-    )
+        costs = {w.window.label: w.cost for w in combined}
+        tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params, costs)
     return TargetHealth(snapshot.generation, engines, combined, combined_verdict, tap, load)
 
 
@@ -221,8 +286,21 @@ def _v0_combined_verdict(engines: Iterable[EngineHealth]) -> Verdict:
     return verdicts[0] if len(verdicts) == 1 else Verdict.INSUFFICIENT_DATA
 
 
+def _running(load: Load | None) -> float | None:
+    return load.mean_running if load is not None else None
+
+
+def only_model(engines: Iterable[EngineKey]) -> str | None:
+    models = {key[0] for key in engines}
+    return models.pop() if len(models) == 1 else None
+
+
 def _combined_window(
-    window: Window, delta: WindowDelta | None, engines: Mapping[EngineKey, EngineHealth], params: DeriveParams
+    window: Window,
+    delta: WindowDelta | None,
+    engines: Mapping[EngineKey, EngineHealth],
+    params: DeriveParams,
+    load: float | None,
 ) -> WindowHealth:
     if delta is None:
         return _empty_window(window)
@@ -238,4 +316,6 @@ def _combined_window(
         math.fsum(p.preemptions for p in parts),
         ks.pop() if len(ks) == 1 else None,
         params,
+        load,
+        only_model(engines),
     )

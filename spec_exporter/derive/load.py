@@ -65,49 +65,6 @@ def speculated_share(drafts: float, itl_observations: float) -> float | None:
     return _ratio(drafts, itl_observations)
 
 
-def speedup_from_length(mean_length: float, k: float, draft_cost_ratio: float) -> float:
-    """Modelled speedup from the measured acceptance length: AL / (1 + k·c)."""
-    return mean_length / (1.0 + k * draft_cost_ratio)
-
-
-@dataclass(frozen=True, slots=True)
-class BestK:
-    """The k with the highest modelled speedup among 1..configured k, from the measured per-position acceptance.
-
-    `k` is 0 when no j gives a modelled speedup above 1 (speculation does not pay at any k tried).
-    `at_configured_k`: the best is the configured k itself; beyond it nothing is measured, so more may do better.
-    """
-
-    k: int
-    speedup: float
-    at_configured_k: bool
-    # speedup(j) for j = 1..configured k.
-    curve: tuple[float, ...]
-
-
-def speedup_curve(per_position: Sequence[float], drafts: float, draft_cost_ratio: float) -> tuple[float, ...] | None:
-    """speedup(j) = E(j) / (1 + j·c) with E(j) = 1 + Σ_{i<j} p_i, p_i = Δaccepted_at_pos_i / Δdrafts."""
-    if drafts <= 0 or not per_position:
-        return None
-    curve = []
-    tokens = 1.0
-    for j, accepted in enumerate(per_position, start=1):
-        tokens += accepted / drafts
-        curve.append(tokens / (1.0 + j * draft_cost_ratio))
-    return tuple(curve)
-
-
-def best_k(per_position: Sequence[float], drafts: float, draft_cost_ratio: float) -> BestK | None:
-    curve = speedup_curve(per_position, drafts, draft_cost_ratio)
-    if curve is None:
-        return None
-    # First of equals: fewer drafts for the same modelled gain is cheaper in every way the model leaves out.
-    j = max(range(len(curve)), key=lambda i: (curve[i], -i))
-    if curve[j] <= 1.0:
-        return BestK(0, 1.0, False, curve)
-    return BestK(j + 1, curve[j], j + 1 == len(curve), curve)
-
-
 def load_band(running: float) -> str:
     """The band of a (mean) number of running requests, rounded to a whole batch size and at least 1."""
     batch = max(1, math.floor(running + 0.5))

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from spec_exporter.derive import cost as cost_model
+from spec_exporter.derive.acceptance import acceptance
+from spec_exporter.derive.cost import BestK, StepCost
 from spec_exporter.derive.latency import quantiles
-from spec_exporter.derive.verdict import verdict
 from spec_exporter.tap.metrics import Outcome
 from spec_exporter.types import DeriveParams, TapSample, TemperatureBandKey, TemperatureBandSample, Verdict, Window
 
@@ -30,6 +32,12 @@ class TemperatureBandWindow:
     drafted: float
     percentiles: Mapping[float, float]
     verdict: Verdict
+    # The band's acceptance length (1 + accepted / steps from the tap; without its step count, 1 + k_eff·r with the
+    # engine's k_eff) and AL / rho at the engine's current load.
+    acceptance_length: float | None = None
+    expected_speedup: float | None = None
+    # The best k for the band's requests from their per-position acceptance (vLLM's acceptance_histogram).
+    recommended: BestK | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +61,36 @@ class TapHealth:
 
 
 def _temperature_band_window(
-    window: Window, delta: TemperatureBandSample | None, params: DeriveParams
+    window: Window, delta: TemperatureBandSample | None, params: DeriveParams, cost: StepCost | None
 ) -> TemperatureBandWindow:
     if delta is None:
         return TemperatureBandWindow(window, 0.0, 0.0, 0.0, {}, Verdict.INSUFFICIENT_DATA)
     h = delta.acceptance
     rate = delta.accepted_tokens / delta.draft_tokens if delta.draft_tokens > 0 else None
+    # The band's requests ran in the engine's batches: the engine's step cost at its load (whatever its source, a
+    # baseline's rho = AL·TPOT_spec/TPOT_base included) is theirs too, priced for the k the band drafted.
+    spec = delta.spec if delta.spec is not None and delta.spec.drafts > 0 else None
+    length = None
+    recommended = None
+    if spec is not None:
+        length = acceptance(spec).mean_length
+        if cost is not None:
+            band_k = spec.draft_tokens / spec.drafts
+            cost = StepCost(cost_model.rho_for(band_k, cost), cost.source, band_k, cost.load, cost.note)
+            recommended = cost_model.best_k(spec.per_position, spec.drafts, spec.draft_tokens, cost)
+    elif cost is not None and rate is not None:
+        length = 1.0 + cost.k * rate
+    speedup = cost_model.speedup(length, cost) if cost is not None and length is not None else None
     return TemperatureBandWindow(
         window=window,
         requests=h.count if h is not None else 0.0,
         accepted=delta.accepted_tokens,
         drafted=delta.draft_tokens,
         percentiles=quantiles(h, PERCENTILES) if h is not None else {},
-        verdict=verdict(rate, delta.draft_tokens, params.thresholds),
+        verdict=cost_model.verdict(rate, delta.draft_tokens, speedup, cost, params.thresholds),
+        acceptance_length=length,
+        expected_speedup=speedup,
+        recommended=recommended,
     )
 
 
@@ -74,15 +99,18 @@ def derive_tap(
     deltas: Mapping[str, TapSample | None],
     engine_drafted: Mapping[str, float | None],
     params: DeriveParams,
+    costs: Mapping[str, StepCost | None] | None = None,
 ) -> TapHealth:
-    """`deltas` and `engine_drafted` (the engine's draft tokens, all engines summed) map each window label."""
+    """`deltas`, `engine_drafted` (the engine's draft tokens, all engines summed) and `costs` (the engines' step
+    cost at their load) map each window label."""
     bands = []
     drafted_in_window = {w.label: 0.0 for w in params.windows}
     for key, band_totals in sorted(totals.bands.items()):
         windows = []
         for w in params.windows:
             delta = deltas.get(w.label)
-            windows.append(_temperature_band_window(w, delta.bands.get(key) if delta is not None else None, params))
+            band = delta.bands.get(key) if delta is not None else None
+            windows.append(_temperature_band_window(w, band, params, (costs or {}).get(w.label)))
             drafted_in_window[w.label] += windows[-1].drafted
         band_verdict = next(
             (bw.verdict for bw in windows if bw.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA

@@ -249,6 +249,8 @@ class Exchange:
             drafted=result.drafted if result is not None else None,
             ttft=ttft,
             tpot=tpot,
+            steps=result.steps if result is not None else None,
+            per_position=result.per_position if result is not None else None,
         )
 
     def _result(self) -> SpecResult | None:

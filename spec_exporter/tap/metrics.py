@@ -81,6 +81,8 @@ ACCEPTANCE_RATE = "spec_tap_request_acceptance_rate"
 TTFT = "spec_tap_request_ttft_seconds"
 TPOT = "spec_tap_request_tpot_seconds"
 ERRORS = "spec_tap_errors_total"
+SPEC_STEPS = "spec_tap_spec_steps_total"
+ACCEPTED_PER_POSITION = "spec_tap_accepted_tokens_per_pos_total"
 
 
 class Outcome(StrEnum):
@@ -153,6 +155,19 @@ class TapMetrics:
             buckets=TPOT_BUCKETS,
             registry=registry,
         )
+        self.spec_steps = Counter(
+            SPEC_STEPS[: -len("_total")],
+            "Verification steps of measured requests (num_spec_steps): the denominator of the acceptance length.",
+            both,
+            registry=registry,
+        )
+        self.accepted_per_position = Counter(
+            ACCEPTED_PER_POSITION[: -len("_total")],
+            "Steps of measured requests whose draft token at this position was accepted (from vLLM's per-request "
+            "acceptance_histogram).",
+            (*both, "position"),
+            registry=registry,
+        )
         self.errors = Counter(
             ERRORS[: -len("_total")],
             "Inputs the tap could not read, or failures of its own; the request passed through untouched.",
@@ -191,8 +206,11 @@ class TapMetrics:
         drafted: int | None = None,
         ttft: float | None = None,
         tpot: float | None = None,
+        steps: int | None = None,
+        per_position: tuple[int, ...] | None = None,
     ) -> None:
-        """Fold one request. Token counts count only for a measured request with drafts."""
+        """Fold one request. Token counts count only for a measured request with drafts; its steps and
+        per-position counts only with them (so each band's acceptance length has its own denominator)."""
         label = self.model_label(model)
         outcome = Outcome(outcome)
         count = self._counts.get((label, band, outcome))
@@ -212,6 +230,11 @@ class TapMetrics:
             draft_tokens.inc(drafted)
             accepted_tokens.inc(accepted)
             acceptance.observe(accepted / drafted)
+            if steps and per_position is not None:
+                self.spec_steps.labels(label, band).inc(steps)
+                for i, n in enumerate(per_position):
+                    # Created at zero even when nothing was accepted there: the position's denominator exists.
+                    self.accepted_per_position.labels(label, band, str(i)).inc(n)
         if ttft is not None:
             ttft_hist.observe(ttft)
         if tpot is not None:

@@ -22,6 +22,8 @@ class SpecResult:
     completion_tokens: int | None
     # Verification steps (num_spec_steps): the denominator of the request's mean acceptance length.
     steps: int | None = None
+    # Steps whose draft token at position i was accepted, i = 0..k-1, from vLLM's acceptance_histogram.
+    per_position: tuple[int, ...] | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -39,6 +41,7 @@ def spec_result(obj: Any) -> SpecResult:
     completion_tokens = _number(usage.get("completion_tokens")) if isinstance(usage, dict) else None
     metrics = obj.get("metrics")
     accepted = drafted = steps = None
+    per_position = None
     ttft = tpot = None
     if isinstance(metrics, dict):
         spec = metrics.get("speculative_decoding")
@@ -48,6 +51,7 @@ def spec_result(obj: Any) -> SpecResult:
                 accepted, drafted = int(a), int(d)
             n = _number(spec.get("num_spec_steps"))
             steps = int(n) if n is not None and n == int(n) else None
+            per_position = _per_position(spec.get("acceptance_histogram"), steps, accepted)
         # vLLM's per-request TTFT starts at scheduling; its Prometheus TTFT starts at arrival. Adding the
         # queue time brings the two onto the same footing.
         ttft_ms = _number(metrics.get("time_to_first_token_ms"))
@@ -61,7 +65,29 @@ def spec_result(obj: Any) -> SpecResult:
         tpot_seconds=tpot,
         completion_tokens=int(completion_tokens) if completion_tokens is not None else None,
         steps=steps,
+        per_position=per_position,
     )
+
+
+def _per_position(histogram: Any, steps: int | None, accepted: int | None) -> tuple[int, ...] | None:
+    """Per position i, the steps that accepted their i-th draft token: those that accepted more than i tokens.
+
+    vLLM's `acceptance_histogram[n]` counts the request's steps that accepted exactly n draft tokens (n = 0..k;
+    the fixture README and the samples check it: Σ h = num_spec_steps, Σ n·h = num_accepted_draft_tokens). A
+    token at position i is accepted only when all before it were, so it counts Σ_{n>i} h[n]: the same counting
+    as vLLM's per-position counter. Anything inconsistent is dropped rather than half-read.
+    """
+    if not isinstance(histogram, list) or len(histogram) < 2 or steps is None or accepted is None:
+        return None
+    counts = []
+    for v in histogram:
+        n = _number(v)
+        if n is None or n != int(n):
+            return None
+        counts.append(int(n))
+    if sum(counts) != steps or sum(i * c for i, c in enumerate(counts)) != accepted:
+        return None
+    return tuple(sum(counts[i + 1 :]) for i in range(len(counts) - 1))
 
 
 def _tpot_from_metrics(metrics: dict[str, Any], completion_tokens: float | None) -> float | None:

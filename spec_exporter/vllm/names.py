@@ -56,6 +56,8 @@ TAP_COUNTERS: dict[str, str] = {
     tap.DRAFT_TOKENS: "draft_tokens",
     tap.ACCEPTED_TOKENS: "accepted_tokens",
     tap.ERRORS: "errors",
+    tap.SPEC_STEPS: "spec_steps",
+    tap.ACCEPTED_PER_POSITION: "per_position",
 }
 TAP_HISTOGRAMS: dict[str, str] = {tap.ACCEPTANCE_RATE: "acceptance", tap.TTFT: "ttft", tap.TPOT: "tpot"}
 LABEL_BAND = "temperature_band"

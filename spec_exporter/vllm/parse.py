@@ -301,6 +301,8 @@ def _classify(name: str, labels: Mapping[str, str]) -> tuple[Any, ...]:
             key = (band, labels.get(names.LABEL_OUTCOME, ""))
         elif target == "errors":
             key = labels.get(names.LABEL_STAGE, "")
+        elif target == "per_position":
+            key = (model, band, _parse_position(labels.get(names.LABEL_POSITION), name))
         else:
             key = (model, band)
     elif kind >= _TAP_BUCKET:
@@ -370,15 +372,30 @@ def _finish_tap(tb: _TapBuilder) -> TapSample:
     bands: dict[TemperatureBandKey, dict[str, Any]] = {}
     requests: dict[tuple[str, str], float] = {}
     errors: dict[str, float] = {}
+    positions: dict[TemperatureBandKey, dict[int, float]] = {}
     for (field_name, key), value in tb.counters.items():
         if field_name == "requests":
             requests[key] = requests.get(key, 0.0) + value
         elif field_name == "errors":
             errors[key] = errors.get(key, 0.0) + value
+        elif field_name == "per_position":
+            model, band, position = key
+            positions.setdefault((model, band), {})[position] = value
         else:
             bands.setdefault(key, {})[field_name] = value
     for (field_name, key), hb in tb.histograms.items():
         bands.setdefault(key, {})[field_name] = _finish_histogram(f"spec_tap {field_name}", hb, key)
+    for key, fields in bands.items():
+        # The band's steps and per-position counts as vLLM's own four counters, so one code windows both.
+        steps = fields.pop("spec_steps", None)
+        if steps is not None:
+            at = positions.get(key, {})
+            fields["spec"] = SpecCounters(
+                drafts=steps,
+                draft_tokens=fields.get("draft_tokens", 0.0),
+                accepted_tokens=fields.get("accepted_tokens", 0.0),
+                per_position=tuple(at.get(i, 0.0) for i in range(max(at) + 1)) if at else (),
+            )
     return TapSample(
         bands={k: TemperatureBandSample(**v) for k, v in bands.items()},
         requests=requests,
