@@ -258,6 +258,7 @@ def _dashboard_url(p: Params, variables: tuple[str, ...]) -> str:
 
 def _alert(
     p: Params,
+    layer: str,
     name: str,
     expr: str,
     for_: str,
@@ -271,7 +272,10 @@ def _alert(
         "expr": expr,
         "for": for_,
         "keep_firing_for": p.keep_firing_for,
-        "labels": {"severity": severity, **p.extra_labels},
+        # Which layer raised it: the exporter layer's copies of base alerts yield to the base layer, but the two
+        # rule groups evaluate independently, so for one evaluation at start-up both may be pending; distinct
+        # label sets keep their ALERTS series apart (only `for` decides what fires, and it fires once).
+        "labels": {"severity": severity, "layer": layer, **p.extra_labels},
         "annotations": {
             "summary": summary,
             "description": description,
@@ -287,9 +291,10 @@ POD = "{{ $labels.pod }}"
 PERCENT = "{{ $value | humanizePercentage }}"
 
 
-def _net_negative(p: Params, expr: str) -> dict[str, Any]:
+def _net_negative(p: Params, layer: str, expr: str) -> dict[str, Any]:
     return _alert(
         p,
+        layer,
         "SpecDecodeNetNegative",
         expr,
         p.for_net_negative,
@@ -301,9 +306,10 @@ def _net_negative(p: Params, expr: str) -> dict[str, Any]:
     )
 
 
-def _near_break_even(p: Params, expr: str) -> dict[str, Any]:
+def _near_break_even(p: Params, layer: str, expr: str) -> dict[str, Any]:
     return _alert(
         p,
+        layer,
         "SpecDecodeNearBreakEven",
         expr,
         p.for_break_even,
@@ -315,9 +321,10 @@ def _near_break_even(p: Params, expr: str) -> dict[str, Any]:
     )
 
 
-def _band(p: Params, expr: str) -> dict[str, Any]:
+def _band(p: Params, layer: str, expr: str) -> dict[str, Any]:
     return _alert(
         p,
+        layer,
         "SpecDecodeTemperatureBandNetNegative",
         expr,
         p.for_band,
@@ -330,10 +337,11 @@ def _band(p: Params, expr: str) -> dict[str, Any]:
     )
 
 
-def _dropped(p: Params, expr: str) -> dict[str, Any]:
+def _dropped(p: Params, layer: str, expr: str) -> dict[str, Any]:
     week = p.baseline_offset
     return _alert(
         p,
+        layer,
         "SpecDecodeAcceptanceDropped",
         expr,
         p.for_drop,
@@ -346,9 +354,10 @@ def _dropped(p: Params, expr: str) -> dict[str, Any]:
     )
 
 
-def _squeeze(p: Params, expr: str) -> dict[str, Any]:
+def _squeeze(p: Params, layer: str, expr: str) -> dict[str, Any]:
     return _alert(
         p,
+        layer,
         "SpecDecodeKVCacheSqueeze",
         expr,
         p.for_squeeze,
@@ -361,9 +370,10 @@ def _squeeze(p: Params, expr: str) -> dict[str, Any]:
     )
 
 
-def _missing(p: Params, expr: str) -> dict[str, Any]:
+def _missing(p: Params, layer: str, expr: str) -> dict[str, Any]:
     return _alert(
         p,
+        layer,
         "SpecDecodeMetricsMissing",
         expr,
         p.for_missing,
@@ -383,12 +393,13 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
         f" and on ({by.model}) ({n['vllm_requests']} > {_n(p.min_requests_per_second)})"
     )
     return [
-        _net_negative(p, f"({n['vllm_acceptance']} < {_n(p.disable_below)})" + model_floor),
+        _net_negative(p, BASE, f"({n['vllm_acceptance']} < {_n(p.disable_below)})" + model_floor),
         _near_break_even(
-            p, f"({n['vllm_acceptance']} >= {_n(p.disable_below)} < {_n(p.beneficial_at)})" + model_floor
+            p, BASE, f"({n['vllm_acceptance']} >= {_n(p.disable_below)} < {_n(p.beneficial_at)})" + model_floor
         ),
         _band(
             p,
+            BASE,
             # Floors in requests and in share of the model's traffic through the tap: one hot user at night has
             # plenty of draft tokens a second and neither.
             f"({n['tap_acceptance']} < {_n(p.disable_below)})"
@@ -398,6 +409,7 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _alert(
             p,
+            BASE,
             "SpecDecodePodAcceptanceOutlier",
             f"({n['pod_acceptance']} < on ({by.model}) group_left () ({n['vllm_acceptance']} - {_n(p.outlier_gap)}))"
             f" and on ({by.pod}) ({n['pod_requests']} > {_n(p.min_requests_per_second)})"
@@ -413,6 +425,7 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _alert(
             p,
+            BASE,
             "SpecDecodeTailDivergenceWidening",
             # vLLM's histogram exists with or without speculation: only models that speculate are this alert's
             # business, and only with traffic now and a week ago (a canary then has no baseline worth paging on).
@@ -430,6 +443,7 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _dropped(
             p,
+            BASE,
             f"(({n['vllm_acceptance_baseline']} offset {week}) - {n['vllm_acceptance_baseline']}"
             f" > {_n(p.acceptance_drop)})"
             f" and on ({by.model}) ({n['vllm_draft_rate_baseline']} > {_n(p.min_draft_tokens_per_second)})"
@@ -438,6 +452,7 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _squeeze(
             p,
+            BASE,
             # Per engine of each pod: a full cache on one pod and preemptions on another are not a squeeze; a
             # pool without speculation (no spec series) in the same namespace is not this project's alert.
             f"({n['pod_kv_usage']} > {_n(p.kv_cache_usage_high)})"
@@ -446,6 +461,7 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _missing(
             p,
+            BASE,
             f"({n['vllm_speculated']} unless on ({by.model}) {_vllm('vllm:spec_decode_num_drafts_total', v)})"
             f" and on ({by.model}) {_vllm('vllm:num_requests_running', v)}",
         ),
@@ -459,26 +475,30 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
     target_up = f"spec_decode_exporter_target_up{s}"
     week = p.baseline_offset
     job = _sel(p.exporter_job_selector)
-    # Where the base layer's recording rules see the same model, its alerts speak and these copies are silent.
-    yield_model = f" unless on ({by.model}) {n['vllm_requests']}"
+    # Where the base layer's recording rules see the same model, its alerts speak and these copies are silent. The
+    # latch, not a rate: it is there whatever the scrape interval, through gaps, and for an idle model too.
+    yield_model = f" unless on ({by.model}) {n['vllm_speculated']}"
     yield_band = f" unless on ({by.band}) {n['tap_requests']}"
     return [
         _net_negative(
-            p, f"(({n['acceptance']} < {_n(p.disable_below)}) and on ({by.model}) ({floor}))" + yield_model
+            p, EXPORTER, f"(({n['acceptance']} < {_n(p.disable_below)}) and on ({by.model}) ({floor}))" + yield_model
         ),
         _near_break_even(
             p,
+            EXPORTER,
             f"(({n['acceptance']} >= {_n(p.disable_below)} < {_n(p.beneficial_at)}) and on ({by.model}) ({floor}))"
             + yield_model,
         ),
         _band(
             p,
+            EXPORTER,
             f"(({n['band_acceptance']} < {_n(p.disable_below)})"
             f" and on ({by.band}) ({n['band_draft_rate']} > {_n(p.min_band_draft_tokens_per_second)})"
             f" and on ({by.model}) ({n['acceptance']} >= {_n(p.disable_below)}))" + yield_band,
         ),
         _dropped(
             p,
+            EXPORTER,
             f"((({n['acceptance_baseline']} offset {week}) - {n['acceptance_baseline']}"
             f" > {_n(p.acceptance_drop)})"
             f" and on ({by.model}) ({n['draft_rate_baseline']} > {_n(p.min_draft_tokens_per_second)})"
@@ -487,6 +507,7 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _squeeze(
             p,
+            EXPORTER,
             f"((max by ({by.exporter_engine}) (spec_decode_kv_cache_usage_ratio{s}) > {_n(p.kv_cache_usage_high)})"
             f" and on ({by.exporter_engine})"
             f" (spec_decode_preemptions_per_second{_sel(p.selector, exporter_window)} > 0)"
@@ -494,11 +515,13 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _missing(
             p,
+            EXPORTER,
             f"(({n['speculated']} unless on ({by.model}) (spec_decode_enabled{s} == 1))"
             f" and on ({by.model}) spec_decode_enabled{s})" + yield_model,
         ),
         _alert(
             p,
+            EXPORTER,
             "SpecDecodeTailWorseThanBaseline",
             f"(spec_decode_baseline_p99_latency_ratio{_sel(p.selector, exporter_window, TPOT)}"
             f" > {_n(p.tail_vs_baseline)}) and on ({p.cluster_label}, namespace, target, baseline, window)"
@@ -513,6 +536,7 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _alert(
             p,
+            EXPORTER,
             "SpecDecodeSlowerThanBaselineAtLoad",
             # The band the target is in now (per engine, from spec_decode_load_band_info) picks which of the
             # per-band comparisons counts; the request floor keeps a band the pool only passed through quiet.
@@ -534,6 +558,7 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
         # The cost model of issue 17 adds its "speedup below 1 at current load" alert here.
         _alert(
             p,
+            EXPORTER,
             "SpecDecodeExporterTargetDown",
             # Down now, and either it answered within the start-up budget (a serving vLLM stopped) or the series
             # is older than the budget (a start that never finished). A cold start inside the budget is neither:
@@ -552,6 +577,7 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _alert(
             p,
+            EXPORTER,
             "SpecDecodeExporterDown",
             # A failing scrape of an exporter Prometheus still discovers: it carries namespace and pod. No absent():
             # a pool scaled to zero takes its exporters along and must not page all night.
@@ -565,6 +591,7 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
         ),
         _alert(
             p,
+            EXPORTER,
             "SpecDecodeTapWithoutPerRequestMetrics",
             f"spec_decode_tap_per_request_metrics_missing{s} == 1",
             p.for_missing,
