@@ -269,11 +269,16 @@ def test_prometheus_rule_with_default_values_is_the_alerts_directory(chart: helm
     expected = alerts_dir_groups()
     # The runbook link is the one value-driven difference: the chart points at published docs, alerts/ is relative.
     base, url = Params().runbook_url, default_values()["prometheusRule"]["runbookUrl"]
+    # And the exporter's job: the chart's own monitor's (its fullname), where alerts/ has the mixin's default.
+    job = (Params().exporter_job_selector, f'job="{NAME}-spec-exporter"')
     for group in expected:
         for rule in group["rules"]:
+            rule["expr"] = rule["expr"].replace(*job)
             if "annotations" in rule:
                 rule["annotations"]["runbook_url"] = rule["annotations"]["runbook_url"].replace(base, url, 1)
     assert groups == expected
+    pod_monitor = rendered_groups(chart, {"prometheusRule": {"enabled": True}, "monitor": {"kind": "PodMonitor"}})
+    assert f'up{{job="{NAMESPACE}/{NAME}-spec-exporter"}} == 0' in str(pod_monitor)
 
 
 def params_from_values(values: dict[str, Any]) -> Params:
@@ -311,10 +316,11 @@ def test_custom_thresholds_reach_the_rules_exactly_as_the_mixin_renders_them(cha
 
 
 def test_every_alert_can_be_disabled_and_an_unknown_name_is_refused(chart: helm.Chart) -> None:
-    names = [r["alert"] for g in alerts_dir_groups() for r in g["rules"] if "alert" in r]
+    # A name disables the alert in both layers (the exporter layer's copies of base alerts share their names).
+    names = sorted({r["alert"] for g in alerts_dir_groups() for r in g["rules"] if "alert" in r})
     values = {"prometheusRule": {"enabled": True, "disabledAlerts": names}}
     rule = only(objects(render(chart, values)), "PrometheusRule")
-    assert [len(g["rules"]) for g in rule["spec"]["groups"]][1] == 0
+    assert [len(g["rules"]) for g in rule["spec"]["groups"] if g["name"].endswith(".alerts")] == [0, 0]
     assert not crd_errors(rule)
     with pytest.raises(helm.HelmError, match=r'there is no alert "SpecDecodeNetNegativ"; the alerts are'):
         render(chart, {"prometheusRule": {"enabled": True, "disabledAlerts": ["SpecDecodeNetNegativ"]}})
@@ -330,7 +336,7 @@ def test_chart_rule_defaults_are_the_mixin_defaults() -> None:
     rule = default_values()["prometheusRule"]
     defaults = Params()
     for path, field in PARAM_OF_VALUE.items():
-        if field == "runbook_url":
+        if field in ("runbook_url", "exporter_job_selector"):
             continue
         node: Any = rule
         for key in path.split("."):
@@ -1232,3 +1238,10 @@ def test_a_real_vllm_wired_as_the_chart_renders_it_counts_in_the_charts_bands(
         if s.name == "spec_tap_requests_total"
     }
     assert counted == {("0-0.4", "measured"): 1.0}, counted
+
+
+@pytest.mark.parametrize("layer", ["base", "exporter"])
+def test_each_rule_layer_installs_alone(chart: helm.Chart, layer: str) -> None:
+    other = "exporter" if layer == "base" else "base"
+    groups = rendered_groups(chart, {"prometheusRule": {"enabled": True, "layers": {other: False}}})
+    assert [g["name"] for g in groups] == [f"spec-decode-{layer}.rules", f"spec-decode-{layer}.alerts"]
