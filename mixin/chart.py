@@ -225,7 +225,7 @@ def prometheus_rule_template(base: Params | None = None) -> str:
     for group, scoped_group in zip(plain, scoped, strict=True):
         layer = _layer(group)
         # Each layer installs alone: prometheusRule.layers.<layer> (default true) turns its groups off.
-        lines.append(f"{{{{- if (dig \"layers\" \"{layer}\" true $.Values.prometheusRule) }}}}")
+        lines.append(f'{{{{- if (dig "layers" "{layer}" true $.Values.prometheusRule) }}}}')
         lines.append(f"  # Layer: {layer}.")
         head = {k: v for k, v in group.items() if k != "rules"}
         lines.append(_dump_rule(head, 2))

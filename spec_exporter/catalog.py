@@ -541,8 +541,11 @@ def markdown() -> str:
         "registry that the exporter reads and re-exports as `spec_decode_request_*` and `spec_decode_tap_*` above.",
         "`temperature_band` is one of the configured bands (`0`, `0-0.3`, `0.3-0.5`, `0.5-0.7`, `0.7-1.0`, `1.0+` by",
         "default, `invalid`, `unknown`); `model_name` is capped (past the cap `other`; `invalid`, `unknown`);",
-        "`outcome` is one of " + ", ".join(f"`{o.value}`" for o in _tap().Outcome) + "; `stage` one of "
-        + ", ".join(f"`{e.value}`" for e in _tap().ErrorStage) + ".",
+        "`outcome` is one of "
+        + ", ".join(f"`{o.value}`" for o in _tap().Outcome)
+        + "; `stage` one of "
+        + ", ".join(f"`{e.value}`" for e in _tap().ErrorStage)
+        + ".",
         "",
         "| name | type | labels | meaning |",
         "|---|---|---|---|",

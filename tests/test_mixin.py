@@ -95,8 +95,11 @@ def test_the_base_layer_needs_no_sidecar_and_both_layers_share_names() -> None:
     # The exporter layer's copies of base alerts each yield to the base layer's recording rules.
     for rule in alerting_rules(Params(), "exporter"):
         if rule["alert"] in base_alerts:
-            assert re.search(r"unless on \([^)]*\) model_name(_temperature_band)?:vllm_|unless on \([^)]*\) "
-                             r"model_name_temperature_band:spec_tap_", rule["expr"]), rule["alert"]
+            assert re.search(
+                r"unless on \([^)]*\) model_name(_temperature_band)?:vllm_|unless on \([^)]*\) "
+                r"model_name_temperature_band:spec_tap_",
+                rule["expr"],
+            ), rule["alert"]
 
 
 def test_no_absent_and_no_job_regex() -> None:
