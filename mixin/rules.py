@@ -159,9 +159,8 @@ def base_recording_rules(p: Params) -> list[dict[str, Any]]:
         # Per engine: the cache that is full and the engine that preempts must be the same one.
         (
             n["pod_kv_usage"],
-            "max by ({0}) ({1} or {2})".format(
-                by.engine, _vllm("vllm:kv_cache_usage_perc", v), _vllm("vllm:gpu_cache_usage_perc", v)
-            ),
+            # vLLM renamed it; older servers in the fleet still expose the old name.
+            f"max by ({by.engine}) ({_vllm('vllm:kv_cache_usage_perc', v)} or {_vllm('vllm:gpu_cache_usage_perc', v)})",
         ),
         (n["pod_preemptions"], rate("vllm:num_preemptions_total", by.engine)),
         (n["vllm_draft_rate"], model_sum(n["pod_draft_rate"])),
