@@ -95,6 +95,7 @@ def names(p: Params) -> dict[str, str]:
         "tap_acceptance": f"model_name_temperature_band:spec_tap_acceptance:ratio_{w}",
         "tap_requests": f"model_name_temperature_band:spec_tap_requests:{w}",
         "tap_share": f"model_name_temperature_band:spec_tap_requests:share_{w}",
+        "tap_buckets": f"model_name_temperature_band_le:spec_tap_request_acceptance_rate_bucket:{w}",
         "tap_p10": f"model_name_temperature_band:spec_tap_request_acceptance_rate:p10_{w}",
         "tap_p50": f"model_name_temperature_band:spec_tap_request_acceptance_rate:p50_{w}",
         "tap_p90": f"model_name_temperature_band:spec_tap_request_acceptance_rate:p90_{w}",
@@ -114,6 +115,7 @@ def names(p: Params) -> dict[str, str]:
     }
     for key, family in LATENCY.items():
         metric = family.removeprefix("vllm:")
+        n[f"{key}_buckets"] = f"model_name_le:vllm_{metric}_bucket:{w}"
         for q in QUANTILES:
             n[f"{key}_{q}"] = f"model_name:vllm_{metric}:{q}_{w}"
     return n
@@ -201,13 +203,19 @@ def base_recording_rules(p: Params) -> list[dict[str, Any]]:
             f"{n['tap_requests']} / on ({by.model}) group_left () (sum by ({by.model}) ({n['tap_requests']}) > 0)",
         ),
     ]
+    # Each histogram's buckets are summed across pods once (the expensive part at fleet scale), and every quantile
+    # is taken from that record.
+    tap_buckets = n["tap_buckets"]
+    rules.append((tap_buckets, rate("spec_tap_request_acceptance_rate_bucket", f"le, {by.band}")))
     for key, q in (("tap_p10", 0.1), ("tap_p50", 0.5), ("tap_p90", 0.9)):
-        rules.append((n[key], quantile(q, "spec_tap_request_acceptance_rate_bucket", by.band)))
+        rules.append((n[key], f"histogram_quantile({q}, {tap_buckets})"))
     # Fleet latency percentiles per model: histogram_quantile over the pods' summed buckets, not a max of
     # per-pod quantiles (the worst pod's p50 is not the fleet's).
     for key, family in LATENCY.items():
+        buckets = n[f"{key}_buckets"]
+        rules.append((buckets, rate(family + "_bucket", f"le, {by.model}")))
         for q, qv in QUANTILES.items():
-            rules.append((n[f"{key}_{q}"], quantile(qv, family + "_bucket", by.model)))
+            rules.append((n[f"{key}_{q}"], f"histogram_quantile({qv}, {buckets})"))
     for key in ("ttft", "tpot"):
         rules.append((n[f"{key}_ratio"], f"{n[f'{key}_p99']} / ({n[f'{key}_p50']} > 0)"))
     rules.append((n["tpot_requests"], rate(LATENCY["tpot"] + "_count", by.model)))
