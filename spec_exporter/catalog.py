@@ -487,7 +487,8 @@ def tap_families() -> tuple[MetricSpec, ...]:
         families.errors,
     ):
         (described,) = family.describe()
-        kind = "histogram" if described.type == "histogram" else "counter"
+        # The tap registers only counters and histograms (multiprocess-safe).
+        kind: Literal["counter", "histogram"] = "histogram" if described.type == "histogram" else "counter"
         text = described.documentation
         if described.name in buckets:
             text += " Buckets: " + " ".join(f"{b:g}" for b in buckets[described.name]) + "."
