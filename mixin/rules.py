@@ -294,7 +294,13 @@ def _alert(
 
 MODEL = "{{ $labels.model_name }}"
 NS = "{{ $labels.namespace }}"
-POD = "{{ $labels.pod }}"
+
+
+def _pod(p: Params) -> str:
+    """The pod's name in an annotation: the label the rules group pods by (`instance` on bare metal)."""
+    return f"{{{{ $labels.{p.pod_label} }}}}"
+
+
 PERCENT = "{{ $value | humanizePercentage }}"
 
 
@@ -369,8 +375,8 @@ def _squeeze(p: Params, layer: str, expr: str) -> dict[str, Any]:
         expr,
         p.for_squeeze,
         "warning",
-        f"KV cache of {POD} is full and preempting with speculative decoding on.",
-        f"KV-cache usage on {POD} in {NS} ({MODEL}, engine {{{{ $labels.engine }}}}) is {PERCENT} and the same "
+        f"KV cache of {_pod(p)} is full and preempting with speculative decoding on.",
+        f"KV-cache usage on {_pod(p)} in {NS} ({MODEL}, engine {{{{ $labels.engine }}}}) is {PERCENT} and the same "
         "engine is preempting requests. The draft model's weights and KV come out of the same budget: consider a "
         "smaller draft, fewer speculative tokens, or more memory.",
         ("namespace", "pod", "model_name", "engine"),
@@ -423,8 +429,8 @@ def base_alerting_rules(p: Params) -> list[dict[str, Any]]:
             f" and on ({by.pod}) ({n['pod_draft_rate']} > {_n(p.min_draft_tokens_per_second)})",
             p.for_outlier,
             "warning",
-            f"{POD} accepts far fewer drafts than the rest of {MODEL}.",
-            f"Draft acceptance on {POD} in {NS} is {PERCENT}, more than {_points(p.outlier_gap)} points below "
+            f"{_pod(p)} accepts far fewer drafts than the rest of {MODEL}.",
+            f"Draft acceptance on {_pod(p)} in {NS} is {PERCENT}, more than {_points(p.outlier_gap)} points below "
             f"the fleet ratio of {MODEL} over the same window: a pod with another draft or target checkpoint (a "
             "half-rolled update), other hardware, or traffic routed to it alone. Compare its image and arguments "
             "with a healthy pod's.",
@@ -531,7 +537,8 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
             EXPORTER,
             "SpecDecodeTailWorseThanBaseline",
             f"(spec_decode_baseline_p99_latency_ratio{_sel(p.selector, exporter_window, TPOT)}"
-            f" > {_n(p.tail_vs_baseline)}) and on ({p.cluster_label}, namespace, target, baseline, window)"
+            f" > {_n(p.tail_vs_baseline)})"
+            f" and on ({p.cluster_label}, namespace, {p.pod_label}, target, baseline, window)"
             f" (spec_decode_baseline_tpot_speedup_ratio{_sel(p.selector, exporter_window)} > 1)",
             p.for_divergence,
             "warning",
@@ -591,8 +598,8 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
             f"up{job} == 0",
             p.for_target_down,
             "warning",
-            f"Prometheus cannot scrape spec_exporter on {POD} in {NS}.",
-            f"Prometheus' scrapes of spec_exporter on {POD} in {NS} fail: none of the exporter layer's alerts "
+            f"Prometheus cannot scrape spec_exporter on {_pod(p)} in {NS}.",
+            f"Prometheus' scrapes of spec_exporter on {_pod(p)} in {NS} fail: none of the exporter layer's alerts "
             "can fire for it.",
             ("namespace", "pod"),
         ),

@@ -280,3 +280,12 @@ def _ts(value: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_pod_label_is_a_parameter() -> None:
+    # Bare metal has no `pod`: the rules group and name servers by `instance` instead.
+    rules = alerting_rules(Params(pod_label="instance"), "base")
+    (outlier,) = [r for r in rules if r["alert"] == "SpecDecodePodAcceptanceOutlier"]
+    assert "{{ $labels.instance }}" in outlier["annotations"]["summary"]
+    text = " ".join(r["expr"] for r in recording_rules(Params(pod_label="instance"), "base"))
+    assert "cluster, namespace, instance, model_name" in text and ", pod," not in text
