@@ -126,9 +126,9 @@ async def micro(requests: int, batches: int, tokens: int) -> dict[str, Any]:
 
     from bench.tap_upstream import _AFTER_ID, _CONTENT, _DONE, _FINISH_TAIL, _ID, _ROLE_TAIL, _TOKEN_TAIL
     from bench.tap_upstream import _usage_event as usage
-    from spec_exporter.join.exchange import JoinSettings
-    from spec_exporter.join.metrics import TapMetrics
-    from spec_exporter.middleware import SpecDecodeMiddleware
+    from spec_exporter.tap.asgi import SpecDecodeMiddleware
+    from spec_exporter.tap.metrics import TapMetrics
+    from spec_exporter.tap.settings import TapSettings
 
     after = _AFTER_ID % 1796000000
     events = [_ID + b"%016x" % 1 + after + _ROLE_TAIL]
@@ -152,7 +152,7 @@ async def micro(requests: int, batches: int, tokens: int) -> dict[str, Any]:
         await send({"type": "http.response.body", "body": _DONE, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    wrapped = SpecDecodeMiddleware(app, metrics=TapMetrics(CollectorRegistry()), settings=JoinSettings())
+    wrapped = SpecDecodeMiddleware(app, metrics=TapMetrics(CollectorRegistry()), settings=TapSettings())
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
 

@@ -91,7 +91,7 @@ class PollLoop:
         point = self.ring.push(snapshot)
         deltas = {w.label: window_delta(self.ring.points, w.seconds, self.slack) for w in self.params.windows}
         # As the poller has it for a target without a baseline: load per window, no latency by load band.
-        self.last = derive_target(point, deltas, self.params, self.ring.points, self.slack, band_latency=False)
+        self.last = derive_target(point, deltas, self.params, self.ring.points, self.slack, load_band_latency=False)
         t2 = perf_ns()
         return t1 - t0, t2 - t1
 

@@ -277,8 +277,8 @@ def run_upstream(args: argparse.Namespace) -> None:
 def run_tap(args: argparse.Namespace) -> None:
     from prometheus_client import CollectorRegistry
 
-    from spec_exporter.join.metrics import TapMetrics
     from spec_exporter.logs import setup_logging
+    from spec_exporter.tap.metrics import TapMetrics
     from spec_exporter.tap.proxy import SERVER_OPTIONS, create_tap_app
 
     setup_logging("warn")

@@ -1,10 +1,11 @@
-"""The Helm chart's generated files: its PrometheusRule template, from mixin/rules.py, and its dashboards.
+"""The Helm chart's generated files: its PrometheusRule template (one object per rule layer), from mixin/rules.py,
+the mixin defaults its other templates need, and its dashboards.
 
 A chart cannot read files outside its own folder, so the rules and dashboards reach helm/spec-exporter through this
 step, run by `python -m mixin` with everything else. The rules are rendered from the same `rule_groups` that writes
 alerts/, with every value-driven parameter replaced by a placeholder that becomes a Helm expression; with the chart's
-default values the template renders exactly the rules in alerts/ (tests/test_chart.py renders it with real Helm and
-compares, and regenerates these files to prove they are current).
+default values the layers together render exactly the rules in alerts/ (tests/test_chart.py renders them with real
+Helm and compares, and regenerates these files to prove they are current).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from mixin.rules import LAYERS, rule_groups
 
 CHART = Path("helm") / "spec-exporter"
 RULE_TEMPLATE = "templates/prometheusrule.yaml"
+MIXIN_TEMPLATE = "templates/_mixin.tpl"
+# The label that says which layer a PrometheusRule holds.
+LAYER_LABEL = "spec-exporter.dev/rule-layer"
 DASHBOARDS = "dashboards"
 
 # Each value-driven Params field and the chart value that replaces it. Numbers print as Go prints a float64, which
@@ -43,7 +47,14 @@ VALUES = {
     "for_target_down": "for.targetDown",
     "for_missing": "for.missing",
     "runbook_url": "runbookUrl",
+    "grafana_url": "grafanaUrl",
     "exporter_job_selector": "exporterJobSelector",
+}
+# Chart values whose Helm expression is more than the value itself: the exporter's job selector defaults to the job
+# and namespace this release's monitor gives it; a Grafana URL may end in a slash.
+_EXPRESSIONS = {
+    "exporter_job_selector": '(include "spec-exporter.exporterJobSelector" $)',
+    "grafana_url": '(trimSuffix "/" $.Values.prometheusRule.grafanaUrl)',
 }
 # Changes the shape of a selector (`{}` or none), so the template carries both renderings of the rules it touches.
 SELECTOR = "selector"
@@ -61,6 +72,8 @@ def _placeholder(name: str) -> str:
 
 
 def _value(name: str) -> str:
+    if name in _EXPRESSIONS:
+        return _EXPRESSIONS[name]
     return f"$.Values.prometheusRule.{VALUES[name] if name in VALUES else name}"
 
 
@@ -127,16 +140,10 @@ def _rule_name(rule: dict[str, Any]) -> str:
     return str(rule.get("alert") or rule.get("record"))
 
 
-def _layer(group: dict[str, Any]) -> str:
-    """The layer a group belongs to, from its name (spec-decode-<layer>.rules / .alerts)."""
-    layer = str(group["name"]).removeprefix("spec-decode-").split(".")[0]
-    if layer not in LAYERS:
-        raise ValueError(f"group {group['name']} belongs to no layer")
-    return layer
-
-
-def _groups(params: Params) -> list[dict[str, Any]]:
-    return [group for doc in rule_groups(params).values() for group in doc["groups"]]
+def layer_groups(params: Params) -> dict[str, list[dict[str, Any]]]:
+    """The rule groups of each layer, as mixin/rules.py splits them (each installable alone, as its own
+    PrometheusRule: prometheusRule.layers.<layer>.enabled)."""
+    return {layer: [g for doc in rule_groups(params, layer).values() for g in doc["groups"]] for layer in LAYERS}
 
 
 def _substitute(text: str) -> str:
@@ -157,8 +164,6 @@ def _substitute(text: str) -> str:
         brace, name = m.group(1), m.group(2)
         if name == _POINTS:
             expr = f"mulf {_value('acceptance_drop')} 100"
-        elif name == "exporter_job_selector":
-            expr = "$exporterJob"
         elif name in VALUES or name == SELECTOR:
             expr = _value(name)
         else:
@@ -169,18 +174,46 @@ def _substitute(text: str) -> str:
     return re.sub(r"(\{?)" + _PLACEHOLDER.pattern, inline, text)
 
 
+def _rules_text(group: dict[str, Any], scoped_group: dict[str, Any]) -> list[str]:
+    """One group's lines: each alert behind its disabledAlerts switch, each selector-dependent rule in both forms."""
+    lines = [_dump_rule({k: v for k, v in group.items() if k != "rules"}, 2)]
+    group_alerts = [_rule_name(r) for r in group["rules"] if "alert" in r]
+    rules_line = "    rules:"
+    if group_alerts and len(group_alerts) == len(group["rules"]):
+        # Every alert of the group disabled leaves an empty list, which the CRD accepts and null it does not.
+        every = " ".join(f'(has "{a}" $disabled)' for a in group_alerts)
+        rules_line += (
+            f"{{{{ if and {every} }}}} []{{{{ end }}}}"
+            if len(group_alerts) > 1
+            else f"{{{{ if {every} }}}} []{{{{ end }}}}"
+        )
+    lines.append(rules_line)
+    for rule, scoped_rule in zip(group["rules"], scoped_group["rules"], strict=True):
+        if _rule_name(rule) != _rule_name(scoped_rule):
+            raise ValueError("the selector changed the list of rules")
+        text, scoped_text = _dump_rule(rule, 4), _dump_rule(scoped_rule, 4)
+        if text != scoped_text:
+            text = "\n".join(
+                ["{{- if $.Values.prometheusRule.selector }}", scoped_text, "{{- else }}", text, "{{- end }}"]
+            )
+        if "alert" in rule:
+            text = "\n".join([f'{{{{- if not (has "{_rule_name(rule)}" $disabled) }}}}', text, "{{- end }}"])
+        lines.append(text)
+    return lines
+
+
 def prometheus_rule_template(base: Params | None = None) -> str:
-    """The chart's templates/prometheusrule.yaml."""
+    """The chart's templates/prometheusrule.yaml: one PrometheusRule per rule layer."""
     base = base or Params()
-    plain, scoped = _groups(helm_params(base, selector=False)), _groups(helm_params(base, selector=True))
-    alerts = [_rule_name(r) for g in plain for r in g["rules"] if "alert" in r]
+    plain, scoped = layer_groups(helm_params(base, selector=False)), layer_groups(helm_params(base, selector=True))
+    alerts = [_rule_name(r) for layer in LAYERS for g in plain[layer] for r in g["rules"] if "alert" in r]
     lines = [
         "{{- /*",
         "Generated by `python -m mixin` (mixin/chart.py) from mixin/rules.py: edit those, not this file.",
-        "Two layers (mixin/rules.py): base (vLLM's own series and spec_tap_*, no sidecar needed) and exporter",
-        "(spec_exporter's series); .Values.prometheusRule.layers.base / .exporter (default true) select them.",
-        "Thresholds, `for` durations, the selector, runbook URL and rule labels come from .Values.prometheusRule;",
-        "with the chart's defaults this renders the rules in alerts/ (tests/test_chart.py compares them).",
+        "One PrometheusRule per rule layer (prometheusRule.layers): base reads vLLM's own series, exporter the",
+        "exporter's. Thresholds, `for` durations, selectors, links and rule labels come from .Values.prometheusRule;",
+        "with the chart's defaults the layers together render the rules in alerts/ (tests/test_chart.py compares",
+        "them).",
         "*/ -}}",
         "{{- if .Values.prometheusRule.enabled }}",
         "{{- $disabled := .Values.prometheusRule.disabledAlerts }}",
@@ -192,65 +225,37 @@ def prometheus_rule_template(base: Params | None = None) -> str:
         "{{- end }}",
         "{{- end }}",
         "{{- $t := .Values.prometheusRule.thresholds }}",
-        # The exporter's job from the release (the monitor this chart creates), unless set: a regex over job
-        # names breaks under fullnameOverride.
-        "{{- $exporterJob := .Values.prometheusRule.exporterJobSelector }}",
-        "{{- if not $exporterJob }}",
-        '{{- $name := include "spec-exporter.fullname" . }}',
-        '{{- if eq .Values.monitor.kind "PodMonitor" }}{{- $name = printf "%s/%s" .Release.Namespace $name }}'
-        "{{- end }}",
-        '{{- $exporterJob = printf "job=%q" $name }}',
-        "{{- end }}",
         "{{- if gt (float64 $t.disableBelow) (float64 $t.beneficialAt) }}",
         '{{- fail (printf "prometheusRule.thresholds: disableBelow (%v) must not be above beneficialAt (%v)" '
         "$t.disableBelow $t.beneficialAt) }}",
         "{{- end }}",
-        "apiVersion: monitoring.coreos.com/v1",
-        "kind: PrometheusRule",
-        "metadata:",
-        '  name: {{ include "spec-exporter.fullname" . }}',
-        "  namespace: {{ .Release.Namespace }}",
-        "  labels:",
-        '    {{- include "spec-exporter.labels" . | nindent 4 }}',
-        "    {{- with .Values.prometheusRule.additionalLabels }}",
-        "    {{- toYaml . | nindent 4 }}",
-        "    {{- end }}",
-        "  {{- with .Values.prometheusRule.annotations }}",
-        "  annotations:",
-        "    {{- toYaml . | nindent 4 }}",
-        "  {{- end }}",
-        "spec:",
-        "  groups:",
     ]
-    for group, scoped_group in zip(plain, scoped, strict=True):
-        layer = _layer(group)
-        # Each layer installs alone: prometheusRule.layers.<layer> (default true) turns its groups off.
-        lines.append(f'{{{{- if (dig "layers" "{layer}" true $.Values.prometheusRule) }}}}')
-        lines.append(f"  # Layer: {layer}.")
-        head = {k: v for k, v in group.items() if k != "rules"}
-        lines.append(_dump_rule(head, 2))
-        group_alerts = [_rule_name(r) for r in group["rules"] if "alert" in r]
-        rules_line = "    rules:"
-        if group_alerts and len(group_alerts) == len(group["rules"]):
-            # Every alert of the group disabled leaves an empty list, which the CRD accepts and null it does not.
-            every = " ".join(f'(has "{a}" $disabled)' for a in group_alerts)
-            rules_line += (
-                f"{{{{ if and {every} }}}} []{{{{ end }}}}"
-                if len(group_alerts) > 1
-                else (f"{{{{ if {every} }}}} []{{{{ end }}}}")
-            )
-        lines.append(rules_line)
-        for rule, scoped_rule in zip(group["rules"], scoped_group["rules"], strict=True):
-            if _rule_name(rule) != _rule_name(scoped_rule):
-                raise ValueError("the selector changed the list of rules")
-            text, scoped_text = _dump_rule(rule, 4), _dump_rule(scoped_rule, 4)
-            if text != scoped_text:
-                text = "\n".join(
-                    ["{{- if $.Values.prometheusRule.selector }}", scoped_text, "{{- else }}", text, "{{- end }}"]
-                )
-            if "alert" in rule:
-                text = "\n".join([f'{{{{- if not (has "{_rule_name(rule)}" $disabled) }}}}', text, "{{- end }}"])
-            lines.append(text)
+    for layer in LAYERS:
+        if not plain[layer]:
+            continue
+        lines += [
+            f"{{{{- if .Values.prometheusRule.layers.{layer}.enabled }}}}",
+            "---",
+            "apiVersion: monitoring.coreos.com/v1",
+            "kind: PrometheusRule",
+            "metadata:",
+            f'  name: {{{{ printf "%s-{layer}" (include "spec-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}}}',
+            "  namespace: {{ .Release.Namespace }}",
+            "  labels:",
+            '    {{- include "spec-exporter.labels" . | nindent 4 }}',
+            f"    {LAYER_LABEL}: {layer}",
+            "    {{- with .Values.prometheusRule.additionalLabels }}",
+            "    {{- toYaml . | nindent 4 }}",
+            "    {{- end }}",
+            "  {{- with .Values.prometheusRule.annotations }}",
+            "  annotations:",
+            "    {{- toYaml . | nindent 4 }}",
+            "  {{- end }}",
+            "spec:",
+            "  groups:",
+        ]
+        for group, scoped_group in zip(plain[layer], scoped[layer], strict=True):
+            lines += _rules_text(group, scoped_group)
         lines.append("{{- end }}")
     lines.append("{{- end }}")
     text = _substitute("\n".join(lines) + "\n")
@@ -260,9 +265,25 @@ def prometheus_rule_template(base: Params | None = None) -> str:
     return text
 
 
+def mixin_template(base: Params | None = None) -> str:
+    """The chart's templates/_mixin.tpl: the mixin's defaults the chart's other templates need, from one source."""
+    base = base or Params()
+    return "\n".join(
+        [
+            "{{- /* Generated by `python -m mixin` (mixin/chart.py) from mixin/params.py: edit those, not this file.",
+            "The runbook URL the mixin writes into the dashboards' panel links (prometheusRule.runbookUrl replaces it",
+            "in the chart's dashboard ConfigMaps). */}}",
+            f'{{{{- define "spec-exporter.mixinRunbookUrl" -}}}}{base.runbook_url}{{{{- end }}}}',
+            "{{- /* The mixin's selector of the exporter's scrape, for a release without a monitor of its own. */}}",
+            f'{{{{- define "spec-exporter.mixinExporterJobSelector" -}}}}{base.exporter_job_selector}{{{{- end }}}}',
+            "",
+        ]
+    )
+
+
 def chart_files(dashboards: dict[str, str], base: Params | None = None) -> dict[str, str]:
     """Generated files, relative to the chart: the PrometheusRule template and a copy of every dashboard."""
-    files = {RULE_TEMPLATE: prometheus_rule_template(base)}
+    files = {RULE_TEMPLATE: prometheus_rule_template(base), MIXIN_TEMPLATE: mixin_template(base)}
     files.update({f"{DASHBOARDS}/{name}": text for name, text in sorted(dashboards.items())})
     return files
 

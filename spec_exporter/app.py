@@ -16,15 +16,16 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from spec_exporter import __version__
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.config import Settings
-from spec_exporter.join.metrics import REMEDY
-from spec_exporter.poller import Poller, TextSource
+from spec_exporter.poller import Poller, TapSource
 from spec_exporter.state import ExporterState, StateStore
+from spec_exporter.tap.metrics import REMEDY
+from spec_exporter.vllm.parse import read_tap_samples
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 STORE_KEY = web.AppKey("store", StateStore)
@@ -111,7 +112,7 @@ def create_app(
     telemetry_path: str = "/metrics",
     poller_factory: PollerFactory | None = None,
     run_poller: bool = True,
-    extra_text: dict[str, TextSource] | None = None,
+    tap_sources: dict[str, TapSource] | None = None,
     middlewares: Iterable[Any] = (),
 ) -> web.Application:
     """The exporter as an aiohttp app; the poller runs from startup to cleanup unless `run_poller` is off."""
@@ -122,7 +123,7 @@ def create_app(
     exposition = ExpositionCache(build_registry(store), store.current)
 
     def default_poller(settings: Settings, session: aiohttp.ClientSession, store: StateStore) -> Poller:
-        return Poller(settings, session, store, extra_text=extra_text)
+        return Poller(settings, session, store, tap_sources=tap_sources)
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
         async with session_factory() as session:
@@ -175,9 +176,10 @@ def listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def tap_text_source(registry: CollectorRegistry) -> TextSource:
-    """The proxy tap's families as exposition text, read by the poller with its target's scrape."""
-    return lambda: generate_latest(registry).decode()
+def tap_source(registry: CollectorRegistry) -> TapSource:
+    """The proxy tap's families, read by the poller with its target's scrape: as data, never as text added to
+    vLLM's body (a body that is not vLLM's metrics must fail the poll whatever the tap holds)."""
+    return lambda: read_tap_samples((s.name, s.labels, s.value) for m in registry.collect() for s in m.samples)
 
 
 async def serve(
@@ -193,14 +195,12 @@ async def serve(
     """Run the exporter (and the proxy tap, if it has an address) until `stop` is set.
 
     The proxy tap folds into the `spec_tap_*` families of a private registry, which the poller reads with its
-    target's scrape, exactly as it reads the middleware's families on vLLM's own /metrics.
+    target's scrape into the same fields as the middleware's families on vLLM's own /metrics.
     """
     runners: list[tuple[web.AppRunner, str, ssl.SSLContext | None]] = []
-    extra: dict[str, TextSource] = {}
+    taps: dict[str, TapSource] = {}
     if tap_listen:
-        from spec_exporter.join.bands import Bands
-        from spec_exporter.join.exchange import JoinSettings
-        from spec_exporter.join.metrics import TapMetrics
+        from spec_exporter.tap.metrics import TapMetrics
         from spec_exporter.tap.proxy import create_tap_app, tap_runner
 
         tap_cfg = settings.tap
@@ -208,16 +208,12 @@ async def serve(
         tap_app = create_tap_app(
             str(tap_cfg.upstream_url or settings.tap_target.url),
             TapMetrics(tap_registry, max_models=tap_cfg.max_models),
-            JoinSettings(
-                Bands(tuple(tap_cfg.temperature_bands), tap_cfg.default_temperature),
-                inject_usage=tap_cfg.inject_usage,
-                max_inspect_bytes=tap_cfg.max_inspect_bytes,
-            ),
+            tap_cfg,
             clock=time.monotonic,
         )
-        extra[settings.tap_target.name] = tap_text_source(tap_registry)
+        taps[settings.tap_target.name] = tap_source(tap_registry)
         runners.append((tap_runner(tap_app), tap_listen, None))
-    app = create_app(settings, telemetry_path=telemetry_path, extra_text=extra, middlewares=middlewares)
+    app = create_app(settings, telemetry_path=telemetry_path, tap_sources=taps, middlewares=middlewares)
     # The exporter starts last: once /readyz answers, the tap in the request path is already listening.
     runners.append((web.AppRunner(app, access_log=None), listen, ssl_context))
     try:

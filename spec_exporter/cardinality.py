@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from spec_exporter.derive.acceptance import sum_spec
-from spec_exporter.derive.latency import merge
-from spec_exporter.types import EngineKey, EngineSample, Histogram, LatencyMetric, Snapshot
+from spec_exporter.derive.latency import merge_each
+from spec_exporter.types import EngineKey, EngineSample, Snapshot
 
 OTHER = "other"
 
@@ -38,16 +38,11 @@ def _sum(values: Iterable[float | None]) -> float | None:
 
 def fold(samples: list[EngineSample]) -> EngineSample:
     """Several engines' samples as one: counters and request gauges add up, cache usage takes the fullest."""
-    histograms: dict[LatencyMetric, Histogram] = {}
-    for metric in LatencyMetric:
-        merged = merge(s.histograms[metric] for s in samples if metric in s.histograms)
-        if merged is not None:
-            histograms[metric] = merged
     kv = [s.kv_cache_usage for s in samples if s.kv_cache_usage is not None]
     return EngineSample(
         spec=sum_spec([s.spec for s in samples if s.spec is not None]),
         lifetime_acceptance=None,
-        histograms=histograms,
+        histograms=merge_each(s.histograms for s in samples),
         generation_tokens=_sum(s.generation_tokens for s in samples),
         preemptions=_sum(s.preemptions for s in samples),
         requests_running=_sum(s.requests_running for s in samples),

@@ -281,7 +281,8 @@ REQUEST_ACCEPTANCE = MetricSpec(
     "spec_decode_request_acceptance_rate",
     "histogram",
     BAND,
-    "Acceptance rate of each request (accepted / draft tokens). " + _TAP,
+    "Acceptance rate of each request (accepted / draft tokens), on the tap's own buckets (every 0.025): "
+    "histogram_quantile over them gives what spec_decode_request_acceptance_rate_quantile reads. " + _TAP,
 )
 REQUEST_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_draft_tokens", "counter", BAND, "Draft tokens proposed for requests. " + _TAP
@@ -307,9 +308,9 @@ REQUEST_ACCEPTANCE_QUANTILE = MetricSpec(
     "spec_decode_request_acceptance_rate_quantile",
     "summary",
     (*BAND, "window"),
-    "P10/P50/P90 of per-request acceptance over the window (quantile label), from the increase of the tap's "
-    "acceptance histogram (buckets every 0.025) computed as PromQL histogram_quantile does; _count and _sum are "
-    "cumulative over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
+    "P10/P50/P90 of per-request acceptance over the window (quantile label): PromQL's histogram_quantile over the "
+    "window's increase of spec_decode_request_acceptance_rate (the same buckets); _count and _sum are cumulative "
+    "over measured requests. A healthy mean can hide a low-acceptance slice: watch P10. " + _TAP,
 )
 REQUEST_WINDOW_DRAFT_TOKENS = MetricSpec(
     "spec_decode_request_window_draft_tokens",
@@ -389,7 +390,8 @@ POLL_ERRORS = MetricSpec(
     ("target", "reason"),
     "Failed polls by reason: timeout, connection_error, http_status, body_too_large, truncated, parse_error, "
     "unknown_layout, not_an_engine (a router or proxy, not a vLLM engine), duplicate_series (the same series "
-    "twice in one scrape), multiple_processes (the URL reaches several vLLM processes: poll each pod).",
+    "twice in one scrape), multiple_processes (the URL reaches several vLLM processes: poll each pod), tls_error "
+    "(an https target's certificate does not verify against its tls_config).",
 )
 BUILD_INFO = MetricSpec(
     "spec_decode_exporter_build_info",
@@ -459,7 +461,7 @@ ALL: tuple[MetricSpec, ...] = (
 
 def _tap() -> Any:
     """The tap's metrics module: the one import of it here, lazily (the exporter never needs its registry)."""
-    from spec_exporter.join import metrics
+    from spec_exporter.tap import metrics
 
     return metrics
 

@@ -17,17 +17,13 @@ from prometheus_client.registry import Collector
 
 from spec_exporter import buildinfo, catalog
 from spec_exporter.catalog import MetricSpec
-from spec_exporter.derive.bands import TapHealth
 from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.health import EngineHealth, TargetHealth
-from spec_exporter.derive.latency import histogram_quantile
-from spec_exporter.derive.load import BAND_LABELS
+from spec_exporter.derive.load import LOAD_BAND_LABELS
+from spec_exporter.derive.tap_health import TapHealth
 from spec_exporter.state import ExporterState, TargetState
-from spec_exporter.types import Histogram, PollError, Verdict
+from spec_exporter.types import Histogram, LatencyMetric, PollError, Verdict
 
-# The per-request acceptance histogram is re-exported on the contract's buckets; the tap's finer ones (every
-# 0.025) are kept for the quantiles, which are computed before re-bucketing.
-ACCEPTANCE_EXPORT_BOUNDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, math.inf)
 INVALID_LABEL = "invalid"
 
 
@@ -92,14 +88,13 @@ class SpecDecodeCollector(Collector):
         state = self._state()
         out = _Families()
         out.add(catalog.BUILD_INFO, buildinfo.build_info_values(), 1.0)
-        compared = {n for c in state.comparisons for n in (c.target, c.baseline)}
         for name, target in state.targets.items():
             _exporter_families(out, name, target)
             if target.health is None:
                 continue
             for engine in target.health.engines.values():
                 _engine_families(out, name, engine)
-            _load_families(out, name, target.health, name in compared)
+            _load_families(out, name, target.health)
             if target.health.tap is not None:
                 _tap_families(out, name, target.health.tap)
         _baseline_families(out, state.comparisons)
@@ -171,14 +166,6 @@ def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> N
             out.add(catalog.POSITION_ACCEPTANCE_RATE, [*labels, str(i)], rate)
 
 
-def rebucket(h: Histogram, bounds: tuple[float, ...]) -> Histogram:
-    """`h` on a subset of its own bounds (cumulative counts are exact there); `h` itself if any is missing."""
-    at = dict(zip(h.bounds, h.counts, strict=True))
-    if any(b not in at for b in bounds):
-        return h
-    return Histogram(bounds, tuple(at[b] for b in bounds), h.count, h.sum)
-
-
 def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
     for (band, outcome), n in sorted(tap.requests.items()):
         out.add(catalog.TAP_REQUESTS, [target, band, outcome], n)
@@ -199,7 +186,8 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
         acceptance = t.acceptance
         if acceptance is None or not acceptance.count:
             continue
-        out.histogram(catalog.REQUEST_ACCEPTANCE, labels, rebucket(acceptance, ACCEPTANCE_EXPORT_BOUNDS))
+        # The tap's own buckets, those the quantiles below were derived from: the rules read the same numbers.
+        out.histogram(catalog.REQUEST_ACCEPTANCE, labels, acceptance)
         for w in b.windows:
             wl = [*labels, w.window.label]
             out.summary(catalog.REQUEST_ACCEPTANCE_QUANTILE, wl, w.percentiles, acceptance.count, acceptance.sum)
@@ -209,10 +197,7 @@ def _tap_families(out: _Families, target: str, tap: TapHealth) -> None:
             out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
 
 
-_BAND_QUANTILES = (0.5, 0.99)
-
-
-def _load_families(out: _Families, name: str, h: TargetHealth, compared: bool) -> None:
+def _load_families(out: _Families, name: str, h: TargetHealth) -> None:
     for wl in h.load:
         for key, load in sorted(wl.engines.items()):
             out.add(catalog.LOAD_RUNNING, [name, *key, wl.window.label], load.mean_running)
@@ -221,22 +206,18 @@ def _load_families(out: _Families, name: str, h: TargetHealth, compared: bool) -
         for key, load in sorted(h.load[0].engines.items()):
             if load.band is not None and key in h.engines:
                 out.add(catalog.LOAD_BAND_INFO, [name, *key, load.band], 1.0)
-    if not compared:
-        return
-    # Per-band latency only where a baseline comparison gives it a meaning: both sides of every pair.
+    # Latency by band is there only for a target compared with a baseline and for its baseline.
     for wl in h.load:
-        for metric, by_band in sorted(wl.latency_by_band.items()):
-            for band in BAND_LABELS:
-                hist = by_band.get(band)
-                if hist is None:
+        for metric, by_band in sorted(wl.latency_by_load_band.items()):
+            for band in LOAD_BAND_LABELS:
+                latency = by_band.get(band)
+                if latency is None:
                     continue
                 labels = [name, band, wl.window.label, metric.value]
-                for q in _BAND_QUANTILES:
-                    out.add(
-                        catalog.LOAD_BAND_LATENCY, [*labels, str(q)], histogram_quantile(q, hist.bounds, hist.counts)
-                    )
-                if metric.value == "tpot":
-                    out.add(catalog.LOAD_BAND_REQUESTS, [name, band, wl.window.label], hist.count)
+                for q, v in sorted(latency.quantiles.items()):
+                    out.add(catalog.LOAD_BAND_LATENCY, [*labels, str(q)], v)
+                if metric is LatencyMetric.TPOT:
+                    out.add(catalog.LOAD_BAND_REQUESTS, [name, band, wl.window.label], latency.requests)
 
 
 def _baseline_families(out: _Families, comparisons: Sequence[Comparison]) -> None:

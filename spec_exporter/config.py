@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,16 +16,16 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from spec_exporter.tap.settings import ByteSize, TapSettings
 from spec_exporter.types import DeriveParams, Thresholds, Window
 
 _DURATION_RE = re.compile(
     r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
 )
-_SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 
 
 def parse_duration(value: Any) -> Any:
@@ -42,18 +43,6 @@ def parse_duration(value: Any) -> Any:
     return h * 3600 + mins * 60 + s + ms / 1000
 
 
-def parse_size(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 16MiB")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value.strip())
-        if m:
-            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise ValueError(f"{value!r} is not a size (use e.g. 16MiB or a number of bytes)")
-
-
 def format_duration(seconds: float) -> str:
     """The label form of a window: 1m, 5m, 90s, 1h."""
     if seconds >= 3600 and seconds % 3600 == 0:
@@ -66,25 +55,98 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: Any) -> Any:
+    """`${VAR}` from the environment, so that one ConfigMap serves every pod: a sidecar's target is named after its
+    pod (`name: ${POD_NAME}`, from the downward API) and per-pod alerts name the pod. An unset variable is an error,
+    never an empty name."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(m: re.Match[str]) -> str:
+        found = os.environ.get(m.group(1))
+        if not found:
+            raise ValueError(f"${{{m.group(1)}}} is not set in the environment")
+        return found
+
+    return _ENV_RE.sub(lookup, value)
+
+
 # A target name becomes the `target` label value: keep it short and printable.
-TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
+TargetName = Annotated[str, BeforeValidator(expand_env), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")]
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def file_contents(files: Iterable[Path]) -> tuple[bytes | None, ...]:
+    """What certificate files hold now (None where unreadable), to see a renewal: the contents, not the mtimes, as two
+    writes within one clock tick share an mtime, and a few KiB read per connection or poll cost next to nothing."""
+    out: list[bytes | None] = []
+    for f in files:
+        try:
+            out.append(f.read_bytes())
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class TLSConfig(Model):
+    """How an https target is verified and what the exporter shows it: Prometheus' `tls_config`, same names.
+
+    Files are read when the exporter starts and again whenever their contents change (a renewed certificate from
+    cert-manager needs no restart)."""
+
+    # CA bundle the target's certificate must chain to; unset: the system's trust store.
+    ca_file: Path | None = None
+    # Client certificate and key, for a target that asks for one (mutual TLS); both or neither.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Name the certificate must carry, and the SNI sent, when the URL's host is not it (127.0.0.1 in a pod).
+    server_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.*-]+$")
+    # Accept any certificate: encryption without authentication, for a self-signed vLLM on localhost.
+    insecure_skip_verify: bool = False
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist or is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.insecure_skip_verify and (self.ca_file is not None or self.server_name is not None):
+            raise ValueError("insecure_skip_verify verifies nothing: drop ca_file and server_name, or set it false")
+        return self
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(f for f in (self.ca_file, self.cert_file, self.key_file) if f is not None)
+
+
 class TargetConfig(Model):
     """One vLLM server (or one pool behind a Service) to poll."""
 
     name: TargetName
-    url: AnyHttpUrl
+    url: Annotated[AnyHttpUrl, BeforeValidator(expand_env)]
     role: Literal["spec", "baseline"] = "spec"
     metrics_path: str = Field(default="/metrics", pattern=r"^/")
     baseline: TargetName | None = None
     num_speculative_tokens: int | None = Field(default=None, ge=1, le=64)
     draft_cost_ratio: float | None = Field(default=None, ge=0, le=10)
+    tls_config: TLSConfig | None = None
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> TargetConfig:
+        if self.tls_config is not None and self.url.scheme != "https":
+            raise ValueError("tls_config applies to https URLs only; this target's URL is " + self.url.scheme)
+        return self
 
     @property
     def metrics_url(self) -> str:
@@ -124,25 +186,17 @@ class SpeculationConfig(Model):
     draft_cost_ratio: float = Field(default=0.1, ge=0, le=10)
 
 
-class TapConfig(Model):
-    """The request-path tap: off unless `listen_address` is set (or --tap.listen-address is given)."""
+class TapConfig(TapSettings):
+    """The request-path tap: off unless `listen_address` is set (or --tap.listen-address is given).
+
+    What it does with requests (and every default) is `TapSettings`, shared with the middleware's environment;
+    this adds where the proxy listens and forwards.
+    """
 
     listen_address: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):\d{1,5}$")
     target: TargetName | None = None
     # Where requests go; default the tap target's own URL (vLLM serves its API and /metrics on one port).
     upstream_url: AnyHttpUrl | None = None
-    temperature_bands: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0], min_length=1, max_length=12)
-    default_temperature: float = Field(default=1.0, ge=0, le=2)
-    inject_usage: bool = True
-    max_models: int = Field(default=20, ge=1, le=1000)
-    max_inspect_bytes: ByteSize = 8 * 1024**2
-
-    @model_validator(mode="after")
-    def _bands(self) -> TapConfig:
-        edges = self.temperature_bands
-        if any(e <= 0 or e > 2 for e in edges) or edges != sorted(set(edges)):
-            raise ValueError("temperature_bands must be strictly increasing edges in (0, 2]")
-        return self
 
 
 class Settings(Model):

@@ -13,17 +13,18 @@ import structlog
 
 from spec_exporter.cardinality import cap_models
 from spec_exporter.config import Settings, TargetConfig
+from spec_exporter.derive.baseline import compare_pairs
 from spec_exporter.derive.health import TargetHealth, derive_target
-from spec_exporter.fetch import FetchError, fetch_metrics
+from spec_exporter.fetch import FetchError, TargetTLS, fetch_metrics, target_tls
 from spec_exporter.state import StateStore, TargetState
-from spec_exporter.types import DeriveParams, PollError
+from spec_exporter.types import DeriveParams, PollError, Snapshot, TapSample
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 from spec_exporter.window import SnapshotRing, window_delta
 
 log = structlog.get_logger("spec_exporter.poller")
 
-TextSource = Callable[[], str]
-"""Extra exposition text read with a target's scrape: the proxy tap's own `spec_tap_*` families."""
+TapSource = Callable[[], TapSample | None]
+"""The proxy tap's counts, read with its target's scrape (the middleware's come in vLLM's own /metrics)."""
 
 
 class _MultipleProcesses(Exception):
@@ -33,11 +34,19 @@ class _MultipleProcesses(Exception):
 class _TargetRuntime:
     """What the poller remembers about one target between polls."""
 
-    def __init__(self, config: TargetConfig, params: DeriveParams, keep_seconds: float, extra: TextSource | None):
+    def __init__(
+        self,
+        config: TargetConfig,
+        params: DeriveParams,
+        keep_seconds: float,
+        tap: TapSource | None,
+        tls: TargetTLS | None,
+    ):
         self.config = config
+        self.tls = tls
         self.params = params
         self.keep_seconds = keep_seconds
-        self.extra = extra
+        self.tap = tap
         self.parser = ExpositionParser()
         self.ring = SnapshotRing(keep_seconds)
         self.failures_in_a_row = 0
@@ -59,6 +68,19 @@ def _another_process(starts: tuple[float, ...], current: float | None) -> bool:
     return current < starts[-1] or current in starts
 
 
+def _with_proxy_tap(snapshot: Snapshot, tap: TapSample | None, url: str) -> Snapshot:
+    if tap is None:
+        return snapshot
+    if snapshot.tap is not None:
+        # Both would count the same requests; adding them up would double them.
+        raise ParseError(
+            PollError.DUPLICATE_SERIES,
+            f"{url} already has spec_tap_* series (the tap middleware runs in that vLLM) and the proxy tap has its "
+            "own: run one tap, not both",
+        )
+    return replace(snapshot, tap=tap)
+
+
 class Poller:
     def __init__(
         self,
@@ -69,7 +91,7 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        extra_text: Mapping[str, TextSource] | None = None,
+        tap_sources: Mapping[str, TapSource] | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
@@ -78,12 +100,16 @@ class Poller:
         self._wall_clock = wall_clock
         self._sleep = sleep
         keep = max(settings.windows) + 2 * settings.poll.interval
-        extra = extra_text or {}
+        taps = tap_sources or {}
+        tls = target_tls(settings)
         self._targets = [
-            _TargetRuntime(t, settings.derive_params(t), keep, extra.get(t.name)) for t in settings.targets
+            _TargetRuntime(t, settings.derive_params(t), keep, taps.get(t.name), tls.get(t.name))
+            for t in settings.targets
         ]
-        # Latency by load band is read only where a baseline comparison uses it: on both sides of every pair.
-        self._compared = {name for pair in settings.comparison_pairs() for name in pair}
+        # The one place the comparison policy is decided: which pairs are compared, and so which targets derive
+        # latency by load band (both sides of every pair; the collector renders what it is given).
+        self._pairs = settings.comparison_pairs()
+        self._compared = {name for pair in self._pairs for name in pair}
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(t) for t in self._targets))
@@ -102,9 +128,7 @@ class Poller:
         started = self._clock()
         previous = self._store.current().targets[name]
         try:
-            text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes)
-            if rt.extra is not None:
-                text = text + rt.extra()
+            text = await fetch_metrics(self._session, rt.config.metrics_url, poll.timeout, poll.max_body_bytes, rt.tls)
             health, folded = self._derive(rt, text)
         except (FetchError, ParseError) as e:
             self._failed(rt, previous, e.reason, str(e), started)
@@ -119,7 +143,7 @@ class Poller:
         if rt.failures_in_a_row:
             log.info("poll recovered", target=name, failed_polls=rt.failures_in_a_row)
         rt.failures_in_a_row = 0
-        self._store.publish(
+        self._publish(
             replace(
                 previous,
                 up=True,
@@ -132,14 +156,23 @@ class Poller:
             )
         )
 
+    def _publish(self, target: TargetState) -> None:
+        """`target`'s new state with the baseline comparisons it changes: every pair whose two sides are fresh."""
+        health = {name: t.health for name, t in self._store.current().targets.items()}
+        health[target.name] = target.health
+        self._store.publish(target, compare_pairs(self._pairs, health))
+
     def _derive(self, rt: _TargetRuntime, text: str) -> tuple[TargetHealth, int]:
+        # vLLM's body alone decides whether the target is up: the proxy tap's counts join a scrape that parsed.
         snapshot = rt.parser.parse(text, self._clock())
+        if rt.tap is not None:
+            snapshot = _with_proxy_tap(snapshot, rt.tap(), rt.config.metrics_url)
         snapshot, rt.models = cap_models(snapshot, rt.models, self._settings.poll.max_models)
         start = snapshot.process_start
         if _another_process(rt.process_starts, start):
             # Differencing two processes' counters gives numbers that mean nothing: start again from here.
             latest = rt.process_starts[-1]
-            rt.ring = SnapshotRing(rt.keep_seconds)
+            rt.ring.forget()
             rt.process_starts = ()
             raise _MultipleProcesses(
                 f"process_start_time_seconds went from {latest} back to {start}: {rt.config.metrics_url} reaches "
@@ -152,8 +185,8 @@ class Poller:
             log.info("target restarted", target=rt.config.name, engines=sorted(f"{m}/{e}" for m, e in point.restarted))
         slack = self._settings.poll.interval / 2
         deltas = {w.label: window_delta(rt.ring.points, w.seconds, slack) for w in rt.params.windows}
-        band_latency = rt.config.name in self._compared
-        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, band_latency=band_latency)
+        load_band_latency = rt.config.name in self._compared
+        health = derive_target(point, deltas, rt.params, rt.ring.points, slack, load_band_latency=load_band_latency)
         return health, snapshot.folded_models
 
     def _failed(
@@ -165,7 +198,7 @@ class Poller:
             log.warning("poll failed", target=rt.config.name, reason=reason.value, error=message[:300])
         errors = dict(previous.errors)
         errors[reason] = errors.get(reason, 0) + 1
-        self._store.publish(
+        self._publish(
             replace(
                 previous,
                 up=False,

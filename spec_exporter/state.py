@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from spec_exporter.config import Settings
-from spec_exporter.derive.baseline import Comparison, compare_pairs
+from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.health import TargetHealth
 from spec_exporter.types import PollError
 
@@ -38,23 +38,24 @@ class ExporterState:
 
 
 class StateStore:
-    """Holds the latest `ExporterState`; `publish` swaps in a new one, so a scrape never sees half an update."""
+    """Holds the latest `ExporterState`; `publish` swaps in a new one, so a scrape never sees half an update.
 
-    def __init__(self, targets: Mapping[str, TargetState], pairs: tuple[tuple[str, str], ...] = ()) -> None:
-        self._pairs = pairs
+    It only stores: the poller derives every number it is handed, the comparisons included.
+    """
+
+    def __init__(self, targets: Mapping[str, TargetState]) -> None:
         self._state = ExporterState(MappingProxyType(dict(targets)))
 
     @classmethod
     def for_settings(cls, settings: Settings) -> StateStore:
-        """Every configured target, not yet polled, and the spec/baseline pairs to compare."""
-        targets = {t.name: TargetState(name=t.name, role=t.role) for t in settings.targets}
-        return cls(targets, settings.comparison_pairs())
+        """Every configured target, not yet polled."""
+        return cls({t.name: TargetState(name=t.name, role=t.role) for t in settings.targets})
 
     def current(self) -> ExporterState:
         return self._state
 
-    def publish(self, target: TargetState) -> None:
+    def publish(self, target: TargetState, comparisons: tuple[Comparison, ...] = ()) -> None:
+        """`target`'s new state, and the comparisons derived with it."""
         targets = dict(self._state.targets)
         targets[target.name] = target
-        health = {name: t.health for name, t in targets.items()}
-        self._state = ExporterState(MappingProxyType(targets), compare_pairs(self._pairs, health))
+        self._state = ExporterState(MappingProxyType(targets), comparisons)

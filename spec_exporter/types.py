@@ -46,6 +46,10 @@ class PollError(StrEnum):
     # process_start_time_seconds changed with no counter going down: the URL reaches several vLLM processes
     # (a Service in front of a pool), whose counters cannot be differenced.
     MULTIPLE_PROCESSES = "multiple_processes"
+    # The TLS handshake with an https target failed: its certificate does not verify against tls_config. A target
+    # that refuses the exporter's client certificate closes the connection after a TLS 1.3 handshake instead:
+    # connection_error.
+    TLS = "tls_error"
 
 
 class Verdict(StrEnum):
@@ -132,13 +136,13 @@ EngineKey = tuple[str, str]
 """(model_name, engine); engine is "" on V0, which has no engine label."""
 
 
-BandKey = tuple[str, str]
+TemperatureBandKey = tuple[str, str]
 """(model_name, temperature_band) of the tap's per-band series."""
 
 
 @dataclass(frozen=True, slots=True)
-class BandSample:
-    """The join core's cumulative series for one (model_name, temperature_band)."""
+class TemperatureBandSample:
+    """The tap's cumulative series for one (model_name, temperature_band)."""
 
     accepted_tokens: float = 0.0
     draft_tokens: float = 0.0
@@ -151,7 +155,7 @@ class BandSample:
 class TapSample:
     """Everything the tap's `spec_tap_*` families held in one scrape (the middleware's, or the proxy's own)."""
 
-    bands: Mapping[BandKey, BandSample] = field(default_factory=dict)
+    bands: Mapping[TemperatureBandKey, TemperatureBandSample] = field(default_factory=dict)
     # (temperature_band, outcome) → requests, summed over model names.
     requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
     errors: Mapping[str, float] = field(default_factory=dict)

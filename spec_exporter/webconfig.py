@@ -28,7 +28,7 @@ import yaml
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spec_exporter.config import ConfigError
+from spec_exporter.config import ConfigError, file_contents
 
 log = structlog.get_logger("spec_exporter.webconfig")
 
@@ -291,15 +291,7 @@ class CertificateReloader:
         self.listening.sni_callback = self._on_client_hello
 
     def _signature(self) -> tuple[bytes | None, ...]:
-        # The contents, not the mtimes: two writes within one clock tick share an mtime, and a few KiB read per
-        # new connection cost far less than its handshake.
-        out: list[bytes | None] = []
-        for f in self._files:
-            try:
-                out.append(f.read_bytes())
-            except OSError:
-                out.append(None)
-        return tuple(out)
+        return file_contents(self._files)
 
     def _on_client_hello(self, connection: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
         seen = self._signature()

@@ -6,21 +6,22 @@ that step adds nothing (never a negative delta, never the post-restart value as 
 from the next step. A window's delta is then one subtraction of totals, whatever happened inside it.
 
 A series missing from one scrape is missing, not zero: its totals and its last reading are kept, and the next
-scrape that has it again steps from that reading. So a gap, an engine that drops out for a poll, interleaved
-families or a V0/V1 switch never bring totals down.
+scrape that has it again steps from that reading. So a gap, an engine that drops out for a poll or interleaved
+families never bring totals down. A switch between vLLM's V1 and V0 layouts is a restart (two layouts are two
+processes): each engine of either layout steps from nothing when it comes back.
+
+The engines' counters and the tap's are stitched by one routine (`stitch`), on one flat shape (`Readings`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 from spec_exporter.types import (
-    BandKey,
-    BandSample,
     EngineKey,
     EngineSample,
     Histogram,
@@ -28,12 +29,14 @@ from spec_exporter.types import (
     Snapshot,
     SpecCounters,
     TapSample,
+    TemperatureBandKey,
+    TemperatureBandSample,
 )
 
 
 @dataclass(frozen=True, slots=True)
 class EngineTotals:
-    """Reset-free cumulative counters of one engine (or, from `subtract`, their increase over a window)."""
+    """Reset-free cumulative counters of one engine (or, in a `WindowDelta`, their increase over a window)."""
 
     spec: SpecCounters | None
     histograms: Mapping[LatencyMetric, Histogram]
@@ -45,16 +48,16 @@ class EngineTotals:
 class Point:
     """One snapshot in the ring with the totals it brought the engines (and the tap's series) to.
 
-    `totals` and `seen` (the last reading of every series, for the next step) keep engines that this snapshot
-    lacks; what is exported comes from `snapshot.engines` only.
+    `totals` keeps engines that this snapshot lacks; what is exported comes from `snapshot.engines` only.
+    `sources` is the stitching's own state: per engine (and the tap) its totals and the last reading of every
+    series, for the next step.
     """
 
     snapshot: Snapshot
     totals: Mapping[EngineKey, EngineTotals]
     restarted: frozenset[EngineKey] = frozenset()
-    seen: Mapping[EngineKey, EngineSample] = field(default_factory=dict)
     tap: TapSample | None = None
-    tap_seen: TapSample | None = None
+    sources: Mapping[Hashable, Stitched] = field(default_factory=dict)
 
     @property
     def taken_at(self) -> float:
@@ -78,91 +81,45 @@ def _step(previous: float | None, current: float | None) -> float:
     return d if math.isfinite(d) and d > 0 else 0.0
 
 
-def _went_down(previous: float | None, current: float | None) -> bool:
-    return previous is not None and current is not None and current < previous
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """Every counter series of one source (an engine, or the tap) in one scrape, flat by key.
+
+    The one shape restart stitching works on, whichever source the series come from.
+    """
+
+    counters: Mapping[Hashable, float] = field(default_factory=dict)
+    histograms: Mapping[Hashable, Histogram] = field(default_factory=dict)
 
 
-def engine_restarted(previous: EngineSample, current: EngineSample) -> bool:
-    """True if any counter of the engine went down: vLLM restarted between the two scrapes."""
-    ps, cs = previous.spec, current.spec
-    if ps is not None and cs is not None:
-        if (
-            _went_down(ps.drafts, cs.drafts)
-            or _went_down(ps.draft_tokens, cs.draft_tokens)
-            or _went_down(ps.accepted_tokens, cs.accepted_tokens)
-            or any(c < p for p, c in zip(ps.per_position, cs.per_position, strict=False))
-            or len(ps.per_position) != len(cs.per_position)
-        ):
+_NOTHING = Readings()
+
+
+def went_down(last: Readings, current: Readings) -> bool:
+    """True if any counter or bucket fell below its last reading, or a histogram came back on other buckets:
+    the process holding the series restarted between the two scrapes."""
+    for key, value in current.counters.items():
+        before = last.counters.get(key)
+        if before is not None and value < before:
             return True
-    if _went_down(previous.generation_tokens, current.generation_tokens) or _went_down(
-        previous.preemptions, current.preemptions
-    ):
-        return True
-    for metric, ch in current.histograms.items():
-        ph = previous.histograms.get(metric)
-        if ph is None:
-            continue
-        if (
-            ph.bounds != ch.bounds
-            or ch.count < ph.count
-            or any(c < p for p, c in zip(ph.counts, ch.counts, strict=True))
+    for key, h in current.histograms.items():
+        p = last.histograms.get(key)
+        if p is not None and (
+            p.bounds != h.bounds or h.count < p.count or any(c < b for b, c in zip(p.counts, h.counts, strict=True))
         ):
             return True
     return False
-
-
-def _zero_spec(like: SpecCounters) -> SpecCounters:
-    return SpecCounters(0.0, 0.0, 0.0, (0.0,) * len(like.per_position))
 
 
 def _zero_histogram(like: Histogram) -> Histogram:
     return Histogram(like.bounds, (0.0,) * len(like.bounds), 0.0, 0.0)
 
 
-def initial_totals(sample: EngineSample) -> EngineTotals:
-    """Totals for an engine seen for the first time: everything from here on counts."""
-    return EngineTotals(
-        spec=_zero_spec(sample.spec) if sample.spec is not None else None,
-        histograms={m: _zero_histogram(h) for m, h in sample.histograms.items()},
-        generation_tokens=0.0,
-        preemptions=0.0,
-    )
-
-
-def _carry_spec(
-    totals: SpecCounters | None, previous: SpecCounters | None, current: SpecCounters | None, restarted: bool
-) -> SpecCounters | None:
-    if current is None:
-        return totals
-    if totals is None:
-        return _zero_spec(current)
-    n = len(current.per_position)
-    per_position = tuple(
-        (totals.per_position[i] if i < len(totals.per_position) else 0.0)
-        + (
-            0.0
-            if restarted or previous is None or i >= len(previous.per_position)
-            else _step(previous.per_position[i], current.per_position[i])
-        )
-        for i in range(n)
-    )
-    if restarted or previous is None:
-        return SpecCounters(totals.drafts, totals.draft_tokens, totals.accepted_tokens, per_position)
-    return SpecCounters(
-        drafts=totals.drafts + _step(previous.drafts, current.drafts),
-        draft_tokens=totals.draft_tokens + _step(previous.draft_tokens, current.draft_tokens),
-        accepted_tokens=totals.accepted_tokens + _step(previous.accepted_tokens, current.accepted_tokens),
-        per_position=per_position,
-    )
-
-
-def _carry_histogram(
-    totals: Histogram | None, previous: Histogram | None, current: Histogram, restarted: bool
-) -> Histogram:
-    if totals is None or totals.bounds != current.bounds:
-        # New family, or vLLM came back with other buckets (--custom-histogram-buckets): count from here.
+def _carry_histogram(totals: Histogram, previous: Histogram | None, current: Histogram, reset: bool) -> Histogram:
+    if totals.bounds != current.bounds:
+        # vLLM came back with other buckets (--custom-histogram-buckets): count from here.
         return _zero_histogram(current)
-    if restarted or previous is None or previous.bounds != current.bounds:
+    if reset or previous is None or previous.bounds != current.bounds:
         return totals
     return Histogram(
         bounds=totals.bounds,
@@ -172,170 +129,182 @@ def _carry_histogram(
     )
 
 
-def _seen(previous: EngineSample, current: EngineSample) -> EngineSample:
-    """The last reading of every counter series: this scrape's where it has one, else the one before."""
-    return EngineSample(
-        spec=current.spec if current.spec is not None else previous.spec,
-        lifetime_acceptance=current.lifetime_acceptance,
-        histograms={**previous.histograms, **current.histograms},
-        generation_tokens=_either(current.generation_tokens, previous.generation_tokens),
-        preemptions=_either(current.preemptions, previous.preemptions),
-        requests_running=current.requests_running,
-        requests_waiting=current.requests_waiting,
-        kv_cache_usage=current.kv_cache_usage,
-    )
+@dataclass(frozen=True, slots=True)
+class Stitched:
+    """A source's running totals and the last reading of each of its series (None: forgotten)."""
+
+    totals: Readings
+    last: Readings | None
 
 
-def _either(current: float | None, previous: float | None) -> float | None:
-    return current if current is not None else previous
+def stitch(known: Stitched | None, current: Readings, reset: bool, *, new_from_zero: bool) -> Stitched:
+    """One step of restart stitching of one source (an engine, or the tap): its new totals and last readings.
 
-
-def _engine_step(totals: EngineTotals, previous: EngineSample, current: EngineSample, reset: bool) -> EngineTotals:
+    `known` None: the source is seen for the first time, everything from here on counts. Its `last` None: its
+    readings were forgotten (a layout switch, another process), so this step only re-reads them. A `reset` step
+    adds nothing. A series missing from `current` keeps its totals and its last reading. A series new to a source
+    already seen counts from here, or, with `new_from_zero`, all of its value (prometheus_client creates a
+    labelled series at its first increment, so it started at zero since the last poll).
+    """
+    if known is None:
+        zero = Readings(
+            {k: 0.0 for k in current.counters}, {k: _zero_histogram(h) for k, h in current.histograms.items()}
+        )
+        return Stitched(zero, current)
+    totals = known.totals
+    before = known.last if known.last is not None else _NOTHING
+    grow = new_from_zero and not reset
+    counters = dict(totals.counters)
+    for key, value in current.counters.items():
+        running = totals.counters.get(key)
+        if running is None:
+            counters[key] = _step(0.0, value) if grow else 0.0
+        elif not reset:
+            counters[key] = running + _step(before.counters.get(key), value)
     histograms = dict(totals.histograms)
-    for m, h in current.histograms.items():
-        histograms[m] = _carry_histogram(totals.histograms.get(m), previous.histograms.get(m), h, reset)
-    return EngineTotals(
-        spec=_carry_spec(totals.spec, previous.spec, current.spec, reset),
-        histograms=histograms,
-        generation_tokens=totals.generation_tokens
-        + (0.0 if reset else _step(previous.generation_tokens, current.generation_tokens)),
-        preemptions=totals.preemptions + (0.0 if reset else _step(previous.preemptions, current.preemptions)),
+    for key, h in current.histograms.items():
+        running_h, previous = totals.histograms.get(key), before.histograms.get(key)
+        if running_h is None:
+            running_h = _zero_histogram(h)
+            previous = running_h if grow else None
+        histograms[key] = _carry_histogram(running_h, previous, h, reset)
+    seen = Readings({**before.counters, **current.counters}, {**before.histograms, **current.histograms})
+    return Stitched(Readings(counters, histograms), seen)
+
+
+# --- engines: their samples as Readings and back ---------------------------------------------------------------
+
+_POSITION = "position"
+
+
+def _engine_readings(sample: EngineSample) -> Readings:
+    counters: dict[Hashable, float] = {}
+    spec = sample.spec
+    if spec is not None:
+        counters.update(drafts=spec.drafts, draft_tokens=spec.draft_tokens, accepted_tokens=spec.accepted_tokens)
+        counters.update({(_POSITION, i): v for i, v in enumerate(spec.per_position)})
+    if sample.generation_tokens is not None:
+        counters["generation_tokens"] = sample.generation_tokens
+    if sample.preemptions is not None:
+        counters["preemptions"] = sample.preemptions
+    return Readings(counters, cast("Mapping[Hashable, Histogram]", sample.histograms))
+
+
+def _positions(r: Readings) -> int | None:
+    """How many per-position counters the readings have; None without spec-decode counters."""
+    return sum(1 for k in r.counters if isinstance(k, tuple) and k[0] == _POSITION) if "drafts" in r.counters else None
+
+
+def _engine_totals(r: Readings) -> EngineTotals:
+    c = r.counters
+    positions = _positions(r) or 0
+    spec = (
+        SpecCounters(
+            c["drafts"],
+            c["draft_tokens"],
+            c["accepted_tokens"],
+            tuple(c.get((_POSITION, i), 0.0) for i in range(positions)),
+        )
+        if "drafts" in c
+        else None
     )
+    histograms = cast("Mapping[LatencyMetric, Histogram]", r.histograms)
+    return EngineTotals(spec, histograms, c.get("generation_tokens", 0.0), c.get("preemptions", 0.0))
+
+
+def _only_positions_below(r: Readings, n: int) -> Readings:
+    kept = {k: v for k, v in r.counters.items() if not (isinstance(k, tuple) and k[0] == _POSITION and k[1] >= n)}
+    return Readings(kept, r.histograms)
+
+
+def engine_restarted(last: Readings, current: Readings) -> bool:
+    """True if any counter of the engine went down, or its number of speculative positions changed."""
+    before, now = _positions(last), _positions(current)
+    return went_down(last, current) or (before is not None and now is not None and before != now)
+
+
+# --- the tap: its sample as Readings and back --------------------------------------------------------------------
+
+_BAND_COUNTERS = ("accepted_tokens", "draft_tokens")
+_BAND_HISTOGRAMS = ("acceptance", "ttft", "tpot")
+
+
+def _tap_readings(tap: TapSample) -> Readings:
+    counters: dict[Hashable, float] = {}
+    histograms: dict[Hashable, Histogram] = {}
+    for key, band in tap.bands.items():
+        for name in _BAND_COUNTERS:
+            counters[(name, key)] = getattr(band, name)
+        for name in _BAND_HISTOGRAMS:
+            h = getattr(band, name)
+            if h is not None:
+                histograms[(name, key)] = h
+    counters.update({("requests", k): v for k, v in tap.requests.items()})
+    counters.update({("errors", k): v for k, v in tap.errors.items()})
+    return Readings(counters, histograms)
+
+
+def _tap_totals(r: Readings) -> TapSample:
+    bands: dict[TemperatureBandKey, TemperatureBandSample] = {}
+    requests: dict[tuple[str, str], float] = {}
+    errors: dict[str, float] = {}
+    for (kind, key), value in cast("Mapping[tuple[str, Any], float]", r.counters).items():
+        if kind == "requests":
+            requests[key] = value
+        elif kind == "errors":
+            errors[key] = value
+        elif kind == "accepted_tokens":
+            bands[key] = TemperatureBandSample(
+                value, r.counters[("draft_tokens", key)], *(r.histograms.get((n, key)) for n in _BAND_HISTOGRAMS)
+            )
+    return TapSample(bands=bands, requests=requests, errors=errors)
+
+
+# --- one step for every source ------------------------------------------------------------------------------------
+
+_TAP = "tap"
 
 
 def advance(previous: Point | None, snapshot: Snapshot) -> Point:
     """The point `snapshot` makes after `previous` (pure)."""
+    sources: dict[Hashable, Stitched] = dict(previous.sources) if previous is not None else {}
     totals: dict[EngineKey, EngineTotals] = dict(previous.totals) if previous is not None else {}
-    seen: dict[EngineKey, EngineSample] = dict(previous.seen) if previous is not None else {}
     restarted: set[EngineKey] = set()
+    before = previous.snapshot if previous is not None else None
     # A new process behind the URL is a restart even when its counters already passed the old ones.
-    before = previous.snapshot.process_start if previous is not None else None
-    new_process = before is not None and snapshot.process_start is not None and snapshot.process_start != before
+    new_process = (
+        before is not None
+        and before.process_start is not None
+        and snapshot.process_start is not None
+        and snapshot.process_start != before.process_start
+    )
+    if before is not None and before.generation is not snapshot.generation:
+        # V1 and V0 cannot be the same process: a layout switch is a restart, for the engines of either layout
+        # whenever they come back.
+        sources = {k: Stitched(s.totals, None) if k != _TAP else s for k, s in sources.items()}
     for key, current in snapshot.engines.items():
-        last, running = seen.get(key), totals.get(key)
-        if last is None or running is None:
-            totals[key], seen[key] = initial_totals(current), current
-            continue
-        reset = new_process or engine_restarted(last, current)
+        readings = _engine_readings(current)
+        known = sources.get(key)
+        reset = known is not None and (new_process or known.last is None or engine_restarted(known.last, readings))
         if reset:
             restarted.add(key)
-        totals[key], seen[key] = _engine_step(running, last, current, reset), _seen(last, current)
-    tap, tap_seen = _advance_tap(
-        previous.tap if previous is not None else None,
-        previous.tap_seen if previous is not None else None,
-        snapshot.tap,
-    )
-    return Point(snapshot, totals, frozenset(restarted), seen, tap, tap_seen)
-
-
-def _tap_restarted(previous: TapSample, current: TapSample) -> bool:
-    """Any tap counter or histogram count that went down: the process holding the series restarted."""
-    for mapping_name in ("requests", "errors"):
-        before, now = getattr(previous, mapping_name), getattr(current, mapping_name)
-        if any(k in before and v < before[k] for k, v in now.items()):
-            return True
-    for key, band in current.bands.items():
-        old = previous.bands.get(key)
-        if old is None:
-            continue
-        if band.accepted_tokens < old.accepted_tokens or band.draft_tokens < old.draft_tokens:
-            return True
-        for name in _BAND_HISTOGRAMS:
-            h, oh = getattr(band, name), getattr(old, name)
-            if h is not None and oh is not None and (h.bounds != oh.bounds or h.count < oh.count):
-                return True
-    return False
-
-
-def _carry_counts(
-    totals: Mapping[Any, float], previous: Mapping[Any, float], current: Mapping[Any, float], reset: bool
-) -> dict[Any, float]:
-    out = dict(totals)
-    for key, value in current.items():
-        if key not in previous:
-            # A labelled prometheus_client series appears at its first increment, from zero: count all of it.
-            out[key] = totals.get(key, 0.0) + (0.0 if reset or not math.isfinite(value) else max(value, 0.0))
-        else:
-            out[key] = totals.get(key, 0.0) + (0.0 if reset else _step(previous[key], value))
-    return out
-
-
-_BAND_HISTOGRAMS = ("acceptance", "ttft", "tpot")
-
-
-def _zero_band(like: BandSample) -> BandSample:
-    return BandSample(0.0, 0.0, *(_zero_or_none(getattr(like, n)) for n in _BAND_HISTOGRAMS))
-
-
-def _carry_band(total: BandSample | None, previous: BandSample | None, current: BandSample, reset: bool) -> BandSample:
-    if total is None or previous is None:
-        # New in a tap already seen: prometheus_client creates a labelled series at its first observation, so
-        # the series started at zero since the last poll.
-        total = previous = _zero_band(current)
-    hists = []
-    for name in _BAND_HISTOGRAMS:
-        h, th, ph = getattr(current, name), getattr(total, name), getattr(previous, name)
-        if h is None:
-            hists.append(th)
-            continue
-        zero = _zero_histogram(h)
-        hists.append(_carry_histogram(th or zero, ph or zero, h, reset))
-
-    def stepped(name: str) -> float:
-        running: float = getattr(total, name)
-        return running + (0.0 if reset else _step(getattr(previous, name), getattr(current, name)))
-
-    return BandSample(stepped("accepted_tokens"), stepped("draft_tokens"), *hists)
-
-
-def _zero_or_none(h: Histogram | None) -> Histogram | None:
-    return _zero_histogram(h) if h is not None else None
-
-
-def _advance_tap(
-    totals: TapSample | None, last: TapSample | None, current: TapSample | None
-) -> tuple[TapSample | None, TapSample | None]:
-    if current is None:
-        return totals, last
-    if totals is None or last is None:
-        # The first sight of the tap's series: count from here, like an engine first seen.
-        zero = TapSample(
-            bands={k: _zero_band(b) for k, b in current.bands.items()},
-            requests={k: 0.0 for k in current.requests},
-            errors={k: 0.0 for k in current.errors},
-        )
-        return zero, current
-    reset = _tap_restarted(last, current)
-    bands: dict[BandKey, BandSample] = dict(totals.bands)
-    for key, band in current.bands.items():
-        bands[key] = _carry_band(totals.bands.get(key), last.bands.get(key), band, reset)
-    new_totals = TapSample(
-        bands=bands,
-        requests=_carry_counts(totals.requests, last.requests, current.requests, reset),
-        errors=_carry_counts(totals.errors, last.errors, current.errors, reset),
-    )
-    seen = TapSample(
-        bands={**last.bands, **current.bands},
-        requests={**last.requests, **current.requests},
-        errors={**last.errors, **current.errors},
-    )
-    return new_totals, seen
-
-
-def _sub_spec(later: SpecCounters | None, earlier: SpecCounters | None) -> SpecCounters | None:
-    if later is None:
-        return None
-    if earlier is None:
-        return later
-    return SpecCounters(
-        drafts=later.drafts - earlier.drafts,
-        draft_tokens=later.draft_tokens - earlier.draft_tokens,
-        accepted_tokens=later.accepted_tokens - earlier.accepted_tokens,
-        per_position=tuple(
-            v - (earlier.per_position[i] if i < len(earlier.per_position) else 0.0)
-            for i, v in enumerate(later.per_position)
-        ),
-    )
+        stitched = stitch(known, readings, reset, new_from_zero=False)
+        if current.spec is not None:
+            # A new k (a restart) drops the positions beyond it, as the engine's own series did.
+            n = len(current.spec.per_position)
+            stitched = Stitched(
+                _only_positions_below(stitched.totals, n), _only_positions_below(stitched.last or _NOTHING, n)
+            )
+        sources[key] = stitched
+        totals[key] = _engine_totals(stitched.totals)
+    tap = previous.tap if previous is not None else None
+    if snapshot.tap is not None:
+        readings = _tap_readings(snapshot.tap)
+        known = sources.get(_TAP)
+        reset = known is not None and (known.last is None or went_down(known.last, readings))
+        sources[_TAP] = stitch(known, readings, reset, new_from_zero=True)
+        tap = _tap_totals(sources[_TAP].totals)
+    return Point(snapshot, totals, frozenset(restarted), tap, sources)
 
 
 def _sub_histogram(later: Histogram, earlier: Histogram | None) -> Histogram:
@@ -350,67 +319,50 @@ def _sub_histogram(later: Histogram, earlier: Histogram | None) -> Histogram:
     )
 
 
-def subtract(later: EngineTotals, earlier: EngineTotals | None) -> EngineTotals:
-    """The increase of an engine's totals between two points (pure; never negative)."""
-    if earlier is None:
-        return later
-    return EngineTotals(
-        spec=_sub_spec(later.spec, earlier.spec),
-        histograms={m: _sub_histogram(h, earlier.histograms.get(m)) for m, h in later.histograms.items()},
-        generation_tokens=later.generation_tokens - earlier.generation_tokens,
-        preemptions=later.preemptions - earlier.preemptions,
-    )
-
-
-def window_delta(points: Sequence[Point], window_seconds: float, slack_seconds: float) -> WindowDelta | None:
-    """Delta from the oldest point within `window_seconds` (+ slack for poll jitter) to the newest one.
-
-    None when the window holds a single point: there is nothing to compare yet.
-    """
-    if len(points) < 2:
-        return None
-    latest = points[-1]
-    base = None
-    for p in points:
-        if latest.taken_at - p.taken_at <= window_seconds + slack_seconds:
-            base = p
-            break
-    if base is None or base is latest:
-        return None
-    return WindowDelta(
-        span_seconds=latest.taken_at - base.taken_at,
-        engines={key: subtract(t, base.totals.get(key)) for key, t in latest.totals.items()},
-        tap=subtract_tap(latest.tap, base.tap),
-    )
-
-
 def histogram_increase(later: Histogram | None, earlier: Histogram | None) -> Histogram | None:
     """The increase of a histogram's totals between two points; None where the later point has none."""
     return _sub_histogram(later, earlier) if later is not None else None
 
 
-def subtract_tap(later: TapSample | None, earlier: TapSample | None) -> TapSample | None:
-    """The increase of the tap's totals between two points (pure; never negative)."""
-    if later is None or earlier is None:
+def _increase(later: Readings, earlier: Readings | None) -> Readings:
+    """The increase of a source's totals between two points (never negative: totals never go down)."""
+    if earlier is None:
         return later
-    bands = {}
-    for key, b in later.bands.items():
-        e = earlier.bands.get(key)
-        if e is None:
-            bands[key] = b
-            continue
-        bands[key] = BandSample(
-            accepted_tokens=b.accepted_tokens - e.accepted_tokens,
-            draft_tokens=b.draft_tokens - e.draft_tokens,
-            acceptance=histogram_increase(b.acceptance, e.acceptance),
-            ttft=histogram_increase(b.ttft, e.ttft),
-            tpot=histogram_increase(b.tpot, e.tpot),
-        )
-    return TapSample(
-        bands=bands,
-        requests={k: v - earlier.requests.get(k, 0.0) for k, v in later.requests.items()},
-        errors={k: v - earlier.errors.get(k, 0.0) for k, v in later.errors.items()},
+    return Readings(
+        {k: v - earlier.counters.get(k, 0.0) for k, v in later.counters.items()},
+        {k: _sub_histogram(h, earlier.histograms.get(k)) for k, h in later.histograms.items()},
     )
+
+
+def window_base(points: Sequence[Point], window_seconds: float, slack_seconds: float) -> int | None:
+    """Index of the point a window starts at: the oldest within `window_seconds` (+ slack for poll jitter).
+
+    None when that is the newest point itself: there is nothing to compare yet. Every window of the exporter
+    (deltas, loads) starts where this says, so they cover the same time.
+    """
+    if len(points) < 2:
+        return None
+    latest = points[-1].taken_at
+    for i, p in enumerate(points[:-1]):
+        if latest - p.taken_at <= window_seconds + slack_seconds:
+            return i
+    return None
+
+
+def window_delta(points: Sequence[Point], window_seconds: float, slack_seconds: float) -> WindowDelta | None:
+    """Delta from the point `window_base` picks to the newest one; None when the window holds a single point."""
+    i = window_base(points, window_seconds, slack_seconds)
+    if i is None:
+        return None
+    base, latest = points[i], points[-1]
+
+    def increase(key: Hashable) -> Readings:
+        earlier = base.sources.get(key)
+        return _increase(latest.sources[key].totals, earlier.totals if earlier is not None else None)
+
+    engines = {key: _engine_totals(increase(key)) for key in latest.totals}
+    tap = _tap_totals(increase(_TAP)) if latest.tap is not None else None
+    return WindowDelta(span_seconds=latest.taken_at - base.taken_at, engines=engines, tap=tap)
 
 
 class SnapshotRing:
@@ -419,9 +371,11 @@ class SnapshotRing:
     def __init__(self, keep_seconds: float) -> None:
         self._keep = keep_seconds
         self._points: deque[Point] = deque()
+        self._forgotten: Point | None = None
 
     def push(self, snapshot: Snapshot) -> Point:
-        point = advance(self._points[-1] if self._points else None, snapshot)
+        point = advance(self._points[-1] if self._points else self._forgotten, snapshot)
+        self._forgotten = None
         self._points.append(point)
         while self._points and point.taken_at - self._points[0].taken_at > self._keep:
             self._points.popleft()
@@ -430,3 +384,15 @@ class SnapshotRing:
     @property
     def points(self) -> Sequence[Point]:
         return tuple(self._points)
+
+    def forget(self) -> None:
+        """Start every window again from the next snapshot, as after a restart, keeping the totals.
+
+        For a URL whose readings cannot be differenced (several processes behind it): the windows start afresh,
+        and the exported counters carry on from where they were instead of going down to zero.
+        """
+        if self._points:
+            last = self._points[-1]
+            forgotten = {k: Stitched(s.totals, None) for k, s in last.sources.items()}
+            self._forgotten = replace(last, sources=forgotten)
+            self._points.clear()

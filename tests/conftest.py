@@ -12,6 +12,7 @@ from spec_exporter.config import Settings, settings_from_mapping
 from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore
 from tests.standin import StandIn
+from tests.tlskit import PKI, make_pki
 
 
 class FakeClock:
@@ -28,6 +29,11 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.advance(seconds)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(autouse=True)

@@ -29,12 +29,20 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from mixin.chart import CHART, PARAM_OF_VALUE, chart_files
-from mixin.generate import RULE_FILES, render_rules
+from mixin.chart import CHART, LAYER_LABEL, LAYERS, PARAM_OF_VALUE, chart_files, layer_groups
+from mixin.generate import RULE_FILES
 from mixin.params import Params
 from spec_exporter import __version__
 from spec_exporter.commands.serve import serve_parser, serve_settings
-from spec_exporter.config import PollConfig, Settings, SpeculationConfig, TapConfig, TargetConfig
+from spec_exporter.config import (
+    PollConfig,
+    Settings,
+    SpeculationConfig,
+    TapConfig,
+    TargetConfig,
+    TLSConfig,
+    settings_from_mapping,
+)
 from spec_exporter.types import Thresholds
 
 ROOT = Path(__file__).parent.parent
@@ -60,8 +68,17 @@ def chart() -> Iterator[helm.Chart]:
         yield c
 
 
+# The one value the chart requires: the image built from this repository (none is published).
+IMAGE = "registry.example.com/spec-exporter"
+
+
+def with_image(values: dict[str, Any] | None) -> dict[str, Any]:
+    """`values` with image.repository set unless they set it themselves."""
+    return merge({"image": {"repository": IMAGE}}, copy.deepcopy(values or {}))
+
+
 def render(chart: helm.Chart, values: dict[str, Any] | None = None, name: str = NAME) -> dict[str, str]:
-    return chart.render(values or {}, name=name, namespace=NAMESPACE)
+    return chart.render(with_image(values), name=name, namespace=NAMESPACE)
 
 
 def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
@@ -94,7 +111,8 @@ VALUE_CASES = [pytest.param(None, id="defaults")] + [pytest.param(p, id=p.name) 
 
 
 def load(path: Path | None) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text()) if path else {}
+    """A ci values file, or the defaults with only the image every install must name."""
+    return yaml.safe_load(path.read_text()) if path else with_image({})
 
 
 # --- Helm: lint and render every values file ------------------------------------------------------------------
@@ -229,7 +247,10 @@ def test_service_monitor_selects_the_service_and_scrapes_exporter_and_vllm(chart
     assert {exporter["port"], vllm["port"]} <= service_ports.keys()
     # vLLM's series get their own job, so an exporter-down alert keyed on the exporter's job ignores them.
     assert vllm["relabelings"] == [{"action": "replace", "targetLabel": "job", "replacement": "vllm"}]
-    assert "relabelings" not in exporter
+    # The exporter's job is the release's full name, which the exporter-down alert selects exactly.
+    assert exporter["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": f"{NAME}-spec-exporter"}
+    ]
 
 
 def test_pod_monitor_scrapes_the_exporter_container_port(chart: helm.Chart) -> None:
@@ -251,9 +272,20 @@ def test_pod_monitor_in_sidecar_mode_scrapes_vllm_on_its_container_port(chart: h
 # --- the PrometheusRule: one source of truth with alerts/ ------------------------------------------------------
 
 
+def rule_objects(chart: helm.Chart, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rendered PrometheusRules by the layer they hold."""
+    rules = [d for d in objects(render(chart, values)) if d["kind"] == "PrometheusRule"]
+    return {r["metadata"]["labels"][LAYER_LABEL]: r for r in rules}
+
+
 def rendered_groups(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
-    rule = only(objects(render(chart, values)), "PrometheusRule")
-    return rule["spec"]["groups"]
+    """Every layer's groups, base first."""
+    layers = rule_objects(chart, values)
+    return [g for layer in LAYERS if layer in layers for g in layers[layer]["spec"]["groups"]]
+
+
+def by_name(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(r.get("alert") or r.get("record")): r for g in groups for r in g["rules"]}
 
 
 def alerts_dir_groups() -> list[dict[str, Any]]:
@@ -261,24 +293,28 @@ def alerts_dir_groups() -> list[dict[str, Any]]:
 
 
 def mixin_groups(params: Params) -> list[dict[str, Any]]:
-    return [g for text in render_rules(params).values() for g in yaml.safe_load(text)["groups"]]
+    """The mixin's groups split into layers as the chart splits them, base first."""
+    layers = layer_groups(params)
+    return [g for layer in LAYERS for g in layers[layer]]
+
+
+# The chart selects the exporter's scrape by its release when its monitor scrapes it, as alerts/ does otherwise.
+AS_THE_MIXIN = {"prometheusRule": {"enabled": True}}
 
 
 def test_prometheus_rule_with_default_values_is_the_alerts_directory(chart: helm.Chart) -> None:
-    groups = rendered_groups(chart, {"prometheusRule": {"enabled": True}})
+    groups = rendered_groups(chart, AS_THE_MIXIN)
     expected = alerts_dir_groups()
     # The runbook link is the one value-driven difference: the chart points at published docs, alerts/ is relative.
     base, url = Params().runbook_url, default_values()["prometheusRule"]["runbookUrl"]
-    # And the exporter's job: the chart's own monitor's (its fullname), where alerts/ has the mixin's default.
-    job = (Params().exporter_job_selector, f'job="{NAME}-spec-exporter"')
     for group in expected:
         for rule in group["rules"]:
-            rule["expr"] = rule["expr"].replace(*job)
             if "annotations" in rule:
                 rule["annotations"]["runbook_url"] = rule["annotations"]["runbook_url"].replace(base, url, 1)
-    assert groups == expected
-    pod_monitor = rendered_groups(chart, {"prometheusRule": {"enabled": True}, "monitor": {"kind": "PodMonitor"}})
-    assert f'up{{job="{NAMESPACE}/{NAME}-spec-exporter"}} == 0' in str(pod_monitor)
+    # The layers hold every rule of alerts/ once, unchanged, and each layer's groups are the mixin's split.
+    assert by_name(groups) == by_name(expected)
+    assert sum(len(g["rules"]) for g in groups) == sum(len(g["rules"]) for g in expected)
+    assert [g["name"] for g in groups] == [g["name"] for g in mixin_groups(Params())]
 
 
 def params_from_values(values: dict[str, Any]) -> Params:
@@ -316,12 +352,13 @@ def test_custom_thresholds_reach_the_rules_exactly_as_the_mixin_renders_them(cha
 
 
 def test_every_alert_can_be_disabled_and_an_unknown_name_is_refused(chart: helm.Chart) -> None:
-    # A name disables the alert in both layers (the exporter layer's copies of base alerts share their names).
+    # One name disables the alert in both layers (the exporter layer's copies of base alerts share their names).
     names = sorted({r["alert"] for g in alerts_dir_groups() for r in g["rules"] if "alert" in r})
     values = {"prometheusRule": {"enabled": True, "disabledAlerts": names}}
-    rule = only(objects(render(chart, values)), "PrometheusRule")
-    assert [len(g["rules"]) for g in rule["spec"]["groups"] if g["name"].endswith(".alerts")] == [0, 0]
-    assert not crd_errors(rule)
+    layers = rule_objects(chart, values)
+    alerting = [g for r in layers.values() for g in r["spec"]["groups"] if g["name"].endswith(".alerts")]
+    assert alerting and all(g["rules"] == [] for g in alerting)
+    assert not [e for r in layers.values() for e in crd_errors(r)]
     with pytest.raises(helm.HelmError, match=r'there is no alert "SpecDecodeNetNegativ"; the alerts are'):
         render(chart, {"prometheusRule": {"enabled": True, "disabledAlerts": ["SpecDecodeNetNegativ"]}})
 
@@ -336,6 +373,7 @@ def test_chart_rule_defaults_are_the_mixin_defaults() -> None:
     rule = default_values()["prometheusRule"]
     defaults = Params()
     for path, field in PARAM_OF_VALUE.items():
+        # The runbooks are the published ones; the exporter's scrape is this release's (its own test).
         if field in ("runbook_url", "exporter_job_selector"):
             continue
         node: Any = rule
@@ -349,11 +387,13 @@ def test_chart_rule_defaults_are_the_mixin_defaults() -> None:
 def test_rules_in_the_rendered_prometheus_rule_pass_promtool(chart: helm.Chart, values: str, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: install Debian's prometheus package (.ci/run does)"
-    spec = only(objects(render(chart, ci_values(values))), "PrometheusRule")["spec"]
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump(spec, sort_keys=False))
-    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    layers = rule_objects(chart, ci_values(values))
+    assert layers.keys() == set(LAYERS)
+    for layer, rule in layers.items():
+        rules = tmp_path / f"{layer}.yaml"
+        rules.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
+        result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
@@ -384,6 +424,121 @@ def test_dashboards_become_configmaps_for_grafanas_sidecar(chart: helm.Chart) ->
         assert cm["metadata"]["namespace"] == "monitoring"
         assert cm["metadata"]["annotations"] == {"grafana_folder": "LLM"}
         assert len(cm["metadata"]["name"]) <= 63
+
+
+def dashboard_links(docs: list[dict[str, Any]]) -> list[str]:
+    return [
+        link["url"]
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        for text in d["data"].values()
+        for panel in json.loads(text)["panels"]
+        for link in panel.get("links", [])
+    ]
+
+
+def test_runbook_and_grafana_urls_reach_the_alerts_and_the_dashboards(chart: helm.Chart) -> None:
+    runbooks = 'https://wiki.example.com/llm/spec "decode" runbooks'  # a quote must stay valid JSON
+    values = {
+        "prometheusRule": {"enabled": True, "runbookUrl": runbooks, "grafanaUrl": "https://grafana.example.com/"},
+        "dashboards": {"enabled": True},
+    }
+    docs = objects(render(chart, values))
+    alerts = [r for g in rendered_groups(chart, values) for r in g["rules"] if "alert" in r]
+    assert alerts and all(r["annotations"]["runbook_url"].startswith(runbooks + "#") for r in alerts)
+    # A trailing slash on Grafana's URL does not double the one before /d/.
+    assert all(r["annotations"]["dashboard_url"].startswith("https://grafana.example.com/d/") for r in alerts)
+    links = dashboard_links(docs)
+    assert links and all(link.startswith(runbooks + "#") for link in links)
+    default = Params().runbook_url
+    assert all(link.startswith(default + "#") for link in dashboard_links(objects(render(chart, DASHBOARDS_ON))))
+
+
+DASHBOARDS_ON = {"dashboards": {"enabled": True}}
+
+
+def test_the_chart_refuses_to_render_without_an_image_and_says_how_to_build_one(chart: helm.Chart) -> None:
+    """No image is published: a default name would install pods stuck in ImagePullBackOff."""
+    assert default_values()["image"]["repository"] == ""
+    # `helm install` and `helm template` stop here (`helm lint` renders in lint mode, where Helm logs `fail`).
+    with pytest.raises(helm.HelmError, match=r"image.repository is not set: no spec-exporter image is published") as e:
+        chart.render({}, name=NAME, namespace=NAMESPACE)
+    assert "docker build -t REGISTRY/spec-exporter:TAG ." in str(e.value) and "docs/deploy.md" in str(e.value)
+    assert containers(objects(render(chart)))["exporter"]["image"].startswith(IMAGE + ":")
+
+
+def exporter_down_selector(chart: helm.Chart, values: dict[str, Any]) -> dict[str, str]:
+    (rule,) = [
+        r for r in by_name(rendered_groups(chart, values)).values() if r.get("alert") == "SpecDecodeExporterDown"
+    ]
+    matchers = re.search(r"\bup\{([^}]*)\}", rule["expr"])
+    assert matchers, rule["expr"]
+    return dict(re.findall(r'(\w+)="([^"]*)"', matchers.group(1)))
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
+@pytest.mark.parametrize("names", [{}, {"fullnameOverride": "llm-monitor"}, {"nameOverride": "specx"}])
+def test_the_exporter_down_alert_selects_the_job_this_releases_monitor_gives(
+    chart: helm.Chart, kind: str, names: dict[str, Any]
+) -> None:
+    values = {**names, "monitor": {"enabled": True, "kind": kind}, "prometheusRule": {"enabled": True}}
+    docs = objects(render(chart, values))
+    monitor = only(docs, kind)
+    endpoints = monitor["spec"]["endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"]
+    exporter = next(e for e in endpoints if e["port"] == "metrics")
+    (job,) = [r["replacement"] for r in exporter["relabelings"] if r["targetLabel"] == "job"]
+    assert exporter_down_selector(chart, values) == {"job": job, "namespace": NAMESPACE}
+    assert job == only(docs, "Deployment")["metadata"]["name"]
+    # Another scrape config (bare metal, a hand-written job): the value replaces the release's selector.
+    values["prometheusRule"]["exporterJobSelector"] = 'job="spec-exporter"'
+    assert exporter_down_selector(chart, values) == {"job": "spec-exporter"}
+
+
+def test_without_a_monitor_of_its_own_the_exporter_down_alert_keeps_the_mixins_selector(chart: helm.Chart) -> None:
+    """The release's job exists only if its monitor scrapes the exporter; otherwise whoever scrapes it names the job."""
+    rendered = by_name(rendered_groups(chart, {"prometheusRule": {"enabled": True}}))["SpecDecodeExporterDown"]
+    mixin = by_name(mixin_groups(Params()))["SpecDecodeExporterDown"]
+    assert rendered["expr"] == mixin["expr"] and Params().exporter_job_selector in rendered["expr"]
+
+
+def test_each_rule_layer_installs_alone_as_its_own_prometheus_rule(chart: helm.Chart) -> None:
+    both = rule_objects(chart, {"prometheusRule": {"enabled": True}})
+    assert both.keys() == set(LAYERS)
+    assert both["base"]["metadata"]["name"] == f"{NAME}-spec-exporter-base"
+    assert both["exporter"]["metadata"]["name"] == f"{NAME}-spec-exporter-exporter"
+    rules = {layer: by_name(r["spec"]["groups"]) for layer, r in both.items()}
+    assert rules["base"] and rules["exporter"]
+    # No record is in both; the alerts in both are the exporter layer's copies of base alerts, told apart by
+    # `layer` (they yield to the base layer where it sees the model: alerts/tests/fleet.test.yaml).
+    shared = rules["base"].keys() & rules["exporter"].keys()
+    assert shared and all("alert" in rules["base"][name] for name in shared)
+    assert {rules[layer][name]["labels"]["layer"] for name in shared for layer in LAYERS} == set(LAYERS)
+    # The base layer needs no exporter: none of its rules reads an exporter series or the exporter's scrape.
+    for name, rule in rules["base"].items():
+        assert not re.search(r"(?<![\w:])spec_decode_[a-z]", rule["expr"]), name
+        assert not re.search(r"\bup\{", rule["expr"]), name
+    for layer in LAYERS:
+        other = next(x for x in LAYERS if x != layer)
+        alone = rule_objects(chart, {"prometheusRule": {"enabled": True, "layers": {other: {"enabled": False}}}})
+        assert alone.keys() == {layer} and by_name(alone[layer]["spec"]["groups"]) == rules[layer]
+        assert not crd_errors(alone[layer])
+    off = {"enabled": True, "layers": {layer: {"enabled": False} for layer in LAYERS}}
+    assert rule_objects(chart, {"prometheusRule": off}) == {}
+
+
+def test_the_exporters_series_leave_the_scrapes_target_labels_to_prometheus() -> None:
+    """The monitor attaches namespace, pod, container, service, endpoint, instance and job to every series, and a
+    cluster label comes from external labels: the exporter's own labels must not be any of them (honorLabels
+    stays off), so that every per-pod series keeps the pod Prometheus scraped it from."""
+    from spec_exporter import catalog
+
+    attached = {"namespace", "pod", "container", "service", "endpoint", "instance", "job", "cluster"}
+    assert not {label for spec in catalog.ALL for label in spec.labels} & attached
+    for kind in ("ServiceMonitor", "PodMonitor"):
+        with helm.Chart.load(CHART_DIR) as c:
+            monitor = only(objects(render(c, {"monitor": {"enabled": True, "kind": kind}})), kind)
+        endpoints = monitor["spec"]["endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"]
+        assert not [e for e in endpoints if e.get("honorLabels")]
 
 
 # --- the pod: sidecar and standalone ---------------------------------------------------------------------------
@@ -428,7 +583,8 @@ def test_sidecar_pod_defaults_to_the_middleware_inside_vllm(chart: helm.Chart) -
     assert {p["name"]: p["containerPort"] for p in vllm["ports"]} == {"vllm": values["vllm"]["port"]}
     assert {p["name"]: p["containerPort"] for p in exporter["ports"]} == {"metrics": values["exporter"]["port"]}
     config = config_file(docs)
-    assert config["targets"] == [{"name": "vllm", "url": f"http://127.0.0.1:{values['vllm']['port']}"}]
+    assert config["targets"] == [{"name": "${POD_NAME}", "url": f"http://127.0.0.1:{values['vllm']['port']}"}]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in exporter["env"]
     assert "listen_address" not in config["tap"] and "target" not in config["tap"]
     # Not in the request path, so not in the pod's readiness: a monitoring problem never takes vLLM out of the
     # Service. Liveness still restarts a hung exporter.
@@ -562,8 +718,8 @@ def test_proxy_mode_puts_the_tap_in_the_request_path(chart: helm.Chart) -> None:
     assert ports["http"]["targetPort"] == "tap"
     # The tap forwards to vLLM on localhost, and the exporter polls the same vLLM there.
     config = config_file(docs)
-    assert config["targets"][0] == {"name": "vllm", "url": f"http://127.0.0.1:{values['vllm']['port']}"}
-    assert config["tap"]["listen_address"] == f":{values['tap']['port']}" and config["tap"]["target"] == "vllm"
+    assert config["targets"][0] == {"name": "${POD_NAME}", "url": f"http://127.0.0.1:{values['vllm']['port']}"}
+    assert config["tap"]["listen_address"] == f":{values['tap']['port']}" and config["tap"]["target"] == "${POD_NAME}"
     # The tap is in the request path: the pod is ready for traffic once the tap is.
     assert exporter["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
@@ -638,12 +794,25 @@ def test_sidecar_rolls_without_surging_onto_a_gpu_it_does_not_have(chart: helm.C
     assert only(objects(render(chart, {"strategy": custom})), "Deployment")["spec"]["strategy"] == custom
 
 
+# A pod's name, as the downward API gives it.
+POD = "demo-spec-exporter-7d9f8c6b5-x2k4q"
+
+
+def downward_env(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container's environment variables that the downward API fills with the pod's name, set to POD."""
+    for var in container.get("env", []):
+        if var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            monkeypatch.setenv(var["name"], POD)
+
+
 @pytest.mark.parametrize("path", VALUE_CASES)
 def test_the_exporter_accepts_its_rendered_configuration_and_flags(
-    chart: helm.Chart, path: Path | None, tmp_path: Path
+    chart: helm.Chart, path: Path | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = objects(render(chart, load(path)))
     exporter = containers(docs)["exporter"]
+    monkeypatch.delenv("POD_NAME", raising=False)
+    downward_env(exporter, monkeypatch)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(config_file(docs)))
     args = [a.replace("/etc/spec-exporter/config.yaml", str(config)) for a in exporter["args"]]
@@ -653,9 +822,11 @@ def test_the_exporter_accepts_its_rendered_configuration_and_flags(
     assert args[1] == f"--web.listen-address=:{ports['metrics']}"
     if "tap" in ports:
         assert settings.tap.listen_address == f":{ports['tap']}"
-        assert settings.tap_target.name == "vllm"
     else:
         assert settings.tap.listen_address is None
+    if load(path).get("mode", "sidecar") == "sidecar":
+        # The local vLLM is named after the pod, and the tap counts for that target.
+        assert settings.targets[0].name == POD and settings.tap_target.name == POD
 
 
 def test_chart_exporter_config_defaults_are_the_exporters_own() -> None:
@@ -704,7 +875,7 @@ def test_a_configuration_change_rolls_the_pods(chart: helm.Chart) -> None:
 def test_image_defaults_to_the_app_version_and_a_digest_wins(chart: helm.Chart) -> None:
     assert helm.Chart.load(CHART_DIR).metadata["appVersion"] == __version__
     image = containers(objects(render(chart)))["exporter"]["image"]
-    assert image == f"{default_values()['image']['repository']}:{__version__}"
+    assert image == f"{IMAGE}:{__version__}"
     digest = "sha256:" + "a" * 64
     image = containers(objects(render(chart, {"image": {"digest": digest}})))["exporter"]["image"]
     assert image.endswith("@" + digest)
@@ -773,7 +944,7 @@ def test_schema_refuses_bad_values_naming_the_key(chart: helm.Chart, values: dic
     with pytest.raises(helm.HelmValuesError) as raised:
         render(chart, values)
     assert message in str(raised.value)
-    report = helm.lint(CHART_DIR, values)
+    report = helm.lint(CHART_DIR, with_image(values))
     assert any(message in e for e in report["errors"]), report["errors"]
 
 
@@ -830,6 +1001,7 @@ def test_exporter_config_schema_mirrors_the_exporters_configuration_models() -> 
     }
     assert set(config) == set(Settings.model_fields)
     assert set(config["targets"]["items"]["properties"]) == set(TargetConfig.model_fields)
+    assert set(config["targets"]["items"]["properties"]["tls_config"]["properties"]) == set(TLSConfig.model_fields)
     for key, model in models.items():
         expected = set(model.model_fields) - ({"listen_address", "target"} if key == "tap" else set())
         assert set(config[key]["properties"]) == expected, key
@@ -1043,21 +1215,34 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_deployment() -> None:
-    before = yaml.safe_load((DEPLOY / "kustomize" / "example" / "vllm-deployment.yaml").read_text())
-    docs = kustomize(DEPLOY / "kustomize" / "example")
+# Each kustomize recipe: its directory, the Deployment's vLLM container, and the Deployment file it starts from.
+RECIPES = {
+    "example": (DEPLOY / "kustomize" / "example", "vllm", "vllm-deployment.yaml"),
+    "llm-d": (DEPLOY / "llm-d", "main", "decode-deployment.yaml"),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_deployment(
+    recipe: str, pki: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, name, source = RECIPES[recipe]
+    before = yaml.safe_load((directory / source).read_text())
+    originals = {c["name"]: c for c in before["spec"]["template"]["spec"]["containers"]}
+    docs = kustomize(directory)
     deployment = only(docs, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     pod = {c["name"]: c for c in spec["containers"]}
     (copy,) = spec["initContainers"]
-    vllm, exporter = pod["vllm"], pod["spec-exporter"]
-    # Everything the Deployment had is still there: the flags are appended, not replaced.
-    original = before["spec"]["template"]["spec"]["containers"][0]
-    assert vllm["args"][: len(original["args"])] == original["args"]
-    assert vllm["args"][len(original["args"]) :] == [
+    vllm, exporter, original = pod[name], pod["spec-exporter"], originals[name]
+    # Everything the Deployment had is still there: the flags are appended to the vLLM container's, and only there.
+    assert vllm["args"] == [
+        *original["args"],
         f"--middleware={MIDDLEWARE_CLASS}",
         "--per-request-spec-decode-metrics=summary",
     ]
+    for other, container in originals.items():
+        assert pod[other]["args"] == container["args"] or other == name
     assert vllm["command"] == original["command"] and vllm["resources"] == original["resources"]
     assert env_of(vllm)["PYTHONPATH"] == MIDDLEWARE_DIR
     assert {"name": "spec-exporter-middleware", "mountPath": MIDDLEWARE_DIR, "readOnly": True} in vllm["volumeMounts"]
@@ -1067,9 +1252,28 @@ def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_
     (chart_copy,) = init_containers(objects(render_default())).values()
     assert copy["command"] == chart_copy["command"]
     assert copy["image"] == exporter["image"] == "registry.example.com/spec-exporter:0.1.0"
-    # The exporter polls this pod's vLLM on localhost and is no part of the pod's readiness.
+    # The exporter's configuration is the recipe's ConfigMap, and the exporter accepts it: its target is the pod,
+    # vLLM's own port on localhost, over HTTPS with a CA the exporter has mounted when vLLM serves TLS.
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in exporter["volumeMounts"]}
+    (path,) = [a.split("=", 1)[1] for a in exporter["args"] if a.startswith("--config.file=")]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert mounts[str(Path(path).parent)]["configMap"]["name"] == configmap["metadata"]["name"]
+    config = yaml.safe_load(configmap["data"][Path(path).name])
+    downward_env(exporter, monkeypatch)
+    tls = config["targets"][0].get("tls_config", {})
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in tls:
+            # Mounted from the Secret vLLM serves its certificate from; a real CA stands in for it here.
+            secret = mounts[str(Path(tls[key]).parent)]["secret"]["secretName"]
+            assert secret in {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+            tls[key] = str(pki.path("ca.crt"))
+    settings = settings_from_mapping(config)
+    (target,) = settings.targets
     port = next(p["containerPort"] for p in original["ports"])
-    assert f"--target=http://127.0.0.1:{port}" in exporter["args"]
+    tls_flag = any(a.startswith("--ssl-certfile") for a in original["args"])
+    assert target.name == POD and str(target.url) == f"{'https' if tls_flag else 'http'}://127.0.0.1:{port}/"
+    assert (target.tls_config is not None) == tls_flag
+    # No readiness probe: the exporter is no part of the pod's readiness.
     assert "readinessProbe" not in exporter
     validate_kubernetes(deployment)
     monitor = only(docs, "PodMonitor")
@@ -1077,6 +1281,16 @@ def test_the_kustomize_component_adds_the_middleware_and_the_exporter_to_a_vllm_
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= {
         p["name"] for c in spec["containers"] for p in c.get("ports", [])
     }
+
+
+def test_the_kustomize_component_refuses_to_build_without_the_exporters_configuration(tmp_path: Path) -> None:
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    example = tmp_path / "deploy" / "kustomize" / "example"
+    kustomization = yaml.safe_load((example / "kustomization.yaml").read_text())
+    del kustomization["configMapGenerator"]
+    (example / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = subprocess.run([kubectl(), "kustomize", str(example)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "spec-exporter-config" in result.stderr, result.stderr
 
 
 def render_default() -> dict[str, str]:
@@ -1140,14 +1354,13 @@ def test_vllm_accepts_every_flag_the_chart_and_the_examples_pass(chart: helm.Cha
         if values.get("mode", "sidecar") == "sidecar":
             vllm = containers(objects(render(chart, values)))["vllm"]
             lines[path.id] = [*vllm["command"][2:], *vllm["args"]]
-    kustomized = next(
-        c
-        for c in only(kustomize(DEPLOY / "kustomize" / "example"), "Deployment")["spec"]["template"]["spec"][
-            "containers"
-        ]
-        if c["name"] == "vllm"
-    )
-    lines["kustomize"] = kustomized["args"]
+    for recipe, (directory, name, _) in RECIPES.items():
+        kustomized = next(
+            c
+            for c in only(kustomize(directory), "Deployment")["spec"]["template"]["spec"]["containers"]
+            if c["name"] == name
+        )
+        lines["kustomize" if recipe == "example" else recipe] = kustomized["args"]
     (model,) = yaml.safe_load((DEPLOY / "production-stack" / "values-snippet.yaml").read_text())["servingEngineSpec"][
         "modelSpec"
     ]
@@ -1169,7 +1382,7 @@ def test_vllm_accepts_every_flag_the_chart_and_the_examples_pass(chart: helm.Cha
     assert result.returncode == 0, result.stderr[-3000:]
     parsed = json.loads(result.stdout.strip().splitlines()[-1])
     assert parsed.keys() == lines.keys()
-    for name in ("defaults", "sidecar-values.yaml", "production-values.yaml", "kustomize", "production-stack"):
+    for name in ("defaults", "sidecar-values.yaml", "production-values.yaml", "kustomize", "llm-d", "production-stack"):
         assert parsed[name] == {"middleware": [MIDDLEWARE_CLASS], "per_request": "summary"}, name
     assert parsed["proxy-values.yaml"] == {"middleware": [], "per_request": "summary"}
     assert parsed["tap-off-values.yaml"] == {"middleware": [], "per_request": "none"}
@@ -1238,10 +1451,3 @@ def test_a_real_vllm_wired_as_the_chart_renders_it_counts_in_the_charts_bands(
         if s.name == "spec_tap_requests_total"
     }
     assert counted == {("0-0.4", "measured"): 1.0}, counted
-
-
-@pytest.mark.parametrize("layer", ["base", "exporter"])
-def test_each_rule_layer_installs_alone(chart: helm.Chart, layer: str) -> None:
-    other = "exporter" if layer == "base" else "base"
-    groups = rendered_groups(chart, {"prometheusRule": {"enabled": True, "layers": {other: False}}})
-    assert [g["name"] for g in groups] == [f"spec-decode-{layer}.rules", f"spec-decode-{layer}.alerts"]

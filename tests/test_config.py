@@ -66,3 +66,20 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)
+
+
+def test_target_names_and_urls_take_variables_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ConfigMap for every pod of a Deployment: each sidecar names its target after its own pod."""
+    monkeypatch.setenv("POD_NAME", "vllm-7d9f-x2k4q")
+    monkeypatch.setenv("VLLM_PORT", "8001")
+    target = {"name": "${POD_NAME}", "url": "https://127.0.0.1:${VLLM_PORT}"}
+    s = settings_from_mapping({"targets": [target], "tap": {"target": "${POD_NAME}"}})
+    assert s.targets[0].name == "vllm-7d9f-x2k4q" and s.tap_target.name == "vllm-7d9f-x2k4q"
+    assert s.targets[0].metrics_url == "https://127.0.0.1:8001/metrics"
+
+
+def test_an_unset_variable_is_named_not_read_as_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAME", raising=False)
+    with pytest.raises(ConfigError) as excinfo:
+        settings_from_mapping({"targets": [{"name": "${POD_NAME}", "url": TARGET["url"]}]})
+    assert excinfo.value.details == ["targets.0.name: ${POD_NAME} is not set in the environment"]

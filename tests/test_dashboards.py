@@ -20,7 +20,6 @@ from mixin.generate import render_dashboards
 from mixin.params import OVERVIEW_UID, PROJECT_URL, Params
 from spec_exporter import catalog
 from spec_exporter.derive.verdict import Verdict
-from tests.test_mixin import LOAD_BAND_METRICS
 
 ROOT = Path(__file__).parent.parent
 GRAFANA_SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "grafana" / "dashboard.schema.json").read_text())
@@ -110,8 +109,6 @@ def test_queries_use_only_exported_metrics() -> None:
             exported |= {spec.name + "_bucket", spec.name + "_count", spec.name + "_sum"}
     used = {m for d in dashboards() for e in exprs(d) for m in re.findall(r"\bspec_decode_[a-z0-9_]+", e)}
     missing = used - exported
-    if missing and missing <= LOAD_BAND_METRICS:
-        pytest.xfail(f"waiting for the exporter to export {sorted(missing)} (issue 14)")
     assert used and not missing, missing
 
 

@@ -27,6 +27,7 @@ from tests.standin import (
     stretch_latency,
     with_engines,
 )
+from tests.tap_folds import measured, outcome
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -245,19 +246,19 @@ async def test_an_idle_window_has_no_load_band_and_no_target_without_baseline_ge
 
 def tap_exposition(metrics: Any, registry: CollectorRegistry) -> str:
     """What the join core's families look like on the wire after a 60/40 mix (greedy 82%, hot 38%)."""
-    from spec_exporter.join.metrics import ErrorStage, Outcome
+    from spec_exporter.tap.metrics import ErrorStage, Outcome
 
     for _ in range(6):
-        metrics.measured("tiny", "0", 41, 50, 0.03, 0.012)
+        measured(metrics, "tiny", "0", 41, 50, 0.03, 0.012)
     for _ in range(4):
-        metrics.measured("tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
-    metrics.outcome("tiny", "0.7-1.0", Outcome.NO_SPEC_METRICS)
+        measured(metrics, "tiny", "0.7-1.0", 19, 50, 0.035, 0.02)
+    outcome(metrics, "tiny", "0.7-1.0", Outcome.NO_SPEC_METRICS)
     metrics.error(ErrorStage.REQUEST)
     return generate_latest(registry).decode()
 
 
 async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock: Any) -> None:
-    from spec_exporter.join.metrics import TapMetrics
+    from spec_exporter.tap.metrics import TapMetrics
 
     tap_registry = CollectorRegistry()
     metrics = TapMetrics(tap_registry)
@@ -307,3 +308,35 @@ async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock
         == 4
     )
     assert registry.get_sample_value("spec_decode_tap_errors_total", {"target": "vllm", "stage": "request"}) == 1
+
+
+async def test_the_proxy_taps_counts_export_exactly_as_the_middlewares(
+    standin: Any, session: Any, clock: Any, wall_clock: Any
+) -> None:
+    """The proxy tap's registry, handed to the poller as data beside vLLM's own body, gives the golden file that the
+    middleware's families inside vLLM's body give."""
+    from spec_exporter.app import tap_source
+    from spec_exporter.poller import Poller
+    from spec_exporter.state import StateStore
+    from spec_exporter.tap.metrics import TapMetrics
+
+    tap_registry = CollectorRegistry()
+    metrics = TapMetrics(tap_registry)
+    server, url = standin
+    server.push(scale_counters(sample(V032_LOAD), 0.0), scale_counters(sample(V032_LOAD), 500 / 147))
+    settings = make_settings(url)
+    store = StateStore.for_settings(settings)
+    poller = Poller(
+        settings,
+        session,
+        store,
+        clock=clock,
+        wall_clock=wall_clock,
+        sleep=clock.sleep,
+        tap_sources={"vllm": tap_source(tap_registry)},
+    )
+    await poller.poll_once()
+    clock.advance(60)
+    tap_exposition(metrics, tap_registry)
+    await poller.poll_once()
+    check_golden("v0.32_with_tap.prom", render(build_registry(store, process_metrics=False)))

@@ -195,7 +195,7 @@ def test_the_charts_middleware_init_container_copies_the_installed_package_as_th
     import helm_python as helm
 
     with helm.Chart.load(CHART_VALUES.parent) as chart:
-        rendered = chart.render({}, name="demo", namespace="llm")
+        rendered = chart.render({"image": {"repository": "spec-exporter"}}, name="demo", namespace="llm")
     deployment = next(
         d for d in yaml.safe_load_all(rendered["spec-exporter/templates/deployment.yaml"]) if d["kind"] == "Deployment"
     )

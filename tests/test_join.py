@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spec_exporter.join import exchange as exchange_module
-from spec_exporter.join import sse as sse_module
-from spec_exporter.join.bands import Bands
-from spec_exporter.join.exchange import Exchange, JoinSettings
-from spec_exporter.join.metrics import TapMetrics
-from spec_exporter.join.request import identity_only, read_request
-from spec_exporter.join.sse import UsageFilter, event_data
+from spec_exporter.tap import exchange as exchange_module
+from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.exchange import Exchange
+from spec_exporter.tap.metrics import TapMetrics
+from spec_exporter.tap.request import identity_only, read_request
+from spec_exporter.tap.settings import TapSettings
+from spec_exporter.tap.sse import UsageFilter, event_data
 from tests.conftest import FakeClock
 from tests.test_join_metrics import samples
 from tests.vllm_answers import STREAM_USAGE, VLLMStandIn, direct, stream_events, usage_event
@@ -27,7 +27,9 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 def view(body: dict[str, Any] | bytes, **kw: Any):  # type: ignore[no-untyped-def]
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return read_request(raw, Bands(), inject_usage=kw.get("inject", True), may_encode=kw.get("may_encode", False))
+    return read_request(
+        raw, TapSettings().bands, inject_usage=kw.get("inject", True), may_encode=kw.get("may_encode", False)
+    )
 
 
 # --- reading the request: every field as vLLM's lax pydantic model reads it (issue 11 #1) ---------------------
@@ -229,7 +231,7 @@ def run(
     body: bytes,
     *,
     metrics: TapMetrics,
-    settings: JoinSettings | None = None,
+    settings: TapSettings | None = None,
     standin: VLLMStandIn | None = None,
     path: str = "/v1/chat/completions",
     server_may_encode: bool = False,
@@ -238,7 +240,7 @@ def run(
     piece: int | None = None,
 ) -> tuple[bytes | None, bytes]:
     standin = standin or VLLMStandIn()
-    ex = Exchange(metrics, settings or JoinSettings(), clock=FakeClock(), server_may_encode=server_may_encode)
+    ex = Exchange(metrics, settings or TapSettings(), clock=FakeClock(), server_may_encode=server_may_encode)
     forwarded = ex.request(body, accept_encoding=accept_encoding)
     answer = standin.answer(path, forwarded if forwarded is not None else b"")
     headers = dict(answer.headers)
@@ -322,7 +324,7 @@ def test_an_encoded_response_to_an_injected_request_is_passed_untouched_and_coun
 
 def test_a_request_body_over_the_cap_is_not_read(metrics: TapMetrics, registry: CollectorRegistry) -> None:
     body = json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode()
-    forwarded, out = run(body, metrics=metrics, settings=JoinSettings(max_inspect_bytes=len(body) - 1))
+    forwarded, out = run(body, metrics=metrics, settings=TapSettings(max_inspect_bytes=len(body) - 1))
     assert forwarded == body and out == direct("/v1/chat/completions", body)
     assert counts(registry) == {("unknown", "not_measurable", "unknown"): 1}
     assert counts(registry, "spec_tap_errors_total") == {}
@@ -330,14 +332,14 @@ def test_a_request_body_over_the_cap_is_not_read(metrics: TapMetrics, registry: 
 
 def test_a_response_over_the_cap_is_not_measured(metrics: TapMetrics, registry: CollectorRegistry) -> None:
     body = json.dumps({**CHAT, "temperature": 0.7}).encode()
-    settings = JoinSettings(max_inspect_bytes=len(body) + 10)
+    settings = TapSettings(max_inspect_bytes=len(body) + 10)
     _, out = run(body, metrics=metrics, settings=settings, standin=VLLMStandIn(json_chunk_size=100))
     assert out == direct("/v1/chat/completions", body)
     assert counts(registry) == {("tiny", "not_measurable", "0.7-1.0"): 1}
 
 
 def test_a_compressed_request_body_is_not_read(metrics: TapMetrics, registry: CollectorRegistry) -> None:
-    ex = Exchange(metrics, JoinSettings(), clock=FakeClock(), server_may_encode=True)
+    ex = Exchange(metrics, TapSettings(), clock=FakeClock(), server_may_encode=True)
     body = b"\x1f\x8b\x08\x00compressed"
     assert ex.request(body, content_encoding="gzip") == body
     ex.response_start(400, content_type="application/json", content_encoding=None, content_length=True)
@@ -346,7 +348,7 @@ def test_a_compressed_request_body_is_not_read(metrics: TapMetrics, registry: Co
 
 
 def test_each_exchange_folds_exactly_once(metrics: TapMetrics, registry: CollectorRegistry) -> None:
-    ex = Exchange(metrics, JoinSettings(), clock=FakeClock(), server_may_encode=False)
+    ex = Exchange(metrics, TapSettings(), clock=FakeClock(), server_may_encode=False)
     ex.request(json.dumps({**CHAT, "stream": True}).encode())
     ex.response_start(200, content_type="text/event-stream", content_encoding=None, content_length=False)
     ex.response_body(stream_events(True, False)[0])

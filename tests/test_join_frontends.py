@@ -15,11 +15,11 @@ import pytest_asyncio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from spec_exporter.join import sse as sse_module
-from spec_exporter.join.exchange import JoinSettings
-from spec_exporter.join.metrics import TapMetrics
-from spec_exporter.middleware import SpecDecodeMiddleware
+from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.asgi import SpecDecodeMiddleware
+from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.proxy import create_tap_app, tap_runner
+from spec_exporter.tap.settings import TapSettings
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn
@@ -45,7 +45,7 @@ class Middleware:
 
     def __post_init__(self) -> None:
         self.mw = SpecDecodeMiddleware(
-            VLLMApp(self.standin), metrics=TapMetrics(self.registry), settings=JoinSettings(), clock=FakeClock()
+            VLLMApp(self.standin), metrics=TapMetrics(self.registry), settings=TapSettings(), clock=FakeClock()
         )
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
@@ -79,7 +79,7 @@ async def proxy() -> AsyncIterator[Proxy]:
     upstream = OpenAIStandIn()
     registry = CollectorRegistry()
     up_runner, up_url = await serve(upstream.app())
-    tap = create_tap_app(up_url, TapMetrics(registry), JoinSettings(), clock=FakeClock())
+    tap = create_tap_app(up_url, TapMetrics(registry), TapSettings(), clock=FakeClock())
     tap_runner_, tap_url = await serve(tap)
     try:
         # A client that accepts identity only, so the proxy may inject (see test_proxy_tap for the others).

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from spec_exporter.join.metrics import (
+from spec_exporter.tap.metrics import (
     ACCEPTANCE_BUCKETS,
     INVALID_MODEL,
     OTHER_MODEL,
@@ -25,6 +25,7 @@ from spec_exporter.join.metrics import (
     Outcome,
     TapMetrics,
 )
+from tests.tap_folds import measured, outcome
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -73,7 +74,7 @@ def test_interpolated_percentiles_are_within_a_bucket_of_the_exact_ones(seed):
         drafted = rng.randrange(1, 200)
         accepted = min(drafted, max(0, round(drafted * rng.betavariate(rng.uniform(1, 8), rng.uniform(1, 8)))))
         rates.append(accepted / drafted)
-        metrics.measured("m", "0.3-0.5", accepted, drafted, None, None)
+        measured(metrics, "m", "0.3-0.5", accepted, drafted, None, None)
     cumulative = [
         int(
             value(
@@ -95,8 +96,8 @@ def test_interpolated_percentiles_are_within_a_bucket_of_the_exact_ones(seed):
 def test_measured_request_folds_tokens_rate_and_latency():
     registry = CollectorRegistry()
     metrics = TapMetrics(registry)
-    metrics.measured("qwen", "0.3-0.5", 3, 4, 0.12, 0.03)
-    metrics.measured("qwen", "0.3-0.5", 1, 4, None, None)
+    measured(metrics, "qwen", "0.3-0.5", 3, 4, 0.12, 0.03)
+    measured(metrics, "qwen", "0.3-0.5", 1, 4, None, None)
     labels = {"model_name": "qwen", "temperature_band": "0.3-0.5"}
     assert value(registry, "spec_tap_requests_total", outcome="measured", **labels) == 2
     assert value(registry, "spec_tap_accepted_tokens_total", **labels) == 4
@@ -113,8 +114,8 @@ def test_measured_request_folds_tokens_rate_and_latency():
 def test_only_measured_requests_with_drafts_count_tokens_and_rate():
     registry = CollectorRegistry()
     metrics = TapMetrics(registry)
-    metrics.measured("m", "0", 0, 0, None, None)
-    metrics.outcome("m", "0", Outcome.NO_SPEC_METRICS, ttft=0.5)
+    measured(metrics, "m", "0", 0, 0, None, None)
+    outcome(metrics, "m", "0", Outcome.NO_SPEC_METRICS, ttft=0.5)
     metrics.request("m", "0", Outcome.NOT_MEASURABLE, accepted=5, drafted=9)
     labels = {"model_name": "m", "temperature_band": "0"}
     assert value(registry, "spec_tap_request_acceptance_rate_count", **labels) == 0
@@ -136,7 +137,7 @@ def test_model_names_past_the_cap_share_other():
     registry = CollectorRegistry()
     metrics = TapMetrics(registry, max_models=2)
     for model in ("a", "b", "c", "a", "d", "b"):
-        metrics.outcome(model, "0", Outcome.NO_SPEC_METRICS)
+        outcome(metrics, model, "0", Outcome.NO_SPEC_METRICS)
     got = {dict(k[1])["model_name"]: v for k, v in samples(registry).items() if k[0] == "spec_tap_requests_total"}
     assert got == {"a": 2, "b": 2, OTHER_MODEL: 2}
 
@@ -144,8 +145,8 @@ def test_model_names_past_the_cap_share_other():
 def test_a_missing_model_is_unknown_and_does_not_take_a_slot():
     registry = CollectorRegistry()
     metrics = TapMetrics(registry, max_models=1)
-    metrics.outcome(None, "unknown", Outcome.NOT_UNDERSTOOD)
-    metrics.outcome("a", "0", Outcome.NO_SPEC_METRICS)
+    outcome(metrics, None, "unknown", Outcome.NOT_UNDERSTOOD)
+    outcome(metrics, "a", "0", Outcome.NO_SPEC_METRICS)
     assert (
         value(
             registry,
@@ -169,8 +170,8 @@ def test_a_missing_model_is_unknown_and_does_not_take_a_slot():
 def test_unencodable_or_overlong_model_names_become_invalid_and_never_break_a_scrape(bad):
     registry = CollectorRegistry()
     metrics = TapMetrics(registry, max_models=5)
-    metrics.measured(bad, "0.5-0.7", 2, 3, 0.1, 0.01)
-    metrics.outcome(bad, "0.5-0.7", Outcome.NOT_MEASURABLE)
+    measured(metrics, bad, "0.5-0.7", 2, 3, 0.1, 0.01)
+    outcome(metrics, bad, "0.5-0.7", Outcome.NOT_MEASURABLE)
     generate_latest(registry)  # raised UnicodeEncodeError before: every later scrape failed
     labels = {"model_name": INVALID_MODEL, "temperature_band": "0.5-0.7"}
     assert value(registry, "spec_tap_requests_total", outcome="measured", **labels) == 1
@@ -178,7 +179,7 @@ def test_unencodable_or_overlong_model_names_become_invalid_and_never_break_a_sc
     assert value(registry, "spec_tap_errors_total", stage="request") == 2
     # An invalid name takes no slot under the cap.
     for i in range(5):
-        metrics.outcome(f"m{i}", "0", Outcome.NO_SPEC_METRICS)
+        outcome(metrics, f"m{i}", "0", Outcome.NO_SPEC_METRICS)
     assert (
         value(registry, "spec_tap_requests_total", model_name="m4", temperature_band="0", outcome="no_spec_metrics")
         == 1
@@ -188,7 +189,7 @@ def test_unencodable_or_overlong_model_names_become_invalid_and_never_break_a_sc
 @pytest.mark.parametrize("odd", ['quo"te', "back\\slash", "new\nline", "tab\tand space", "ünïcødé-模型", "x" * 200, ""])
 def test_odd_but_encodable_model_names_are_kept_exactly(odd):
     registry = CollectorRegistry()
-    TapMetrics(registry).outcome(odd, "0", Outcome.NO_SPEC_METRICS)
+    outcome(TapMetrics(registry), odd, "0", Outcome.NO_SPEC_METRICS)
     assert (
         value(registry, "spec_tap_requests_total", model_name=odd, temperature_band="0", outcome="no_spec_metrics") == 1
     )
@@ -198,12 +199,12 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from prometheus_client import CollectorRegistry
-    from spec_exporter.join.metrics import Outcome, TapMetrics
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
 
     metrics = TapMetrics(CollectorRegistry())
     accepted, drafted = int(sys.argv[1]), int(sys.argv[2])
-    metrics.measured("m", "0.3-0.5", accepted, drafted, 0.2, 0.02)
-    metrics.outcome("m", "0.3-0.5", Outcome.NO_SPEC_METRICS)
+    metrics.request("m", "0.3-0.5", Outcome.MEASURED, accepted=accepted, drafted=drafted, ttft=0.2, tpot=0.02)
+    metrics.request("m", "0.3-0.5", Outcome.NO_SPEC_METRICS)
     """
 )
 

@@ -7,13 +7,13 @@ import math
 
 import pytest
 
+from spec_exporter.derive.latency import histogram_quantile
 from spec_exporter.derive.load import (
     best_k,
-    compare_bands,
+    compare_load_bands,
     effective_k,
-    histograms_by_band,
-    intervals,
     load_band,
+    load_band_latency,
     speculated_share,
     speedup_curve,
     speedup_from_length,
@@ -24,6 +24,7 @@ from spec_exporter.derive.verdict import expected_speedup
 from spec_exporter.types import EngineSample, LatencyMetric
 from spec_exporter.window import Point, SnapshotRing, window_delta
 from tests.builders import KEY, engine, hist, snap
+from tests.load_oracle import histograms_by_load_band, intervals
 
 ITL, TPOT = LatencyMetric.ITL, LatencyMetric.TPOT
 
@@ -184,18 +185,24 @@ def _tpot_pool(fast_at_one: float, slow_at_twelve: float) -> list[Point]:
 
 def test_tpot_per_load_band_and_the_measured_speedup_per_band() -> None:
     # Speculation is faster at batch 1 (bucket 0.01 vs 0.02) and slower at batch 12 (bucket 0.08 vs 0.04).
-    spec = histograms_by_band(intervals(_tpot_pool(0.01, 0.08), [KEY]), TPOT)
-    base = histograms_by_band(intervals(_tpot_pool(0.02, 0.04), [KEY]), TPOT)
+    spec = {
+        b: load_band_latency(h)
+        for b, h in histograms_by_load_band(intervals(_tpot_pool(0.01, 0.08), [KEY]), TPOT).items()
+    }
+    base = {
+        b: load_band_latency(h)
+        for b, h in histograms_by_load_band(intervals(_tpot_pool(0.02, 0.04), [KEY]), TPOT).items()
+    }
     # 5→10 ran at (1 + 12) / 2 = 6.5 but finished no request: no TPOT evidence for 5-8.
-    assert set(spec) == {"1", "9-16"} and spec["1"].count == 10 and spec["9-16"].count == 30
-    by_band = {c.band: c for c in compare_bands(spec, base)}
+    assert set(spec) == {"1", "9-16"} and spec["1"].requests == 10 and spec["9-16"].requests == 30
+    by_band = {c.band: c for c in compare_load_bands(spec, base)}
     # histogram_quantile interpolates inside the bucket: p50 0.005 (first bucket, from 0) vs 0.015 at batch 1,
     # 0.06 vs 0.03 at batch 12.
     assert (by_band["1"].spec_p50, by_band["1"].baseline_p50) == pytest.approx((0.005, 0.015))
     assert by_band["1"].speedup == pytest.approx(3.0) and by_band["1"].requests == 10
     assert by_band["9-16"].speedup == pytest.approx(0.5) and by_band["9-16"].requests == 30
     # A band only one pool was seen at compares nothing.
-    assert compare_bands(spec, {"1": base["1"]}) == (by_band["1"],)
+    assert compare_load_bands(spec, {"1": base["1"]}) == (by_band["1"],)
 
 
 def test_window_loads_cover_each_window_per_engine_and_for_the_target() -> None:
@@ -216,7 +223,7 @@ def test_window_loads_cover_each_window_per_engine_and_for_the_target() -> None:
     assert short.target.mean_running == 2.25 and short.target.band == "2-4"
     assert long.engines[KEY].mean_running == (30 * 1 + 30 * 4.5) / 60
     # Requests finishing in the last interval count at the target's band for it.
-    assert set(long.latency_by_band[TPOT]) == {"2-4"} and long.latency_by_band[TPOT]["2-4"].count == 2
+    assert set(long.latency_by_load_band[TPOT]) == {"2-4"} and long.latency_by_load_band[TPOT]["2-4"].requests == 2
 
 
 def test_window_loads_agree_with_interval_by_interval_sums_across_band_changes_gaps_and_restarts() -> None:
@@ -242,5 +249,10 @@ def test_window_loads_agree_with_interval_by_interval_sums_across_band_changes_g
         spans = intervals(window_points(points, wl.window.seconds, 1.0), (KEY, other))
         assert wl.target == window_load(spans)
         for m in (TPOT, ITL):
-            assert wl.latency_by_band[m] == histograms_by_band(spans, m)
-    assert window_loads(points, windows, 1.0, (KEY, other), band_latency=False)[1].latency_by_band == {}
+            by_band = histograms_by_load_band(spans, m)
+            assert {b: latency.histogram for b, latency in wl.latency_by_load_band[m].items()} == by_band
+            # The quantiles come with the histograms: the collector renders them, it computes nothing.
+            assert {b: latency.quantiles for b, latency in wl.latency_by_load_band[m].items()} == {
+                b: {q: histogram_quantile(q, h.bounds, h.counts) for q in (0.5, 0.99)} for b, h in by_band.items()
+            }
+    assert window_loads(points, windows, 1.0, (KEY, other), load_band_latency=False)[1].latency_by_load_band == {}

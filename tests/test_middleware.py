@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spec_exporter import middleware as middleware_module
-from spec_exporter.join import sse as sse_module
-from spec_exporter.join.bands import Bands
-from spec_exporter.join.exchange import JoinSettings
-from spec_exporter.join.metrics import TapMetrics
-from spec_exporter.middleware import SpecDecodeMiddleware, settings_from_env
+from spec_exporter.config import TapConfig
+from spec_exporter.tap import asgi as middleware_module
+from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.asgi import SpecDecodeMiddleware
+from spec_exporter.tap.metrics import TapMetrics
+from spec_exporter.tap.settings import TapSettings, settings_from_env
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
 from tests.test_join import counts
@@ -34,7 +34,7 @@ _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, TapMetrics] = weakref.Wea
 
 def tapped(app: Any, registry: CollectorRegistry, **settings: Any) -> SpecDecodeMiddleware:
     metrics = _METRICS.get(registry) or _METRICS.setdefault(registry, TapMetrics(registry))
-    return SpecDecodeMiddleware(app, metrics=metrics, settings=JoinSettings(**settings), clock=FakeClock())
+    return SpecDecodeMiddleware(app, metrics=metrics, settings=TapSettings(**settings), clock=FakeClock())
 
 
 @pytest.fixture
@@ -236,10 +236,16 @@ async def test_non_http_scopes_go_straight_to_the_app() -> None:
     assert seen == ["lifespan", "websocket"]
 
 
-def test_settings_come_from_the_environment_with_the_exporters_defaults() -> None:
-    settings, max_models = settings_from_env({})
-    assert settings == JoinSettings() and max_models == 20
-    settings, max_models = settings_from_env(
+def test_the_environment_and_the_config_file_default_alike() -> None:
+    # The middleware (environment) and the exporter (config file) must agree on what a band is, and on the rest.
+    from_env = settings_from_env({})
+    from_config = TapConfig()
+    assert from_env.model_dump() == from_config.model_dump(include=set(TapSettings.model_fields))
+    assert from_env.bands == from_config.bands
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = settings_from_env(
         {
             "SPEC_EXPORTER_TAP_TEMPERATURE_BANDS": "0.2, 0.8",
             "SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE": "0.7",
@@ -248,36 +254,77 @@ def test_settings_come_from_the_environment_with_the_exporters_defaults() -> Non
             "SPEC_EXPORTER_TAP_INJECT_USAGE": "false",
         }
     )
-    assert settings == JoinSettings(Bands((0.2, 0.8), 0.7), inject_usage=False, max_inspect_bytes=1024)
-    assert max_models == 3
+    assert settings == TapSettings(
+        temperature_bands=[0.2, 0.8], default_temperature=0.7, max_models=3, max_inspect_bytes=1024, inject_usage=False
+    )
+    assert settings.bands.labels[:4] == ("0", "0-0.2", "0.2-0.8", "0.8+")
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "logged"),
+    ("name", "value"),
     [
         # Each number reads, but the edges are not increasing: the bands as a whole are refused.
-        ("TEMPERATURE_BANDS", "0.5,0.3", "ignoring the configured temperature bands"),
-        ("TEMPERATURE_BANDS", "warm", "SPEC_EXPORTER_TAP_TEMPERATURE_BANDS"),
-        ("DEFAULT_TEMPERATURE", "hot", "SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE"),
-        ("MAX_MODELS", "-1", "SPEC_EXPORTER_TAP_MAX_MODELS"),
-        ("MAX_INSPECT_BYTES", "8MB", "SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES"),
-        ("INJECT_USAGE", "maybe", "SPEC_EXPORTER_TAP_INJECT_USAGE"),
+        ("TEMPERATURE_BANDS", "0.5,0.3"),
+        ("TEMPERATURE_BANDS", "warm"),
+        ("TEMPERATURE_BANDS", "0.3,,0.7"),
+        ("TEMPERATURE_BANDS", "0.5,2.5"),
+        ("DEFAULT_TEMPERATURE", "hot"),
+        ("DEFAULT_TEMPERATURE", "nan"),
+        ("DEFAULT_TEMPERATURE", "3"),
+        ("MAX_MODELS", "-1"),
+        ("MAX_MODELS", "1.5"),
+        ("MAX_INSPECT_BYTES", "8 parsecs"),
+        ("MAX_INSPECT_BYTES", "0"),
+        ("INJECT_USAGE", "maybe"),
+        ("INJECT_USAGE", "\udcff"),
     ],
 )
 def test_an_unusable_setting_is_logged_and_defaulted_never_fatal(
-    name: str, value: str, logged: str, caplog: pytest.LogCaptureFixture
+    name: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings, max_models = settings_from_env({f"SPEC_EXPORTER_TAP_{name}": value})
-    assert settings == JoinSettings() and max_models == 20
+    # A usable neighbour keeps its value: one bad variable costs only itself.
+    neighbour, kept = ("MAX_MODELS", 7) if name != "MAX_MODELS" else ("INJECT_USAGE", False)
+    env = {f"SPEC_EXPORTER_TAP_{name}": value, f"SPEC_EXPORTER_TAP_{neighbour}": str(kept).lower()}
+    assert settings_from_env(env) == TapSettings(**{neighbour.lower(): kept})
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and logged in warnings[0], warnings
+    assert len(warnings) == 1 and f"SPEC_EXPORTER_TAP_{name}={value!r}" in warnings[0], warnings
+
+
+async def test_garbage_in_every_variable_still_builds_a_working_middleware(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What vLLM does at startup, cls(app), with nothing usable in the environment: it must serve, on the defaults.
+    for field in TapSettings.model_fields:
+        monkeypatch.setenv(f"SPEC_EXPORTER_TAP_{field.upper()}", "\u00e9garbage,")
+    registry = CollectorRegistry()
+    app = VLLMApp(VLLMStandIn())
+    mw = SpecDecodeMiddleware(app, metrics=TapMetrics(registry))
+    assert mw.settings == TapSettings()
+    warned = {r.getMessage().split("=")[0].rsplit(" ", 1)[-1] for r in caplog.records if r.levelname == "WARNING"}
+    assert warned == {f"SPEC_EXPORTER_TAP_{field.upper()}" for field in TapSettings.model_fields}
+    body = json.dumps({**CHAT, "temperature": 0.4}).encode()
+    got = await call(mw, PATH, body)
+    assert got.status == 200
+    assert counts(registry) == {("tiny", "measured", "0.3-0.5"): 1}
+
+
+def test_a_failure_of_our_own_reading_the_environment_still_builds_the_middleware(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(env: Any) -> TapSettings:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(middleware_module, "settings_from_env", broken)
+    mw = SpecDecodeMiddleware(VLLMApp(), metrics=TapMetrics(CollectorRegistry()))
+    assert mw.settings == TapSettings()
+    assert any("could not read the SPEC_EXPORTER_TAP_* settings" in r.getMessage() for r in caplog.records)
 
 
 def test_importing_the_middleware_pulls_in_nothing_vllm_lacks() -> None:
     script = (
         "import sys, spec_exporter.middleware as m; m.SpecDecodeMiddleware; "
         "bad = sorted(n for n in ('aiohttp', 'structlog', 'yaml', 'multidict', 'yarl', 'spec_exporter.config', "
-        "'spec_exporter.tap', 'spec_exporter.app') if n in sys.modules); print(bad)"
+        "'spec_exporter.tap.proxy', 'spec_exporter.app') if n in sys.modules); print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

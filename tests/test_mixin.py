@@ -207,19 +207,7 @@ def test_metric_names_in_rules_exist_in_the_catalogue() -> None:
     # The base layer's spec_tap_* names are the middleware's, defined where it registers them.
     tap = set(re.findall(r"(?<![:\w])spec_tap_[a-z0-9_]+(?![:\w])", text))
     assert tap and tap <= catalog.tap_sample_names(), tap - catalog.tap_sample_names()
-    if missing and missing <= LOAD_BAND_METRICS:
-        # Visible in every run until the exporter's load-band series (issue 14) are in the catalogue; any other
-        # missing name, or a rule that stops using these, fails as before.
-        pytest.xfail(f"waiting for the exporter to export {sorted(missing)} (issue 14)")
     assert used and not missing, missing
-
-
-# The series SpecDecodeSlowerThanBaselineAtLoad reads, exported by the load-band work of issue 14.
-LOAD_BAND_METRICS = {
-    "spec_decode_load_band_info",
-    "spec_decode_baseline_load_band_tpot_speedup",
-    "spec_decode_baseline_load_band_requests",
-}
 
 
 @pytest.mark.system

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from harness.ports import free_port
 from spec_exporter.types import PollError, Verdict
 from tests.conftest import make_settings
-from tests.standin import V032_IDLE, V032_LOAD, Reply, rewrite, sample, scale_counters
+from tests.standin import PROCESS_START, V032_IDLE, V032_LOAD, V085_V0, Reply, rewrite, sample, scale_counters
 
 SPEC = 'vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="tiny"}'
 
@@ -192,3 +192,95 @@ class _Stop(Exception):
 def test_rewrite_only_touches_the_named_series() -> None:
     text = rewrite(sample(V032_LOAD), {SPEC: 1000})
     assert f"{SPEC} 1000.0" in text and text.count("1000.0") == 1
+
+
+def exported_counters(store: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every exported sample of a counter, histogram or summary total, by name and labels."""
+    from spec_exporter.app import build_registry
+
+    out = {}
+    for family in build_registry(store, process_metrics=False).collect():
+        if family.type in ("counter", "histogram", "summary"):
+            for s in family.samples:
+                if "quantile" not in s.labels:
+                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.mark.parametrize("own_process_starts", [False, True], ids=["one_process_start", "the_captures_own"])
+async def test_a_switch_between_the_v1_and_v0_layouts_never_brings_an_exported_counter_down(
+    standin: Any, make_poller: Any, clock: Any, own_process_starts: bool
+) -> None:
+    """Issue 20: a body switching layouts took spec_decode_draft_tokens_total from 602.7 back to 0.
+
+    The real V1 and V0 captures, the V0 one serving the same model name. With their own process start times the
+    V0 capture's start is earlier than the V1 one's, which the poller reads as several processes behind the URL.
+    """
+    start = None if own_process_starts else PROCESS_START
+    v1 = sample(V032_LOAD, process_start=start)
+    v0 = sample(V085_V0, process_start=start).replace("meta-llama/Llama-3.1-8B-Instruct", "tiny")
+    server, url = standin
+    server.push(v1, scale_counters(v1, 2.0), v0, scale_counters(v1, 3.0), v0, scale_counters(v1, 4.0))
+    poller, store = make_poller(make_settings(url))
+    history = []
+    for _ in range(6):
+        await poller.poll_once()
+        history.append(exported_counters(store))
+        clock.advance(5)
+    drafted = ("spec_decode_draft_tokens_total", (("engine", "0"), ("model_name", "tiny"), ("target", "vllm")))
+    # 147 counted before the switch; a V1 body after a V0 one is another process: its step adds nothing.
+    assert [h.get(drafted) for h in history] == [0.0, 147.0, None, 147.0, None, 147.0]
+    last_seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for i, h in enumerate(history):
+        for series, value in h.items():
+            assert value >= last_seen.get(series, 0.0), f"poll {i}: {series} went from {last_seen[series]} to {value}"
+            last_seen[series] = value
+
+
+async def test_the_poller_derives_the_comparisons_and_drops_them_when_a_side_goes_stale(
+    standin: Any, make_poller: Any, clock: Any, aiohttp_server: Any
+) -> None:
+    from tests.standin import StandIn
+
+    base = StandIn()
+    base.push(sample(V032_IDLE), sample(V032_LOAD), Reply("oops", status=503))
+    base_url = str((await aiohttp_server(base.app())).make_url("")).rstrip("/")
+    server, url = standin
+    server.push(sample(V032_IDLE), sample(V032_LOAD), sample(V032_LOAD))
+    targets = [{"name": "spec", "url": url}, {"name": "base", "url": base_url, "role": "baseline"}]
+    poller, store = make_poller(make_settings(url, targets=targets))
+    await poller.poll_once()
+    clock.advance(60)
+    await poller.poll_once()
+    compared = store.current().comparisons
+    assert {(c.target, c.baseline) for c in compared} == {("spec", "base")}
+    assert next(c for c in compared if c.window == "1m").tpot_speedup == 1.0
+    clock.advance(5)
+    await poller.poll_once()
+    # The baseline's numbers are gone with its poll: nothing is compared with stale data.
+    assert not store.current().targets["base"].up and store.current().comparisons == ()
+
+
+async def test_the_middleware_and_the_proxy_tap_together_fail_rather_than_count_twice(
+    standin: Any, session: Any, clock: Any, wall_clock: Any
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from spec_exporter.app import tap_source
+    from spec_exporter.poller import Poller
+    from spec_exporter.state import StateStore
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
+
+    middleware, proxy = CollectorRegistry(), CollectorRegistry()
+    for registry in (middleware, proxy):
+        TapMetrics(registry).request("tiny", "0", Outcome.MEASURED, accepted=3, drafted=4)
+    server, url = standin
+    server.push(sample(V032_LOAD) + generate_latest(middleware).decode())
+    settings = make_settings(url)
+    store = StateStore.for_settings(settings)
+    for taps, up in (({}, True), ({"vllm": tap_source(proxy)}, False)):
+        poller = Poller(settings, session, store, clock=clock, wall_clock=wall_clock, tap_sources=taps)
+        await poller.poll_once()
+        state = store.current().targets["vllm"]
+        assert state.up is up
+    assert state.last_error is PollError.DUPLICATE_SERIES

@@ -12,10 +12,20 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.derive import latency
+from spec_exporter.derive.health import derive_target
+from spec_exporter.state import ExporterState, TargetState
+from spec_exporter.tap.metrics import ACCEPTANCE_BUCKETS
+from spec_exporter.types import EngineGeneration, Histogram, Snapshot, TapSample, TemperatureBandSample
+from spec_exporter.window import SnapshotRing, window_delta
+from tests.conftest import make_settings
 from tests.promql_helpers import (
     backfill,
     build_info,
@@ -164,12 +174,80 @@ def comparison_params() -> Iterator[object]:
         yield pytest.param(q, case, id=f"q={q}-{case.name}")
 
 
-def sample_lines() -> list[str]:
+# --- the exporter's own per-band P10/P50/P90 against PromQL over the acceptance buckets it re-exports ----------
+
+WINDOW_S = 60
+BAND_QS = (0.1, 0.5, 0.9)
+
+
+def _acceptance(values: list[float]) -> Histogram:
+    """A per-request acceptance histogram on the tap's own buckets, as the join core observes it."""
+    bounds = (*ACCEPTANCE_BUCKETS, math.inf)
+    counts = tuple(float(sum(1 for v in values if v <= b)) for b in bounds)
+    return Histogram(bounds, counts, float(len(values)), math.fsum(values))
+
+
+def _tap(values_by_band: dict[str, list[float]]) -> TapSample:
+    bands = {
+        ("tiny", band): TemperatureBandSample(
+            accepted_tokens=10.0 * math.fsum(vs), draft_tokens=10.0 * len(vs), acceptance=_acceptance(vs)
+        )
+        for band, vs in values_by_band.items()
+    }
+    return TapSample(bands=bands)
+
+
+def exporter_scrapes() -> list[tuple[int, str]]:
+    """The exporter's /metrics after each of three polls a minute apart (time, text), through window, derive,
+    state and collector; the last poll's 1m window starts at the second."""
+    rng = random.Random(19)
+    seen: dict[str, list[float]] = {"0": [], "0.7-1.0": []}
+    settings = make_settings("http://127.0.0.1:1", windows=[f"{WINDOW_S}s", "5m"], poll={"interval": "30s"})
+    params = settings.derive_params(settings.targets[0])
+    ring = SnapshotRing(keep_seconds=600)
+    scrapes = []
+    for i in range(3):
+        # Greedy requests accept most drafts; sampled ones spread wide, some near zero.
+        seen["0"] += [min(1.0, rng.betavariate(8, 2)) for _ in range(rng.randint(20, 60))]
+        seen["0.7-1.0"] += [rng.random() ** 2 for _ in range(rng.randint(20, 60))]
+        taken_at = float(i * WINDOW_S)
+        point = ring.push(Snapshot(taken_at, EngineGeneration.V1, {}, tap=_tap(seen)))
+        slack = settings.poll.interval / 2
+        deltas = {w.label: window_delta(ring.points, w.seconds, slack) for w in params.windows}
+        health = derive_target(point, deltas, params, ring.points, slack)
+        target = TargetState("vllm", "spec", up=True, ever_succeeded=True, health=health)
+        state = ExporterState(MappingProxyType({"vllm": target}))
+        registry = CollectorRegistry()
+        registry.register(SpecDecodeCollector(lambda state=state: state))
+        scrapes.append((SAMPLE_TIME_S - (2 - i) * WINDOW_S, generate_latest(registry).decode()))
+    return scrapes
+
+
+EXPORTER_SCRAPES = exporter_scrapes()
+
+
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def case_lines() -> list[str]:
     return [
         openmetrics_line(METRIC, {"case": case.name, "le": le}, count, SAMPLE_TIME_S)
         for case in CASES
         for le, count in zip(case.les, case.counts, strict=True)
     ]
+
+
+def exporter_lines() -> list[str]:
+    """The acceptance buckets of every exporter scrape, each series' samples in time order (as backfill wants)."""
+    bucket = "spec_decode_request_acceptance_rate_bucket"
+    rows = [(labels, at, value) for at, text in EXPORTER_SCRAPES for labels, value in _samples(text, bucket)]
+    rows.sort(key=lambda r: (sorted(r[0].items()), r[1]))
+    return [openmetrics_line(bucket, labels, value, at) for labels, at, value in rows]
+
+
+def sample_lines() -> list[str]:
+    return case_lines() + exporter_lines()
 
 
 @pytest.fixture(scope="session")
@@ -203,7 +281,7 @@ def test_backfilled_block_is_loaded(prometheus_url: str) -> None:
     # Guards the harness itself: if the block were not loaded (or not at this time), every query would come back
     # empty and the comparisons would fail for the wrong reason.
     rows = query_vector(prometheus_url, f"count({METRIC})", SAMPLE_TIME_S)
-    assert [value for _, value in rows] == [len(sample_lines())]
+    assert [value for _, value in rows] == [len(case_lines())]
 
 
 def test_every_case_is_answered(prometheus_answers: dict[float, dict[str, float]]) -> None:
@@ -223,3 +301,27 @@ def test_histogram_quantile_matches_prometheus(
         f"histogram_quantile({q}) on {case.name}: ours={ours!r}, Prometheus {build_info(prometheus_url)['version']}"
         f" says {theirs!r}; buckets={list(zip(case.les, case.counts, strict=True))}"
     )
+
+
+def test_the_exporters_band_quantiles_are_prometheus_histogram_quantile_over_its_buckets(
+    prometheus_url: str,
+) -> None:
+    """One number, two readers: the P10/P50/P90 the exporter exports per band equal what the recording rules get
+    from the acceptance buckets it re-exports (the window's increase, summed as the rules sum)."""
+    bucket = "spec_decode_request_acceptance_rate_bucket"
+    increase = f"({bucket} - {bucket} offset {WINDOW_S}s)"
+    last = EXPORTER_SCRAPES[-1][1]
+    ours = {
+        (labels["temperature_band"], float(labels["quantile"])): value
+        for labels, value in _samples(last, "spec_decode_request_acceptance_rate_quantile")
+        if labels["window"] == f"{WINDOW_S // 60}m"
+    }
+    assert {q for _, q in ours} == set(BAND_QS) and {b for b, _ in ours} == {"0", "0.7-1.0"}
+    for q in BAND_QS:
+        promql = f"histogram_quantile({q}, sum by (le, model_name, temperature_band) {increase})"
+        theirs = {
+            labels["temperature_band"]: value for labels, value in query_vector(prometheus_url, promql, SAMPLE_TIME_S)
+        }
+        for band, value in theirs.items():
+            assert agree(ours[(band, q)], value), f"q={q} band={band}: exporter {ours[(band, q)]}, Prometheus {value}"
+        assert set(theirs) == {"0", "0.7-1.0"}

@@ -20,9 +20,9 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from spec_exporter.join.exchange import JoinSettings
-from spec_exporter.join.metrics import TapMetrics
+from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.proxy import SERVER_OPTIONS, create_tap_app
+from spec_exporter.tap.settings import TapSettings
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn
 from tests.test_join import counts
@@ -65,9 +65,9 @@ async def make_tap(aiohttp_server: Any, upstream: OpenAIStandIn, **settings: Any
     # The stand-in reads bytes and targets as raw as the tap does, so the tests see what the tap forwarded.
     up = await aiohttp_server(upstream.app(), **OPTIONS)
     registry = CollectorRegistry()
-    max_models = settings.pop("max_models", 20)
+    tap_settings = TapSettings(**settings)
     app = create_tap_app(
-        str(up.make_url("")), TapMetrics(registry, max_models=max_models), JoinSettings(**settings), clock=FakeClock()
+        str(up.make_url("")), TapMetrics(registry, max_models=tap_settings.max_models), tap_settings, clock=FakeClock()
     )
     return await aiohttp_server(app, **OPTIONS), registry
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from spec_exporter.types import LatencyMetric
+from spec_exporter.types import LatencyMetric, Snapshot, TapSample, TemperatureBandSample
 from spec_exporter.window import SnapshotRing, advance, window_delta
 from tests.builders import KEY, engine, hist, snap
 
@@ -106,3 +107,44 @@ def test_a_single_point_is_an_empty_window() -> None:
     ring = SnapshotRing(600)
     ring.push(snap(0, (KEY, engine(1, 3, 1))))
     assert window_delta(ring.points, 60, 2.5) is None
+
+
+def _tap(t: float, accepted: float, drafted: float, measured: float, *bands: str) -> Snapshot:
+    band = TemperatureBandSample(accepted, drafted, hist((0, measured, measured, measured)))
+    tap = TapSample(
+        bands={("m", b): band for b in (bands or ("0",))}, requests={("0", "measured"): measured}, errors={}
+    )
+    return replace(snap(t, (KEY, engine())), tap=tap)
+
+
+def test_the_tap_is_stitched_as_an_engine_is() -> None:
+    ring = SnapshotRing(600)
+    points = push_all(
+        ring,
+        _tap(0, 10, 20, 2),
+        _tap(5, 30, 50, 5),  # +20 accepted, +30 drafted, +3 requests
+        # The process holding the series restarted (tokens went down): the step adds nothing, not even the
+        # requests, which already passed their old count.
+        _tap(10, 4, 8, 6),
+        _tap(15, 9, 18, 8, "0", "0.7-1.0"),  # +5/+10/+2; a new band counts all it holds (it started at zero)
+    )
+    totals = [p.tap for p in points]
+    assert [t.bands[("m", "0")].accepted_tokens for t in totals] == [0, 20, 20, 25]
+    assert [t.requests[("0", "measured")] for t in totals] == [0, 3, 3, 5]
+    assert totals[-1].bands[("m", "0.7-1.0")].draft_tokens == 18
+    assert totals[-1].bands[("m", "0")].acceptance.count == 3 + 2
+    delta = window_delta(ring.points, 60, 2.5)
+    assert delta is not None and delta.tap is not None
+    assert delta.tap.bands[("m", "0")].draft_tokens == 30 + 10
+
+
+def test_a_forgotten_ring_starts_its_windows_again_and_keeps_its_totals() -> None:
+    ring = SnapshotRing(600)
+    push_all(ring, snap(0, (KEY, engine(1, 3, 2))), snap(5, (KEY, engine(11, 33, 22))))
+    ring.forget()
+    point = ring.push(snap(10, (KEY, engine(50, 150, 100))))
+    # Readings after a forget cannot be differenced with the ones before: a restart, counted from here.
+    assert point.restarted == frozenset({KEY}) and point.totals[KEY].spec.draft_tokens == 30
+    assert window_delta(ring.points, 60, 2.5) is None
+    point = ring.push(snap(15, (KEY, engine(51, 153, 101))))
+    assert point.totals[KEY].spec.draft_tokens == 33

@@ -27,8 +27,8 @@ from spec_exporter.derive.load import best_k
 from spec_exporter.derive.sample import percentiles
 from spec_exporter.derive.verdict import ADVICE, verdict
 from spec_exporter.fetch import FetchError, fetch_metrics
-from spec_exporter.join.request import NotUnderstood
-from spec_exporter.join.response import spec_result
+from spec_exporter.tap.request import NotUnderstood
+from spec_exporter.tap.response import spec_result
 from spec_exporter.types import SpecCounters, Thresholds
 from spec_exporter.vllm.parse import ExpositionParser, ParseError
 

@@ -114,10 +114,13 @@ def serve(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     log = structlog.get_logger("spec_exporter")
+    from spec_exporter.fetch import target_tls
     from spec_exporter.webconfig import WebConfig, load_web_config
 
     try:
         settings = serve_settings(args)
+        # Loads every target's certificates once, so that one that does not load stops the start with its name.
+        target_tls(settings)
         host, port = _listen(args.listen_address)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
     except ConfigError as e:

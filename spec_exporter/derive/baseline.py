@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spec_exporter.derive.health import TargetHealth
-from spec_exporter.derive.load import BandComparison, compare_bands
+from spec_exporter.derive.load import LoadBandComparison, WindowLoad, compare_load_bands
 from spec_exporter.types import LatencyMetric
 
 
@@ -19,7 +19,7 @@ class Comparison:
     tpot_speedup: float | None
     p99_ratio: Mapping[LatencyMetric, float]
     # TPOT p50 per load band both pools ran at in the window: where speculation pays and where it stops.
-    load_bands: tuple[BandComparison, ...] = ()
+    load_bands: tuple[LoadBandComparison, ...] = ()
 
 
 def compare(target: str, spec: TargetHealth, baseline_name: str, baseline: TargetHealth) -> list[Comparison]:
@@ -36,16 +36,16 @@ def compare(target: str, spec: TargetHealth, baseline_name: str, baseline: Targe
             sp99, bp99 = q.get(0.99), bw.latency.get(metric, {}).get(0.99)
             if sp99 is not None and bp99 is not None and bp99 > 0:
                 ratios[metric] = sp99 / bp99
-        bands: tuple[BandComparison, ...] = ()
+        bands: tuple[LoadBandComparison, ...] = ()
         sl, bl = _load(spec, sw.window.label), _load(baseline, sw.window.label)
         if sl is not None and bl is not None:
             tpot = LatencyMetric.TPOT
-            bands = compare_bands(sl.latency_by_band.get(tpot, {}), bl.latency_by_band.get(tpot, {}))
+            bands = compare_load_bands(sl.latency_by_load_band.get(tpot, {}), bl.latency_by_load_band.get(tpot, {}))
         out.append(Comparison(target, baseline_name, sw.window.label, speedup, ratios, bands))
     return out
 
 
-def _load(h: TargetHealth, window: str):  # type: ignore[no-untyped-def]
+def _load(h: TargetHealth, window: str) -> WindowLoad | None:
     return next((w for w in h.load if w.window.label == window), None)
 
 

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spec_exporter.derive.acceptance import Acceptance, acceptance, sum_spec
-from spec_exporter.derive.bands import TapHealth, derive_tap
-from spec_exporter.derive.latency import divergence, merge, quantiles
+from spec_exporter.derive.latency import divergence, merge_each, quantiles
 from spec_exporter.derive.load import BestK, WindowLoad, best_k, effective_k, speculated_share, speedup_from_length
 from spec_exporter.derive.load import window_loads as derive_window_loads
+from spec_exporter.derive.tap_health import TapHealth, derive_tap
 from spec_exporter.derive.verdict import break_even_acceptance, verdict
 from spec_exporter.types import (
     DeriveParams,
@@ -184,12 +184,12 @@ def derive_target(
     points: Sequence[Point] = (),
     slack_seconds: float = 0.0,
     *,
-    band_latency: bool = True,
+    load_band_latency: bool = True,
 ) -> TargetHealth:
     """Health of every engine of a target; `deltas` maps each window label to its delta (None: too early).
 
     `points` (the ring, oldest first, ending at `latest`) gives the load of each window; without them, none.
-    `band_latency`: also TPOT and ITL by load band (for a target compared with a baseline, and its baseline).
+    `load_band_latency`: also TPOT and ITL by load band (for a target compared with a baseline, and its baseline).
     """
     snapshot = latest.snapshot
     engines = {key: _engine_health(key, sample, latest, deltas, params) for key, sample in snapshot.engines.items()}
@@ -209,7 +209,7 @@ def derive_target(
         tap_deltas = {label: d.tap if d is not None else None for label, d in deltas.items()}
         tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params)
     load = (
-        derive_window_loads(points, params.windows, slack_seconds, tuple(engines), band_latency=band_latency)
+        derive_window_loads(points, params.windows, slack_seconds, tuple(engines), load_band_latency=load_band_latency)
         if points
         else ()
     )
@@ -228,17 +228,12 @@ def _combined_window(
         return _empty_window(window)
     parts = [delta.engines[key] for key in engines if key in delta.engines]
     specs = [p.spec for p in parts if p.spec is not None]
-    histograms = {}
-    for metric in LatencyMetric:
-        merged = merge(p.histograms[metric] for p in parts if metric in p.histograms)
-        if merged is not None:
-            histograms[metric] = merged
     ks = {e.num_speculative_tokens for e in engines.values() if e.num_speculative_tokens}
     return _window_health(
         window,
         delta.span_seconds,
         sum_spec(specs),
-        histograms,
+        merge_each(p.histograms for p in parts),
         math.fsum(p.generation_tokens for p in parts),
         math.fsum(p.preemptions for p in parts),
         ks.pop() if len(ks) == 1 else None,

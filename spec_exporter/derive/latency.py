@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from spec_exporter.types import Histogram
 
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+
+K = TypeVar("K", bound=Hashable)
 
 
 def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
@@ -117,3 +120,20 @@ def merge(histograms: Iterable[Histogram]) -> Histogram | None:
         count=math.fsum(h.count for h in items),
         sum=math.fsum(h.sum for h in items),
     )
+
+
+def merge_each(parts: Iterable[Mapping[K, Histogram]]) -> dict[K, Histogram]:
+    """Per key, the `merge` of every part's histogram under it (engines, or intervals, taken together).
+
+    A key whose histograms have other bounds from part to part is left out, as `merge` leaves them.
+    """
+    by_key: dict[K, list[Histogram]] = {}
+    for part in parts:
+        for key, h in part.items():
+            by_key.setdefault(key, []).append(h)
+    out = {}
+    for key, hs in by_key.items():
+        merged = merge(hs)
+        if merged is not None:
+            out[key] = merged
+    return out

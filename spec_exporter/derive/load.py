@@ -30,13 +30,13 @@ ran at while it served, not diluted by idle time. A window with no busy interval
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from spec_exporter.derive.latency import histogram_quantile, merge
+from spec_exporter.derive.latency import merge_each, quantiles
 from spec_exporter.types import EngineKey, Histogram, LatencyMetric, SpecCounters, Window
-from spec_exporter.window import Point, histogram_increase
+from spec_exporter.window import Point, histogram_increase, window_base
 
 # Running requests per engine, as whole batch sizes: (label, first, last); the last band is open.
 LOAD_BANDS: tuple[tuple[str, int, float], ...] = (
@@ -48,7 +48,7 @@ LOAD_BANDS: tuple[tuple[str, int, float], ...] = (
     ("33-64", 33, 64),
     ("65+", 65, math.inf),
 )
-BAND_LABELS: tuple[str, ...] = tuple(label for label, _, _ in LOAD_BANDS)
+LOAD_BAND_LABELS: tuple[str, ...] = tuple(label for label, _, _ in LOAD_BANDS)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -118,40 +118,27 @@ def load_band(running: float) -> str:
 
 
 def window_points(points: Sequence[Point], window_seconds: float, slack_seconds: float) -> Sequence[Point]:
-    """The points a window's delta spans: from the oldest within the window (+ slack) to the newest.
-
-    The same base `spec_exporter.window.window_delta` picks, so loads and deltas cover the same time.
-    """
-    if len(points) < 2:
-        return ()
-    latest = points[-1]
-    for i, p in enumerate(points):
-        if latest.taken_at - p.taken_at <= window_seconds + slack_seconds:
-            return tuple(points[i:]) if p is not latest else ()
-    return ()
+    """The points a window's delta spans: from the base `window_base` picks to the newest (none: too early)."""
+    base = window_base(points, window_seconds, slack_seconds)
+    return tuple(points[base:]) if base is not None else ()
 
 
 @dataclass(frozen=True, slots=True)
 class Interval:
-    """One poll interval of a set of engines: its length, load per engine (None: idle) and what it added."""
+    """One poll interval of a set of engines: its length and load per engine (None: idle)."""
 
     seconds: float
     running: float | None
-    histograms: Mapping[LatencyMetric, Histogram]
 
 
 def _observed(later: Histogram, earlier: Histogram | None) -> float:
     return later.count if earlier is None or earlier.bounds != later.bounds else later.count - earlier.count
 
 
-_Step = tuple[float, Mapping[LatencyMetric, Histogram]]
+def engine_load(a: Point, b: Point, key: EngineKey) -> float | None:
+    """Running requests of one engine between two points; None when it is missing from either.
 
-
-def _engine_step(a: Point, b: Point, key: EngineKey, latencies: Sequence[LatencyMetric]) -> _Step | None:
-    """(load, increases of `latencies`) of one engine between two points; None when it is missing from either.
-
-    Only scalars for the load and the few histograms asked for: this runs for every poll interval of the longest
-    window at every poll.
+    Only scalars: this runs for every poll interval of the longest window at every poll.
     """
     sa, sb = a.snapshot.engines.get(key), b.snapshot.engines.get(key)
     ta, tb = a.totals.get(key), b.totals.get(key)
@@ -164,44 +151,7 @@ def _engine_step(a: Point, b: Point, key: EngineKey, latencies: Sequence[Latency
         or any(_observed(h, ta.histograms.get(m)) > 0 for m, h in tb.histograms.items())
     ):
         running = 1.0
-    histograms = {}
-    for m in latencies:
-        increase = histogram_increase(tb.histograms.get(m), ta.histograms.get(m))
-        if increase is not None:
-            histograms[m] = increase
-    return running, histograms
-
-
-def _combine(seconds: float, parts: Sequence[_Step]) -> Interval:
-    """Engines taken together: the mean load per engine, their histogram increases summed."""
-    mean = sum(r for r, _ in parts) / len(parts)
-    if len(parts) == 1:
-        return Interval(seconds, mean if mean > 0 else None, parts[0][1])
-    histograms: dict[LatencyMetric, Histogram] = {}
-    for metric in {m for _, hs in parts for m in hs}:
-        merged = merge(hs[metric] for _, hs in parts if metric in hs)
-        if merged is not None:
-            histograms[metric] = merged
-    return Interval(seconds, mean if mean > 0 else None, histograms)
-
-
-def intervals(
-    points: Sequence[Point],
-    keys: Iterable[EngineKey],
-    latencies: Sequence[LatencyMetric] = (LatencyMetric.TPOT, LatencyMetric.ITL),
-) -> list[Interval]:
-    """Every poll interval between consecutive points, for the engines in `keys` taken together.
-
-    Load is per engine: the mean over the engines present of each one's load (idle engines count as 0 when
-    another engine is busy). The increases of `latencies` are summed over the engines.
-    """
-    keys = tuple(keys)
-    out = []
-    for a, b in pairwise(points):
-        parts = [p for key in keys if (p := _engine_step(a, b, key, latencies)) is not None]
-        if parts:
-            out.append(_combine(b.taken_at - a.taken_at, parts))
-    return out
+    return running
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,28 +176,8 @@ def window_load(spans: Sequence[Interval]) -> Load:
     return Load(math.fsum(s * r for s, r in busy) / busy_seconds, busy_seconds, span)
 
 
-def histograms_by_band(spans: Sequence[Interval], metric: LatencyMetric) -> dict[str, Histogram]:
-    """A latency histogram's increase per load band: each interval's observations go to the band it ran at.
-
-    Requests finishing in an interval are credited to its load; their earlier steps may have run at another, so
-    this is sharp for steady load and blurred across a band edge.
-    """
-    by_band: dict[str, list[Histogram]] = {}
-    for i in spans:
-        h = i.histograms.get(metric)
-        if i.running is None or h is None or h.count <= 0:
-            continue
-        by_band.setdefault(load_band(i.running), []).append(h)
-    out = {}
-    for band, hs in by_band.items():
-        merged = merge(hs)
-        if merged is not None:
-            out[band] = merged
-    return out
-
-
 @dataclass(frozen=True, slots=True)
-class BandComparison:
+class LoadBandComparison:
     band: str
     spec_p50: float
     baseline_p50: float
@@ -260,22 +190,43 @@ class BandComparison:
         return self.baseline_p50 / self.spec_p50
 
 
-def compare_bands(spec: Mapping[str, Histogram], baseline: Mapping[str, Histogram]) -> tuple[BandComparison, ...]:
-    """Per band both pools were seen at, their p50 of the histogram (TPOT) and the speedup, in band order."""
+def compare_load_bands(
+    spec: Mapping[str, LoadBandLatency], baseline: Mapping[str, LoadBandLatency]
+) -> tuple[LoadBandComparison, ...]:
+    """Per band both pools were seen at, their TPOT p50 and the speedup, in band order."""
     out = []
-    for band in BAND_LABELS:
+    for band in LOAD_BAND_LABELS:
         s, b = spec.get(band), baseline.get(band)
         if s is None or b is None:
             continue
-        sp50, bp50 = histogram_quantile(0.5, s.bounds, s.counts), histogram_quantile(0.5, b.bounds, b.counts)
-        if math.isnan(sp50) or math.isnan(bp50) or sp50 <= 0:
+        sp50, bp50 = s.quantiles.get(0.5), b.quantiles.get(0.5)
+        if sp50 is None or bp50 is None or sp50 <= 0:
             continue
-        out.append(BandComparison(band, sp50, bp50, min(s.count, b.count)))
+        out.append(LoadBandComparison(band, sp50, bp50, min(s.requests, b.requests)))
     return tuple(out)
 
 
 # The latency families compared per load band: per-request TPOT, and ITL (per decode step of a request).
-BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
+LOAD_BAND_LATENCIES: tuple[LatencyMetric, ...] = (LatencyMetric.TPOT, LatencyMetric.ITL)
+BAND_QUANTILES: tuple[float, ...] = (0.5, 0.99)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBandLatency:
+    """A latency family's increase over the poll intervals of a window that ran at one load band."""
+
+    histogram: Histogram
+    # PromQL's histogram_quantile of it at BAND_QUANTILES (a NaN one left out).
+    quantiles: Mapping[float, float]
+
+    @property
+    def requests(self) -> float:
+        """Observations: requests finished at the band for TPOT, decode steps for ITL."""
+        return self.histogram.count
+
+
+def load_band_latency(h: Histogram) -> LoadBandLatency:
+    return LoadBandLatency(h, quantiles(h, BAND_QUANTILES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +236,7 @@ class WindowLoad:
     window: Window
     engines: Mapping[EngineKey, Load]
     target: Load
-    latency_by_band: Mapping[LatencyMetric, Mapping[str, Histogram]]
+    latency_by_load_band: Mapping[LatencyMetric, Mapping[str, LoadBandLatency]]
 
 
 def window_loads(
@@ -294,26 +245,28 @@ def window_loads(
     slack_seconds: float,
     keys: Sequence[EngineKey],
     *,
-    band_latency: bool = True,
+    load_band_latency: bool = True,
 ) -> tuple[WindowLoad, ...]:
     """Every window's load over the ring's points, for the engines in `keys` (those the latest scrape has).
 
     Each poll interval's load is read once, over the longest window; a shorter window is the newest part of it.
-    TPOT and ITL by band only with `band_latency` (a target compared with a baseline, or a baseline). Both give
-    what `intervals` and `histograms_by_band` give; they only do less work, as this runs at every poll.
+    TPOT and ITL by band only with `load_band_latency` (a target compared with a baseline, or a baseline). Both give
+    what summing interval by interval gives (tests/load_oracle.py); they only do less work, as this runs at every
+    poll.
     """
     if not windows:
         return ()
-    latencies = BAND_LATENCIES if band_latency else ()
+    latencies = LOAD_BAND_LATENCIES if load_band_latency else ()
     longest = window_points(points, max(w.seconds for w in windows), slack_seconds)
     pairs = list(pairwise(longest))
-    steps = {key: [_engine_step(a, b, key, ()) for a, b in pairs] for key in keys}
+    steps = {key: [engine_load(a, b, key) for a, b in pairs] for key in keys}
     seconds = [b.taken_at - a.taken_at for a, b in pairs]
-    # Per interval, the load per engine of the engines present (None: idle), as `_combine` has it.
+    # Per interval, the load per engine of the engines present (None: idle): idle engines count as 0 when
+    # another engine is busy.
     running: list[float | None] = []
     present: list[bool] = []
     for i in range(len(pairs)):
-        parts = [s[0] for key in keys if (s := steps[key][i]) is not None]
+        parts = [r for key in keys if (r := steps[key][i]) is not None]
         mean = sum(parts) / len(parts) if parts else 0.0
         running.append(mean if mean > 0 else None)
         present.append(bool(parts))
@@ -325,29 +278,34 @@ def window_loads(
         engines = {
             key: window_load(
                 [
-                    Interval(seconds[i], s[0] if s[0] > 0 else None, {})
+                    Interval(seconds[i], r if r > 0 else None)
                     for i in range(first, len(pairs))
-                    if (s := steps[key][i]) is not None
+                    if (r := steps[key][i]) is not None
                 ]
             )
             for key in keys
         }
-        spans = [Interval(seconds[i], running[i], {}) for i in range(first, len(pairs)) if present[i]]
+        spans = [Interval(seconds[i], running[i]) for i in range(first, len(pairs)) if present[i]]
         by_band = {m: {} for m in latencies} if not latencies else _by_band(pairs, steps, bands, first, latencies)
-        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_band=by_band))
+        out.append(WindowLoad(window=window, engines=engines, target=window_load(spans), latency_by_load_band=by_band))
     return tuple(out)
 
 
 def _by_band(
     pairs: Sequence[tuple[Point, Point]],
-    steps: Mapping[EngineKey, Sequence[_Step | None]],
+    steps: Mapping[EngineKey, Sequence[float | None]],
     bands: Sequence[str | None],
     first: int,
     latencies: Sequence[LatencyMetric],
-) -> dict[LatencyMetric, dict[str, Histogram]]:
-    """`histograms_by_band` over intervals first..: the increases of a run of intervals at one band telescope into
-    one subtraction of totals (restart-stitched, so that holds across a restart too), per engine present."""
-    sums: dict[tuple[LatencyMetric, str], list[Histogram]] = {}
+) -> dict[LatencyMetric, dict[str, LoadBandLatency]]:
+    """Each latency family's increase per load band over intervals first..: each interval's observations go to
+    the band it ran at. The increases of a run of intervals at one band telescope into one subtraction of totals
+    (restart-stitched, so that holds across a restart too), per engine present.
+
+    Requests finishing in an interval are credited to its load; their earlier steps may have run at another, so
+    this is sharp for steady load and blurred across a band edge.
+    """
+    increases: list[dict[tuple[LatencyMetric, str], Histogram]] = []
     n = len(pairs)
     for key, per_engine in steps.items():
         i = first
@@ -363,11 +321,9 @@ def _by_band(
             for m in latencies:
                 increase = histogram_increase(tb.histograms.get(m), ta.histograms.get(m))
                 if increase is not None and increase.count > 0:
-                    sums.setdefault((m, band), []).append(increase)
+                    increases.append({(m, band): increase})
             i = j + 1
-    out: dict[LatencyMetric, dict[str, Histogram]] = {m: {} for m in latencies}
-    for (m, band), hs in sums.items():
-        merged = merge(hs)
-        if merged is not None:
-            out[m][band] = merged
+    out: dict[LatencyMetric, dict[str, LoadBandLatency]] = {m: {} for m in latencies}
+    for (m, band), h in merge_each(increases).items():
+        out[m][band] = load_band_latency(h)
     return out

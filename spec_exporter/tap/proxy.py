@@ -1,5 +1,5 @@
 """The proxy tap: a pass-through HTTP proxy in front of vLLM, for a vLLM whose command line cannot take the
-middleware. A thin front end on the join core's Exchange, folding into the `spec_tap_*` families of a TapMetrics
+middleware. A thin front end on the tap's Exchange, folding into the `spec_tap_*` families of a TapMetrics
 on a registry the exporter owns.
 
 It forwards exactly what it received and returns exactly what vLLM sent, the documented usage injection aside:
@@ -34,12 +34,12 @@ import aiohttp.http_writer
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from spec_exporter.join.exchange import Exchange, JoinSettings
-from spec_exporter.join.metrics import REMEDY, Outcome, TapMetrics
-from spec_exporter.join.request import INSPECTED_PATHS
+from spec_exporter.tap.exchange import Exchange
+from spec_exporter.tap.metrics import REMEDY, Outcome, TapMetrics
+from spec_exporter.tap.request import INSPECTED_PATHS
+from spec_exporter.tap.settings import TapSettings
 
 log = structlog.get_logger("spec_exporter.tap")
 
@@ -58,9 +58,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 _CHUNK = 1 << 16
-
-# Where serve() puts the proxy tap's private registry (on the exporter app and the tap app).
-TAP_REGISTRY_KEY = web.AppKey("tap_registry", CollectorRegistry)
 
 # Options for the aiohttp server that runs the tap app (AppRunner / TestServer keyword arguments).
 SERVER_OPTIONS: dict[str, Any] = {
@@ -133,7 +130,7 @@ class TapProxy:
         upstream: str,
         session: aiohttp.ClientSession,
         metrics: TapMetrics,
-        settings: JoinSettings,
+        settings: TapSettings,
         *,
         clock: Callable[[], float],
     ) -> None:
@@ -270,7 +267,7 @@ class TapProxy:
 def create_tap_app(
     upstream: str,
     metrics: TapMetrics,
-    settings: JoinSettings | None = None,
+    settings: TapSettings | None = None,
     *,
     clock: Callable[[], float],
     session_factory: Callable[[], aiohttp.ClientSession] | None = None,
@@ -279,7 +276,7 @@ def create_tap_app(
     _keep_header_bytes()
     app = web.Application(client_max_size=0)
     holder: dict[str, TapProxy] = {}
-    join_settings = settings or JoinSettings()
+    tap_settings = settings or TapSettings()
 
     def default_session() -> aiohttp.ClientSession:
         # No pool limit: the tap must never queue a request vLLM itself would have taken.
@@ -291,7 +288,7 @@ def create_tap_app(
 
     async def session_ctx(_: web.Application) -> AsyncIterator[None]:
         async with (session_factory or default_session)() as session:
-            holder["proxy"] = TapProxy(upstream, session, metrics, join_settings, clock=clock)
+            holder["proxy"] = TapProxy(upstream, session, metrics, tap_settings, clock=clock)
             yield
 
     app.cleanup_ctx.append(session_ctx)
@@ -307,4 +304,4 @@ def tap_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, **SERVER_OPTIONS)
 
 
-__all__ = ["SERVER_OPTIONS", "TAP_REGISTRY_KEY", "TapProxy", "create_tap_app", "forwardable", "tap_runner"]
+__all__ = ["SERVER_OPTIONS", "TapProxy", "create_tap_app", "forwardable", "tap_runner"]

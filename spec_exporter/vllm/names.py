@@ -8,7 +8,7 @@ exact-name matching skips them (a prefix match would pick up their epoch values)
 
 from __future__ import annotations
 
-from spec_exporter.join import metrics as tap
+from spec_exporter.tap import metrics as tap
 from spec_exporter.types import LatencyMetric
 
 PREFIX = "vllm:"
@@ -48,7 +48,7 @@ LABEL_LE = "le"
 # Not vLLM's own: prometheus_client's process collector. It changes when the process behind the URL changes.
 PROCESS_START = "process_start_time_seconds"
 
-# The join core's families (spec_exporter/join/metrics.py), written by the tap middleware inside vLLM's API server
+# The tap's families (spec_exporter/tap/metrics.py), written by the tap middleware inside vLLM's API server
 # or by the proxy tap: sample name → the field it feeds. Labels: model_name, temperature_band (and outcome, stage).
 TAP_PREFIX = "spec_tap_"
 TAP_COUNTERS: dict[str, str] = {

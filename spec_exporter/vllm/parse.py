@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from spec_exporter.types import (
-    BandKey,
-    BandSample,
     EngineGeneration,
     EngineKey,
     EngineSample,
@@ -24,6 +23,8 @@ from spec_exporter.types import (
     Snapshot,
     SpecCounters,
     TapSample,
+    TemperatureBandKey,
+    TemperatureBandSample,
 )
 from spec_exporter.vllm import names
 
@@ -42,7 +43,7 @@ _POSITION = 1
 _BUCKET = 2
 _HCOUNT = 3
 _HSUM = 4
-# The tap's `spec_tap_*` families (the join core's, on vLLM's /metrics when the middleware runs there).
+# The tap's `spec_tap_*` families (the tap's, on vLLM's /metrics when the middleware runs there).
 _TAP_COUNTER = 5
 _TAP_BUCKET = 6
 _TAP_HCOUNT = 7
@@ -121,7 +122,7 @@ class _EngineBuilder:
 class _TapBuilder:
     # (field, key) → value; key is (model, band) for tokens, (band, outcome) for requests, stage for errors.
     counters: dict[tuple[str, Any], float] = field(default_factory=dict)
-    histograms: dict[tuple[str, BandKey], _HistogramBuilder] = field(default_factory=dict)
+    histograms: dict[tuple[str, TemperatureBandKey], _HistogramBuilder] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -276,11 +277,17 @@ def _describe_series(series_text: str) -> tuple[Any, ...]:
     """`name{labels}` → (kind, target, key, le or position, has model_name, has server), or `_UNWANTED`."""
     brace = series_text.find("{")
     name = series_text if brace < 0 else series_text[:brace]
+    if name not in _WANTED:
+        return _UNWANTED
+    return _classify(name, {} if brace < 0 else _parse_labels(series_text[brace + 1 : -1]))
+
+
+def _classify(name: str, labels: Mapping[str, str]) -> tuple[Any, ...]:
+    """What a sample feeds, from its name and labels (however they were read), or `_UNWANTED`."""
     wanted = _WANTED.get(name)
     if wanted is None:
         return _UNWANTED
     kind, target = wanted
-    labels = {} if brace < 0 else _parse_labels(series_text[brace + 1 : -1])
     model = labels.get(names.LABEL_MODEL, "")
     key: Any = (model, labels.get(names.LABEL_ENGINE, ""))
     extra: Any = None
@@ -315,6 +322,20 @@ def parse_exposition(text: str, taken_at: float) -> Snapshot:
     return ExpositionParser().parse(text, taken_at)
 
 
+def read_tap_samples(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> TapSample | None:
+    """The tap's `spec_tap_*` families from samples already read, (name, labels, value) as prometheus_client's
+    registries yield them: the proxy tap's own counts, read as the same fields the text of vLLM's /metrics gives.
+    None if there is no tap sample among them."""
+    scan = _Scan()
+    for name, labels, value in samples:
+        series = _classify(name, labels)
+        if series is _UNWANTED or series[0] < _TAP_COUNTER:
+            continue
+        kind, target, key, extra, _, _ = series
+        _add_tap(scan, kind, target, key, extra, value)
+    return _finish_tap(scan.tap) if scan.tap is not None else None
+
+
 def _finish(builder: _EngineBuilder, generation: EngineGeneration, key: EngineKey) -> EngineSample:
     s = builder.scalars
     spec = None
@@ -346,7 +367,7 @@ def _finish(builder: _EngineBuilder, generation: EngineGeneration, key: EngineKe
 
 
 def _finish_tap(tb: _TapBuilder) -> TapSample:
-    bands: dict[BandKey, dict[str, Any]] = {}
+    bands: dict[TemperatureBandKey, dict[str, Any]] = {}
     requests: dict[tuple[str, str], float] = {}
     errors: dict[str, float] = {}
     for (field_name, key), value in tb.counters.items():
@@ -359,7 +380,7 @@ def _finish_tap(tb: _TapBuilder) -> TapSample:
     for (field_name, key), hb in tb.histograms.items():
         bands.setdefault(key, {})[field_name] = _finish_histogram(f"spec_tap {field_name}", hb, key)
     return TapSample(
-        bands={k: BandSample(**v) for k, v in bands.items()},
+        bands={k: TemperatureBandSample(**v) for k, v in bands.items()},
         requests=requests,
         errors=errors,
     )

@@ -24,10 +24,11 @@ from mixin.dashboards import dashboards
 from mixin.generate import render_rules
 from mixin.params import Params
 from mixin.rules import recording_rules
-from spec_exporter.join.metrics import TapMetrics
+from spec_exporter.tap.metrics import TapMetrics
 from tests.standin import rewrite
 from tests.system.scenario_vllm import ScenarioVLLM
 from tests.system.test_stack import DASHBOARD_VARS, _LoopThread, _serve
+from tests.tap_folds import measured
 from tests.test_dashboards import base_layer_queries
 
 pytestmark = pytest.mark.system
@@ -84,7 +85,7 @@ class FleetPod(ScenarioVLLM):
         while self._folded < int(t * self.tap_requests_per_second):
             band = "0" if self._folded % 3 else "0.7-1.0"
             accepted = round(60 * self.acceptance) - self._folded % 5
-            self._tap.measured(self.model, band, accepted, 60, 0.05, 0.02)
+            measured(self._tap, self.model, band, accepted, 60, 0.05, 0.02)
             self._folded += 1
         return text.rstrip("\n") + "\n" + generate_latest(self._registry).decode()
 

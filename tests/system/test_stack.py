@@ -29,7 +29,6 @@ from mixin.generate import render_rules
 from mixin.params import Params
 from mixin.rules import names, recording_rules
 from tests.system.scenario_vllm import ScenarioVLLM
-from tests.test_mixin import LOAD_BAND_METRICS
 
 pytestmark = pytest.mark.system
 
@@ -331,9 +330,6 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         "Acceptance by band",
         "Requests through the tap",
     }, middleware_only
-    pending = [e for e in empty if any(m in e[2] for m in LOAD_BAND_METRICS)]
-    if empty and empty == pending:
-        pytest.xfail(f"panels waiting for the exporter's load-band series (issue 14): {[e[0] for e in pending]}")
     assert empty == []
 
 

@@ -62,10 +62,15 @@ The service account the pods run as.
 The exporter image: a digest wins over a tag; the tag defaults to the chart's appVersion.
 */}}
 {{- define "spec-exporter.image" -}}
+{{- /* fail, not required: `helm lint` reports a required value as a warning only. */}}
+{{- if not .Values.image.repository }}
+{{- fail "image.repository is not set: no spec-exporter image is published yet. Build it from the repository's Dockerfile (docker build -t REGISTRY/spec-exporter:TAG .), push it to a registry your cluster pulls from, and set image.repository (and image.tag) to it; docs/deploy.md shows how" }}
+{{- end }}
+{{- $repository := .Values.image.repository }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
 
@@ -140,9 +145,10 @@ of flag names read as `-`, so that the chart does not add a flag twice.
 {{- end }}
 
 {{/*
-The name of the local vLLM target in sidecar mode: it becomes the `target` label of the exporter's series.
+The name of the local vLLM target in sidecar mode: it becomes the `target` label of the exporter's series. The pod's
+own name, which the exporter reads from POD_NAME (the downward API) when it loads its configuration.
 */}}
-{{- define "spec-exporter.localTarget" -}}vllm{{- end }}
+{{- define "spec-exporter.localTarget" -}}${POD_NAME}{{- end }}
 
 {{/*
 The exporter's configuration file: exporter.config, plus the local vLLM target in sidecar mode and the proxy tap's
@@ -179,6 +185,43 @@ interval: {{ . }}
 {{- with .Values.monitor.scrapeTimeout }}
 scrapeTimeout: {{ . }}
 {{- end }}
+{{- end }}
+
+{{/*
+The `job` of the exporter's series: set by the monitor rather than left to the operator's default (the Service's
+name for a ServiceMonitor, namespace/name for a PodMonitor), so that the rules can select it exactly whatever
+fullnameOverride says.
+*/}}
+{{- define "spec-exporter.exporterJob" -}}
+{{- include "spec-exporter.fullname" . }}
+{{- end }}
+
+{{/*
+Label matchers of the exporter's own scrape, for the exporter-down alert: prometheusRule.exporterJobSelector; else
+the job and namespace this release's monitor gives it; else, with no monitor of this release's, the mixin's
+selector, which any job with spec-exporter in its name matches.
+*/}}
+{{- define "spec-exporter.exporterJobSelector" -}}
+{{- if .Values.prometheusRule.exporterJobSelector }}
+{{- .Values.prometheusRule.exporterJobSelector }}
+{{- else if .Values.monitor.enabled }}
+{{- printf "job=%q,namespace=%q" (include "spec-exporter.exporterJob" .) .Release.Namespace }}
+{{- else }}
+{{- include "spec-exporter.mixinExporterJobSelector" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The exporter endpoint's relabelings: its `job` first, then the user's monitor.relabelings.
+*/}}
+{{- define "spec-exporter.exporterRelabelings" -}}
+relabelings:
+  - action: replace
+    targetLabel: job
+    replacement: {{ include "spec-exporter.exporterJob" . }}
+  {{- with .Values.monitor.relabelings }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*

@@ -1,8 +1,9 @@
-"""Temperature → band: the closed set of `temperature_band` label values (pure)."""
+"""Temperature → temperature band: the closed set of `temperature_band` label values (pure)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 GREEDY = "0"
@@ -17,22 +18,29 @@ def _edge(value: float) -> str:
     return f"{value:.1f}" if value == int(value) else f"{value:g}"
 
 
+def check_edges(edges: Sequence[float]) -> None:
+    """Raise ValueError unless `edges` split (0, 2] into bands: finite, strictly increasing, in (0, 2]."""
+    if not edges or any(not math.isfinite(e) or e <= 0 or e > MAX_TEMPERATURE for e in edges):
+        raise ValueError(f"temperature band edges must lie in (0, {MAX_TEMPERATURE:g}]")
+    if list(edges) != sorted(set(edges)):
+        raise ValueError("temperature band edges must be strictly increasing")
+
+
 @dataclass(frozen=True, slots=True)
-class Bands:
+class TemperatureBands:
     """`edges` split (0, 2] into [lo, hi) bands; 0 (greedy) is a band of its own.
 
     `default_temperature` stands in for a request without one: vLLM then uses the model's generation_config
-    default, or 1.0 when it sets none, so it is configurable.
+    default, or 1.0 when it sets none, so it is configurable. Both come from `TapSettings` (their defaults and
+    validation live there); the edges are checked again here because a band label set built on bad edges would
+    not be closed.
     """
 
-    edges: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)
-    default_temperature: float = 1.0
+    edges: tuple[float, ...]
+    default_temperature: float
 
     def __post_init__(self) -> None:
-        if not self.edges or any(e <= 0 or not math.isfinite(e) for e in self.edges):
-            raise ValueError("band edges must be positive and finite")
-        if list(self.edges) != sorted(set(self.edges)):
-            raise ValueError("band edges must be strictly increasing")
+        check_edges(self.edges)
 
     @property
     def labels(self) -> tuple[str, ...]:

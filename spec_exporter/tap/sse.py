@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from spec_exporter.join.request import NotUnderstood
-from spec_exporter.join.response import parse_json
+from spec_exporter.tap.request import NotUnderstood
+from spec_exporter.tap.response import parse_json
 
 _CR, _LF = 13, 10
 _FINISHED = b'"finish_reason":"'

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from spec_exporter.join.request import NotUnderstood
+from spec_exporter.tap.request import NotUnderstood
 
 
 @dataclass(frozen=True, slots=True)

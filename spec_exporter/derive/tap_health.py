@@ -1,4 +1,5 @@
-"""Acceptance by temperature band from the tap's series (pure): windowed halves, P10/P50/P90, verdicts, coverage.
+"""The tap's health (pure): acceptance by temperature band from its series (windowed halves, P10/P50/P90,
+verdicts), its outcomes and errors, and its coverage of the engine's speculation.
 
 The per-request acceptance percentiles come from the window's increase of the acceptance histogram, computed
 exactly as PromQL's `histogram_quantile` would on the same buckets (every 0.025, so within one bucket width of the
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 
 from spec_exporter.derive.latency import quantiles
 from spec_exporter.derive.verdict import verdict
-from spec_exporter.join.metrics import Outcome
-from spec_exporter.types import BandKey, BandSample, DeriveParams, TapSample, Verdict, Window
+from spec_exporter.tap.metrics import Outcome
+from spec_exporter.types import DeriveParams, TapSample, TemperatureBandKey, TemperatureBandSample, Verdict, Window
 
 PERCENTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 # The outcome the remedy (--per-request-spec-decode-metrics summary) applies to, and the one that proves it works.
@@ -22,7 +23,7 @@ MEASURED, NO_SPEC_METRICS = Outcome.MEASURED.value, Outcome.NO_SPEC_METRICS.valu
 
 
 @dataclass(frozen=True, slots=True)
-class BandWindow:
+class TemperatureBandWindow:
     window: Window
     requests: float
     accepted: float
@@ -32,16 +33,16 @@ class BandWindow:
 
 
 @dataclass(frozen=True, slots=True)
-class BandHealth:
-    key: BandKey
-    totals: BandSample
-    windows: tuple[BandWindow, ...]
+class TemperatureBandHealth:
+    key: TemperatureBandKey
+    totals: TemperatureBandSample
+    windows: tuple[TemperatureBandWindow, ...]
     verdict: Verdict
 
 
 @dataclass(frozen=True, slots=True)
 class TapHealth:
-    bands: tuple[BandHealth, ...]
+    bands: tuple[TemperatureBandHealth, ...]
     requests: Mapping[tuple[str, str], float]
     errors: Mapping[str, float]
     drafted_in_window: Mapping[str, float]
@@ -51,12 +52,14 @@ class TapHealth:
     missing_spec_metrics: bool
 
 
-def _band_window(window: Window, delta: BandSample | None, params: DeriveParams) -> BandWindow:
+def _temperature_band_window(
+    window: Window, delta: TemperatureBandSample | None, params: DeriveParams
+) -> TemperatureBandWindow:
     if delta is None:
-        return BandWindow(window, 0.0, 0.0, 0.0, {}, Verdict.INSUFFICIENT_DATA)
+        return TemperatureBandWindow(window, 0.0, 0.0, 0.0, {}, Verdict.INSUFFICIENT_DATA)
     h = delta.acceptance
     rate = delta.accepted_tokens / delta.draft_tokens if delta.draft_tokens > 0 else None
-    return BandWindow(
+    return TemperatureBandWindow(
         window=window,
         requests=h.count if h is not None else 0.0,
         accepted=delta.accepted_tokens,
@@ -79,12 +82,12 @@ def derive_tap(
         windows = []
         for w in params.windows:
             delta = deltas.get(w.label)
-            windows.append(_band_window(w, delta.bands.get(key) if delta is not None else None, params))
+            windows.append(_temperature_band_window(w, delta.bands.get(key) if delta is not None else None, params))
             drafted_in_window[w.label] += windows[-1].drafted
         band_verdict = next(
             (bw.verdict for bw in windows if bw.window.label == params.verdict_window), Verdict.INSUFFICIENT_DATA
         )
-        bands.append(BandHealth(key, band_totals, tuple(windows), band_verdict))
+        bands.append(TemperatureBandHealth(key, band_totals, tuple(windows), band_verdict))
     coverage = {}
     for label, drafted in drafted_in_window.items():
         engine = engine_drafted.get(label)

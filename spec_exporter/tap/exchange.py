@@ -9,24 +9,13 @@ folds the request into `TapMetrics` exactly once. It never raises: a failure of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from spec_exporter.join.bands import UNKNOWN, Bands
-from spec_exporter.join.metrics import ErrorStage, Outcome, TapMetrics
-from spec_exporter.join.request import NotUnderstood, RequestView, identity_only, read_request
-from spec_exporter.join.response import SpecResult, parse_json, spec_result
-from spec_exporter.join.sse import FilterFailed, UsageFilter
-
-DEFAULT_MAX_INSPECT_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class JoinSettings:
-    """The join's knobs, with the exporter's `tap.*` defaults."""
-
-    bands: Bands = field(default_factory=Bands)
-    inject_usage: bool = True
-    max_inspect_bytes: int = DEFAULT_MAX_INSPECT_BYTES
+from spec_exporter.tap.metrics import ErrorStage, Outcome, TapMetrics
+from spec_exporter.tap.request import NotUnderstood, RequestView, identity_only, read_request
+from spec_exporter.tap.response import SpecResult, parse_json, spec_result
+from spec_exporter.tap.settings import TapSettings
+from spec_exporter.tap.sse import FilterFailed, UsageFilter
+from spec_exporter.tap.temperature_bands import UNKNOWN
 
 
 def _encoded(content_encoding: str | None) -> bool:
@@ -40,7 +29,7 @@ class Exchange:
     def __init__(
         self,
         metrics: TapMetrics,
-        settings: JoinSettings,
+        settings: TapSettings,
         *,
         clock: Callable[[], float],
         server_may_encode: bool,

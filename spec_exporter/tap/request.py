@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from spec_exporter.join.bands import INVALID, UNKNOWN, Bands
+from spec_exporter.tap.temperature_bands import INVALID, UNKNOWN, TemperatureBands
 
 # The endpoints whose responses carry metrics.speculative_decoding in vLLM.
 INSPECTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -53,7 +53,7 @@ class RequestView:
     upstream_body: bytes
 
 
-def temperature_band(raw: Any, bands: Bands) -> str:
+def temperature_band(raw: Any, bands: TemperatureBands) -> str:
     """The band of a request's `temperature` field as vLLM would read it; missing or null takes the default."""
     if type(raw) is float or type(raw) is int:
         value: float | None = float(raw)
@@ -129,7 +129,7 @@ def _injected_body(body: bytes, data: dict[str, Any], options: Any) -> bytes | N
     return body[:end] + b',"stream_options":' + merged + body[end:]
 
 
-def read_request(body: bytes, bands: Bands, *, inject_usage: bool, may_encode: bool) -> RequestView:
+def read_request(body: bytes, bands: TemperatureBands, *, inject_usage: bool, may_encode: bool) -> RequestView:
     """What the tap needs from a completion request, and the body to send upstream.
 
     `may_encode`: the answer to this request could arrive content-encoded, so nothing is injected.

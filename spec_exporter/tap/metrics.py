@@ -2,7 +2,7 @@
 
 The middleware registers them in prometheus_client's default registry, so they appear on vLLM's own /metrics (and
 are summed across API-server processes in its multiprocess mode: hence only Counter and Histogram). The proxy tap
-registers them in a private registry that the exporter's poller reads like any other scrape.
+registers them in a private registry, which the exporter's poller reads as data with its target's scrape.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from spec_exporter.tap.settings import TapSettings
 
 # 41 bounds, step 0.025: 0.5 and 0.65 (the verdict thresholds) are edges, and a percentile interpolated inside a
 # bucket is never further than one bucket width from the exact sample percentile.
@@ -71,7 +73,6 @@ UNKNOWN_MODEL = "unknown"  # neither the response nor the request named one
 MAX_MODEL_CHARS = 200
 # What makes vLLM put per-request speculative-decoding metrics into its answers (no_spec_metrics otherwise).
 REMEDY = "--per-request-spec-decode-metrics summary"
-DEFAULT_MAX_MODELS = 20
 
 REQUESTS = "spec_tap_requests_total"
 DRAFT_TOKENS = "spec_tap_draft_tokens_total"
@@ -110,11 +111,13 @@ def _encodable(value: str) -> bool:
 class TapMetrics:
     """The `spec_tap_*` families in `registry`; one instance per registry (prometheus_client refuses a second).
 
-    Fold each request exactly once (`request`, or its shorthands `measured` / `outcome`): the model-name label is
-    resolved, capped and sanitised there.
+    Fold each request exactly once (`request`): the model-name label is resolved, capped and sanitised there.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int = DEFAULT_MAX_MODELS) -> None:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int | None = None) -> None:
+        """`max_models`: distinct model_name values (default `TapSettings().max_models`)."""
+        if max_models is None:
+            max_models = TapSettings().max_models
         if max_models < 0:
             raise ValueError("max_models must not be negative")
         self._max_models = max_models
@@ -213,16 +216,6 @@ class TapMetrics:
             ttft_hist.observe(ttft)
         if tpot is not None:
             tpot_hist.observe(tpot)
-
-    def measured(
-        self, model: str | None, band: str, accepted: int, drafted: int, ttft: float | None, tpot: float | None
-    ) -> None:
-        self.request(model, band, Outcome.MEASURED, accepted=accepted, drafted=drafted, ttft=ttft, tpot=tpot)
-
-    def outcome(
-        self, model: str | None, band: str, outcome: Outcome, ttft: float | None = None, tpot: float | None = None
-    ) -> None:
-        self.request(model, band, outcome, ttft=ttft, tpot=tpot)
 
     def error(self, stage: ErrorStage) -> None:
         self.errors.labels(ErrorStage(stage).value).inc()
