@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from mixin.params import Params
-from mixin.rules import rule_groups
+from mixin.rules import LAYERS, rule_groups
 
 CHART = Path("helm") / "spec-exporter"
 RULE_TEMPLATE = "templates/prometheusrule.yaml"
@@ -140,50 +140,10 @@ def _rule_name(rule: dict[str, Any]) -> str:
     return str(rule.get("alert") or rule.get("record"))
 
 
-# The rule layers, each installable alone (prometheusRule.layers.<layer>.enabled) as its own PrometheusRule: `base`
-# reads what Prometheus scrapes from vLLM itself (vllm:*, and the middleware's spec_tap_*), `exporter` the
-# exporter's derived spec_decode_* series and its own health.
-LAYERS = ("base", "exporter")
-# An exporter series by name: spec_decode_ not inside a recorded name (those carry colons and are followed by
-# what records them).
-_EXPORTER_SERIES = re.compile(r"(?<![\w:])spec_decode_[a-z]\w*(?![\w:])")
-
-
 def layer_groups(params: Params) -> dict[str, list[dict[str, Any]]]:
-    """The rule groups of each layer. A rule is in the exporter layer when it reads an exporter series, the
-    exporter's scrape (`up` by its job) or what another exporter-layer rule records; else in the base layer. Each
-    group is split by layer and named after it.
-
-    Stands in for the mixin's own split (mixin.rules), which the chart will take as is once it exists."""
-    groups = [group for doc in rule_groups(params).values() for group in doc["groups"]]
-    rules = [rule for group in groups for rule in group["rules"]]
-    exporter_records: set[str] = set()
-    in_exporter: set[int] = set()
-    changed = True
-    while changed:  # until what the exporter layer records stops growing: a record may be read before it is defined
-        changed = False
-        for i, rule in enumerate(rules):
-            if i in in_exporter:
-                continue
-            expr = rule["expr"]
-            if (
-                _EXPORTER_SERIES.search(expr)
-                or (params.exporter_job_selector and params.exporter_job_selector in expr)
-                or any(re.search(rf"(?<![\w:]){re.escape(r)}(?![\w:])", expr) for r in exporter_records)
-            ):
-                in_exporter.add(i)
-                if "record" in rule:
-                    exporter_records.add(rule["record"])
-                changed = True
-    layer_of = {id(rule): "exporter" if i in in_exporter else "base" for i, rule in enumerate(rules)}
-    out: dict[str, list[dict[str, Any]]] = {layer: [] for layer in LAYERS}
-    for group in groups:
-        for layer in LAYERS:
-            mine = [rule for rule in group["rules"] if layer_of[id(rule)] == layer]
-            if mine:
-                name = str(group["name"]).replace("spec-decode", f"spec-decode-{layer}", 1)
-                out[layer].append({**group, "name": name, "rules": mine})
-    return out
+    """The rule groups of each layer, as mixin/rules.py splits them (each installable alone, as its own
+    PrometheusRule: prometheusRule.layers.<layer>.enabled)."""
+    return {layer: [g for doc in rule_groups(params, layer).values() for g in doc["groups"]] for layer in LAYERS}
 
 
 def _substitute(text: str) -> str:

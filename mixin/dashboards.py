@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from mixin.params import OVERVIEW_UID, Params
+from mixin.rules import LATENCY, names
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # `cluster` is an external label of multi-cluster setups and absent elsewhere: its "All" value `.*` also matches
@@ -15,10 +16,12 @@ SCOPE = 'cluster=~"$cluster", job=~"$job", namespace=~"$namespace", pod=~"$pod"'
 POD = SCOPE
 TAP = SCOPE + ', model_name=~"$model_name"'
 ENGINE = TAP + ', engine=~"$engine"'
-# The tap's series carry no engine label: the engine variable does not apply to them.
-BAND = TAP + ', temperature_band=~"$temperature_band"'
 # vLLM's own series come from its own job (not the exporter's), in the same cluster, namespace and pod.
 VLLM = 'cluster=~"$cluster", namespace=~"$namespace", pod=~"$pod"'
+# The base layer (vLLM's series, spec_tap_* and the base recording rules): whatever vLLM's job is called.
+BASE_POD = VLLM + ', model_name=~"$model_name"'
+BASE_MODEL = 'cluster=~"$cluster", namespace=~"$namespace", model_name=~"$model_name"'
+BASE_BAND = BASE_MODEL + ', temperature_band=~"$temperature_band"'
 RATE = "[$__rate_interval]"
 
 
@@ -191,12 +194,13 @@ def _query_var(
     }
 
 
-def _acc(num: str, den: str, by: str, sel: str = ENGINE) -> str:
-    return f"sum by ({by}) (rate({num}{{{sel}}}{RATE})) / (sum by ({by}) (rate({den}{{{sel}}}{RATE})) > 0)"
+def _vllm(metric: str, scope: str = BASE_POD) -> str:
+    return f'{{__name__="{metric}", {scope}}}'
 
 
 def overview(p: Params | None = None) -> dict[str, Any]:
     p = p or Params()
+    n = names(p)
     g = _Layout()
     g.row("Verdict")
     g.add(
@@ -247,15 +251,9 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         _panel(
             "stat",
             "Draft acceptance",
-            "Accepted / proposed draft tokens over the dashboard's rate interval, from the "
-            "exporter's counters: a ratio of sums across pods. Red below 0.5 (net-negative), orange to 0.65.",
-            [
-                _target(
-                    _acc("spec_decode_accepted_tokens_total", "spec_decode_draft_tokens_total", "model_name"),
-                    "{{model_name}}",
-                    "A",
-                )
-            ],
+            "Accepted / proposed draft tokens per model over the base layer's rate window, from vLLM's own counters: "
+            "a ratio of sums across pods. Red below 0.5 (net-negative), orange to 0.65.",
+            [_target(f"{n['vllm_acceptance']}{{{BASE_MODEL}}}", "{{namespace}}/{{model_name}}", "A")],
             unit="percentunit",
             thresholds=ACCEPTANCE_STEPS,
             min_=0,
@@ -289,20 +287,75 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         6,
     )
 
+    g.row("By pod")
+    pod_columns = {
+        "A": ("Acceptance", f"{n['pod_acceptance']}{{{BASE_POD}}}"),
+        "B": ("Acceptance length", f"{n['pod_length']}{{{BASE_POD}}}"),
+        "C": ("TPOT p99", f"{n['pod_tpot_p99']}{{{BASE_POD}}}"),
+        "D": ("KV cache", f"max by (cluster, namespace, pod, model_name) ({n['pod_kv_usage']}{{{BASE_POD}}})"),
+        # The exporter layer's verdict for the pod's engine counters, where a sidecar runs.
+        "E": (
+            "Verdict",
+            "max by (cluster, namespace, pod, model_name, verdict) "
+            f'(spec_decode_verdict{{{TAP}, temperature_band="all"}}) == 1',
+        ),
+    }
+    g.add(
+        _panel(
+            "table",
+            "Pods",
+            "Every pod of the selected models: draft acceptance and acceptance length over the base layer's rate "
+            "window, its TPOT p99, its fullest KV cache, and the exporter's verdict where a sidecar runs. Sort by "
+            "acceptance: a pod far below the others (SpecDecodePodAcceptanceOutlier) is a half-rolled checkpoint, "
+            "other hardware or traffic of its own.",
+            [_target(expr, "", ref, instant=True, format="table") for ref, (_, expr) in pod_columns.items()],
+            options={"showHeader": True, "sortBy": [{"displayName": "Acceptance", "desc": False}]},
+            mappings=[_value_map(VERDICT_WORDS)],
+            transformations=[
+                {"id": "merge", "options": {}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Value #E": True},
+                        "renameByName": {
+                            **{f"Value #{ref}": title for ref, (title, _) in pod_columns.items()},
+                            "verdict": "Verdict",
+                            "pod": "Pod",
+                            "model_name": "Model",
+                            "namespace": "Namespace",
+                            "cluster": "Cluster",
+                        },
+                    },
+                },
+            ],
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": title},
+                    "properties": [{"id": "unit", "value": unit}],
+                }
+                for title, unit in (("Acceptance", "percentunit"), ("TPOT p99", "s"), ("KV cache", "percentunit"))
+            ]
+            + [
+                {
+                    "matcher": {"id": "byName", "options": "Verdict"},
+                    "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}}],
+                }
+            ],
+            runbooks=("SpecDecodePodAcceptanceOutlier", "SpecDecodeKVCacheSqueeze"),
+        ),
+        24,
+        10,
+    )
+
     g.row("Acceptance")
     g.add(
         _panel(
             "timeseries",
             "Draft acceptance rate",
-            "Acceptance over time per model, with the 0.5 (net-negative) and "
-            "0.65 (likely gain) lines. A dip that follows the temperature mix shows in the band panels below.",
-            [
-                _target(
-                    _acc("spec_decode_accepted_tokens_total", "spec_decode_draft_tokens_total", "model_name"),
-                    "{{model_name}}",
-                    "A",
-                )
-            ],
+            "Acceptance over time per model (a ratio of sums across its pods, from vLLM's own counters), with the 0.5 "
+            "(net-negative) and 0.65 (likely gain) lines. A dip that follows the temperature mix shows in the band "
+            "panels below; one pod far below the rest shows in the per-pod table.",
+            [_target(f"{n['vllm_acceptance']}{{{BASE_MODEL}}}", "{{namespace}}/{{model_name}}", "A")],
             **ACCEPTANCE_AXIS,
             runbooks=("SpecDecodeNetNegative", "SpecDecodeNearBreakEven", "SpecDecodeAcceptanceDropped"),
         ),
@@ -314,13 +367,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "Mean acceptance length",
             "Tokens per verification step including the bonus token "
             "(1 + accepted / drafts): between 1 (every draft rejected) and k + 1.",
-            [
-                _target(
-                    "1 + " + _acc("spec_decode_accepted_tokens_total", "spec_decode_drafts_total", "model_name"),
-                    "{{model_name}}",
-                    "A",
-                )
-            ],
+            [_target(f"{n['vllm_length']}{{{BASE_MODEL}}}", "{{namespace}}/{{model_name}}", "A")],
             min_=1,
         ),
         6,
@@ -332,16 +379,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "Share of drafts whose token at each position was accepted. "
             "Later positions are only accepted if all earlier ones were, so the curve falls; positions that rarely pay "
             "are the ones to cut with a lower num_speculative_tokens.",
-            [
-                _target(
-                    "sum by (model_name, position) "
-                    f"(rate(spec_decode_position_accepted_tokens_total{{{ENGINE}}}{RATE}))"
-                    f" / on (model_name) group_left () (sum by (model_name) (rate(spec_decode_drafts_total{{{ENGINE}}}"
-                    f"{RATE})) > 0)",
-                    "{{model_name}} pos {{position}}",
-                    "A",
-                )
-            ],
+            [_target(f"{n['vllm_position']}{{{BASE_MODEL}}}", "{{model_name}} pos {{position}}", "A")],
             unit="percentunit",
             min_=0,
             max_=1,
@@ -358,7 +396,8 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "picture (a cluster above 0.65 and one below 0.5) is the mixed workload a single average hides.",
             [
                 _target(
-                    f"sum by (le) (increase(spec_decode_request_acceptance_rate_bucket{{{BAND}}}{RATE}))",
+                    f"sum by (le) (increase(spec_tap_request_acceptance_rate_bucket{{{VLLM}, "
+                    f'model_name=~"$model_name", temperature_band=~"$temperature_band"}}{RATE}))',
                     "{{le}}",
                     "A",
                     format="heatmap",
@@ -373,16 +412,12 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         _panel(
             "timeseries",
             "Acceptance P10 / P50 / P90 by band",
-            "Percentiles of per-request acceptance per temperature "
-            "band from the tap's histogram. Watch P10: it is the requests that slow the batch down.",
+            "Percentiles of per-request acceptance per temperature band, computed once by the base layer's "
+            "recording rules from the tap's fine-bucket histogram (0.025 wide) summed across pods. Watch P10: it is "
+            "the requests that slow the batch down.",
             [
-                _target(
-                    f"histogram_quantile({q}, sum by (le, temperature_band) "
-                    f"(rate(spec_decode_request_acceptance_rate_bucket{{{BAND}}}{RATE})))",
-                    f"{{{{temperature_band}}}} p{int(q * 100)}",
-                    ref,
-                )
-                for q, ref in ((0.1, "A"), (0.5, "B"), (0.9, "C"))
+                _target(f"{n[key]}{{{BASE_BAND}}}", f"{{{{model_name}}}} {{{{temperature_band}}}} {key[4:]}", ref)
+                for key, ref in (("tap_p10", "A"), ("tap_p50", "B"), ("tap_p90", "C"))
             ],
             **ACCEPTANCE_AXIS,
             runbooks=("SpecDecodeTemperatureBandNetNegative",),
@@ -395,18 +430,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "Acceptance by band",
             "Accepted / drafted tokens per temperature band (ratio of the tap's "
             "counter halves). Acceptance falls as temperature rises; a band below 0.5 should leave this pool.",
-            [
-                _target(
-                    _acc(
-                        "spec_decode_request_accepted_tokens_total",
-                        "spec_decode_request_draft_tokens_total",
-                        "temperature_band",
-                        BAND,
-                    ),
-                    "{{temperature_band}}",
-                    "A",
-                )
-            ],
+            [_target(f"{n['tap_acceptance']}{{{BASE_BAND}}}", "{{model_name}} {{temperature_band}}", "A")],
             **ACCEPTANCE_AXIS,
             runbooks=("SpecDecodeTemperatureBandNetNegative",),
         ),
@@ -421,7 +445,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "--per-request-spec-decode-metrics summary).",
             [
                 _target(
-                    f"sum by (temperature_band, outcome) (rate(spec_decode_tap_requests_total{{{POD}, "
+                    f"sum by (temperature_band, outcome) (rate(spec_tap_requests_total{{{BASE_POD}, "
                     f'temperature_band=~"$temperature_band"}}{RATE}))',
                     "{{temperature_band}} {{outcome}}",
                     "A",
@@ -454,15 +478,11 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             _panel(
                 "timeseries",
                 f"{title} p50 / p95 / p99",
-                note + " Quantiles over the exporter's window, computed as "
-                "histogram_quantile would from vLLM's buckets.",
+                note + " Fleet percentiles per model from the base layer's recording rules: histogram_quantile "
+                f"over vLLM's {LATENCY[metric]} buckets summed across pods (not a max of per-pod quantiles).",
                 [
-                    _target(
-                        f'max by (model_name, quantile) (spec_decode_latency_seconds{{{ENGINE}, metric="{metric}", '
-                        f'window="$window", quantile=~"0.5|0.95|0.99"}})',
-                        "{{model_name}} p{{quantile}}",
-                        "A",
-                    )
+                    _target(f"{n[f'{metric}_{q}']}{{{BASE_MODEL}}}", f"{{{{model_name}}}} {q}", ref)
+                    for q, ref in (("p50", "A"), ("p95", "B"), ("p99", "C"))
                 ],
                 unit="s",
                 runbooks=runbooks,
@@ -476,12 +496,8 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "How far the tail sits from the median. Widening after speculative "
             "decoding was enabled means the tail pays for the median.",
             [
-                _target(
-                    f"max by (model_name, metric) (spec_decode_latency_divergence_ratio{{{ENGINE}, "
-                    f'window="$window", metric=~"ttft|tpot"}})',
-                    "{{model_name}} {{metric}}",
-                    "A",
-                )
+                _target(f"{n['ttft_ratio']}{{{BASE_MODEL}}}", "{{model_name}} ttft", "A"),
+                _target(f"{n['tpot_ratio']}{{{BASE_MODEL}}}", "{{model_name}} tpot", "B"),
             ],
             unit="x",
             runbooks=("SpecDecodeTailDivergenceWidening",),
@@ -523,7 +539,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "speculative decoding turns into a slowdown: read it with the running and waiting requests.",
             [
                 _target(
-                    f'sum by (model_name) (spec_decode_generation_tokens_per_second{{{ENGINE}, window="$window"}})',
+                    f"sum by (model_name) (rate({_vllm('vllm:generation_tokens_total')}{RATE}))",
                     "{{model_name}}",
                     "A",
                 )
@@ -539,12 +555,8 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "Requests in the engine at each poll. Waiting requests "
             "mean saturation, where speculation costs more than it saves.",
             [
-                _target(
-                    f"sum by (model_name) (spec_decode_requests_running{{{ENGINE}}})", "{{model_name}} running", "A"
-                ),
-                _target(
-                    f"sum by (model_name) (spec_decode_requests_waiting{{{ENGINE}}})", "{{model_name}} waiting", "B"
-                ),
+                _target(f"sum by (model_name) ({_vllm('vllm:num_requests_running')})", "{{model_name}} running", "A"),
+                _target(f"sum by (model_name) ({_vllm('vllm:num_requests_waiting')})", "{{model_name}} waiting", "B"),
             ],
             runbooks=("SpecDecodeSlowerThanBaselineAtLoad",),
         ),
@@ -554,9 +566,15 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         _panel(
             "timeseries",
             "KV-cache usage",
-            "Share of the KV cache in use. The draft's weights and KV come out of the same memory: high usage with "
-            "preemptions (next panel) is the squeeze.",
-            [_target(f"max by (model_name) (spec_decode_kv_cache_usage_ratio{{{ENGINE}}})", "{{model_name}}", "A")],
+            "Share of the KV cache in use, per pod (its fullest engine). The draft's weights and KV come out of the "
+            "same memory: high usage with preemptions on the same pod (next panel) is the squeeze.",
+            [
+                _target(
+                    f"max by (cluster, namespace, pod) ({n['pod_kv_usage']}{{{BASE_POD}}})",
+                    "{{namespace}}/{{pod}}",
+                    "A",
+                )
+            ],
             unit="percentunit",
             min_=0,
             max_=1,
@@ -569,12 +587,12 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         _panel(
             "timeseries",
             "Preemptions per second",
-            "Requests preempted per second over the window (vLLM recomputes their KV): with a full cache, the draft "
-            "is taking memory the target needs.",
+            "Requests preempted per second per pod (vLLM recomputes their KV): with a full cache on the same pod, "
+            "the draft is taking memory the target needs.",
             [
                 _target(
-                    f'sum by (model_name) (spec_decode_preemptions_per_second{{{ENGINE}, window="$window"}})',
-                    "{{model_name}}",
+                    f"sum by (cluster, namespace, pod) ({n['pod_preemptions']}{{{BASE_POD}}})",
+                    "{{namespace}}/{{pod}}",
                     "A",
                 )
             ],
@@ -737,23 +755,32 @@ def overview(p: Params | None = None) -> dict[str, Any]:
                 _query_var(
                     "cluster",
                     "Cluster",
-                    "label_values(spec_decode_exporter_build_info, cluster)",
+                    "label_values(vllm:num_requests_running, cluster)",
                     description="The cluster external label of a multi-cluster Prometheus (Thanos, Mimir); "
                     "empty and harmless where series have no cluster label.",
                 ),
-                _query_var("job", "Job", 'label_values(spec_decode_exporter_build_info{cluster=~"$cluster"}, job)'),
+                _query_var(
+                    "job",
+                    "Exporter job",
+                    'label_values(spec_decode_exporter_build_info{cluster=~"$cluster"}, job)',
+                    description="The exporter layer's panels only; vLLM's own series are read whatever their job.",
+                ),
+                # From vLLM's own series: the dashboard works with the base layer alone (no sidecar).
                 _query_var(
                     "namespace",
                     "Namespace",
-                    'label_values(spec_decode_exporter_build_info{cluster=~"$cluster", job=~"$job"}, namespace)',
+                    'label_values(vllm:num_requests_running{cluster=~"$cluster"}, namespace)',
                 ),
                 _query_var(
                     "pod",
                     "Pod",
-                    'label_values(spec_decode_exporter_build_info{cluster=~"$cluster", job=~"$job", '
-                    'namespace=~"$namespace"}, pod)',
+                    'label_values(vllm:num_requests_running{cluster=~"$cluster", namespace=~"$namespace"}, pod)',
                 ),
-                _query_var("model_name", "Model", f"label_values(spec_decode_enabled{{{SCOPE}}}, model_name)"),
+                _query_var(
+                    "model_name",
+                    "Model",
+                    'label_values(vllm:num_requests_running{cluster=~"$cluster", namespace=~"$namespace"}, model_name)',
+                ),
                 _query_var(
                     "engine",
                     "Engine",
@@ -764,7 +791,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
                 _query_var(
                     "temperature_band",
                     "Temperature band",
-                    f"label_values(spec_decode_tap_requests_total{{{SCOPE}}}, temperature_band)",
+                    f'label_values(spec_tap_requests_total{{{VLLM}, model_name=~"$model_name"}}, temperature_band)',
                 ),
                 _query_var(
                     "window",

@@ -14,11 +14,19 @@ OVERVIEW_UID = "spec-decode-overview"
 
 @dataclass(frozen=True)
 class Params:
-    # Label matchers (without braces) for the exporter's series and for vLLM's own, e.g. 'namespace="llm"'.
+    # Label matchers (without braces) for the exporter's series and for vLLM's own, e.g. 'namespace="llm"'. Empty
+    # `vllm_selector`: vLLM's series whatever their job is called (a PodMonitor, production-stack, llm-d, KServe,
+    # a bare-metal scrape_config); set it (e.g. 'job="vllm"') to narrow them.
     selector: str = ""
     vllm_selector: str = ""
-    # Matches the Prometheus job that scrapes the exporter, for the up/absent guard.
-    exporter_job_selector: str = 'job=~".*spec-exporter.*"'
+    # The exporter's own scrape job, exactly (the chart sets it from its release): a regex over job names breaks
+    # under fullnameOverride or a bare-metal job name.
+    exporter_job_selector: str = 'job="spec-exporter"'
+    # The label a multi-cluster setup (Thanos, Mimir, a central ruler) tells clusters apart by: kept through every
+    # aggregation, harmless where series have none.
+    cluster_label: str = "cluster"
+    # The label(s) naming one vLLM server: `pod` on Kubernetes, e.g. "instance" on bare metal.
+    pod_label: str = "pod"
     # Rate window of the recording rules: long enough to smooth one-off requests, short enough to page on.
     rate_window: str = "5m"
     # Window of the acceptance baseline comparison, and how far back the baseline is.
@@ -32,6 +40,15 @@ class Params:
     # Traffic floors: idle pools and quiet bands carry no signal and must stay silent.
     min_draft_tokens_per_second: float = 5.0
     min_band_draft_tokens_per_second: float = 1.0
+    # Finished requests per second below which a model or a pod is too quiet to judge (0.05/s: 15 in 5m).
+    min_requests_per_second: float = 0.05
+    # A temperature band is judged only with this many requests per second through the tap and this share of the
+    # model's requests: one user at T=1.0 at night is neither.
+    min_band_requests_per_second: float = 0.05
+    min_band_share: float = 0.05
+    # A pod whose acceptance is this much (absolute) below its model's fleet ratio is an outlier (a half-rolled
+    # bad draft checkpoint, a pod on other hardware).
+    outlier_gap: float = 0.15
     # Finished requests per second, now and a week ago, below which a TPOT P99/P50 ratio is too thin to compare:
     # a pool that was a canary (or did not exist) a week ago has no baseline worth paging on.
     min_tpot_requests_per_second: float = 0.1
@@ -58,6 +75,14 @@ class Params:
     for_squeeze: str = "10m"
     for_target_down: str = "5m"
     for_missing: str = "10m"
+    for_outlier: str = "15m"
+    # How long an alert keeps firing after its condition was last seen: a scrape gap or a rolling restart
+    # (rates over a window with a hole) must not resolve and re-fire it (Prometheus >= 2.42).
+    keep_firing_for: str = "10m"
+    # SpecDecodeMetricsMissing remembers that a model speculated for as long as some pod serves it (a recording
+    # rule that latches), so it fires until speculation is back or it is silenced, through any rollout. The latch
+    # survives a gap of this long with no pod of the model scraped; a pool scaled to zero for longer forgets.
+    missing_memory: str = "1h"
     for_slower_at_load: str = "15m"
     # Where the project is published. The runbook links of alerts and dashboard panels derive from it.
     project_url: str = PROJECT_URL

@@ -7,7 +7,7 @@ that dashboards and rules only use names listed here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from spec_exporter.buildinfo import BUILD_INFO_LABELS
 
@@ -510,6 +510,55 @@ ALL: tuple[MetricSpec, ...] = (
 )
 
 
+def _tap() -> Any:
+    """The tap's metrics module: the one import of it here, lazily (the exporter never needs its registry)."""
+    from spec_exporter.tap import metrics
+
+    return metrics
+
+
+def tap_families() -> tuple[MetricSpec, ...]:
+    """The middleware tap's `spec_tap_*` families (on vLLM's own /metrics), read from their one definition in the
+    tap. Imported here, lazily and only here: the exporter itself never needs the tap's registry."""
+    from prometheus_client import CollectorRegistry
+
+    tap = _tap()
+    families = tap.TapMetrics(CollectorRegistry())
+    buckets = {
+        tap.ACCEPTANCE_RATE: tap.ACCEPTANCE_BUCKETS,
+        tap.TTFT: tap.TTFT_BUCKETS,
+        tap.TPOT: tap.TPOT_BUCKETS,
+    }
+    specs = []
+    for family in (
+        families.requests,
+        families.draft_tokens,
+        families.accepted_tokens,
+        families.acceptance,
+        families.ttft,
+        families.tpot,
+        families.errors,
+    ):
+        (described,) = family.describe()
+        # The tap registers only counters and histograms (multiprocess-safe).
+        kind: Literal["counter", "histogram"] = "histogram" if described.type == "histogram" else "counter"
+        text = described.documentation
+        if described.name in buckets:
+            text += " Buckets: " + " ".join(f"{b:g}" for b in buckets[described.name]) + "."
+        specs.append(MetricSpec(described.name, kind, tuple(family._labelnames), text))
+    return tuple(specs)
+
+
+def tap_sample_names() -> set[str]:
+    """Every sample name of the tap's families, as Prometheus stores them."""
+    names = set()
+    for spec in tap_families():
+        names.add(spec.exposed_name)
+        if spec.type == "histogram":
+            names |= {spec.name + "_bucket", spec.name + "_count", spec.name + "_sum"}
+    return names
+
+
 def markdown() -> str:
     """docs/metrics.md, generated from this catalogue (tests/test_docs.py keeps the file in sync)."""
     lines = [
@@ -535,7 +584,34 @@ def markdown() -> str:
         "| name | type | labels | meaning |",
         "|---|---|---|---|",
     ]
-    for spec in ALL:
-        labels = ", ".join(f"`{label}`" for label in spec.labels)
-        lines.append(f"| `{spec.exposed_name}` | {spec.type} | {labels} | {spec.help.replace('|', '/')} |")
+    lines += _rows(ALL)
+    lines += [
+        "",
+        "## The tap's families on vLLM's /metrics (`spec_tap_*`)",
+        "",
+        "The middleware tap (`vllm serve --middleware spec_exporter.middleware.SpecDecodeMiddleware`) registers",
+        "these in vLLM's own registry, so they appear on vLLM's `/metrics` (summed across API-server processes in",
+        "multiprocess mode) and Prometheus scrapes them with vLLM's series: the mixin's base layer",
+        "(`alerts/spec-decode-base.*.yaml`) reads them with no sidecar. The proxy tap keeps them in a private",
+        "registry that the exporter reads and re-exports as `spec_decode_request_*` and `spec_decode_tap_*` above.",
+        "`temperature_band` is one of the configured bands (`0`, `0-0.3`, `0.3-0.5`, `0.5-0.7`, `0.7-1.0`, `1.0+` by",
+        "default, `invalid`, `unknown`); `model_name` is capped (past the cap `other`; `invalid`, `unknown`);",
+        "`outcome` is one of "
+        + ", ".join(f"`{o.value}`" for o in _tap().Outcome)
+        + "; `stage` one of "
+        + ", ".join(f"`{e.value}`" for e in _tap().ErrorStage)
+        + ".",
+        "",
+        "| name | type | labels | meaning |",
+        "|---|---|---|---|",
+    ]
+    lines += _rows(tap_families())
     return "\n".join(lines) + "\n"
+
+
+def _rows(specs: tuple[MetricSpec, ...]) -> list[str]:
+    return [
+        f"| `{spec.exposed_name}` | {spec.type} | {', '.join(f'`{label}`' for label in spec.labels)} | "
+        f"{spec.help.replace('|', '/')} |"
+        for spec in specs
+    ]

@@ -179,10 +179,59 @@ def test_multi_cluster_variables() -> None:
         v = variables[name]
         # "All" is `.*`, which also matches a series without the label: no cluster label, V0's empty engine.
         assert v["includeAll"] and v["allValue"] == ".*", name
-    # Every exporter query is scoped by cluster and job, and every engine-level one by engine.
+    # Every query is scoped by cluster; the exporter's by its job too (vLLM's own are read whatever their job).
     for p in panels(dashboard):
         for t in p["targets"]:
-            assert 'cluster=~"$cluster"' in t["expr"] and 'job=~"$job"' in t["expr"], (p["title"], t["expr"])
+            assert 'cluster=~"$cluster"' in t["expr"], (p["title"], t["expr"])
+            if re.search(r"(?<![:\w])spec_decode_", t["expr"]):
+                assert 'job=~"$job"' in t["expr"], (p["title"], t["expr"])
+            else:
+                assert "job=" not in t["expr"], (p["title"], t["expr"])
+
+
+def base_layer_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel, expr) of every query that needs no sidecar: vLLM's series, spec_tap_* and base recording rules."""
+    return [
+        (p["title"], t["expr"])
+        for p in panels(dashboard)
+        for t in p["targets"]
+        if not re.search(r"(?<![:\w])spec_decode_", t["expr"])
+    ]
+
+
+def test_the_base_layer_carries_the_dashboard_and_reads_its_recording_rules() -> None:
+    from mixin.rules import recording_rules
+
+    dashboard = overview()
+    base = base_layer_queries(dashboard)
+    titles = {title for title, _ in base}
+    for needed in (
+        "Draft acceptance rate",
+        "Pods",
+        "Acceptance P10 / P50 / P90 by band",
+        "TTFT p50 / p95 / p99",
+        "TPOT p50 / p95 / p99",
+        "ITL p50 / p95 / p99",
+        "KV-cache usage",
+        "Preemptions per second",
+    ):
+        assert needed in titles, needed
+    records = {r["record"] for r in recording_rules(Params(), "base")}
+    used = {m for _, e in base for m in re.findall(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b", e)}
+    assert used and used <= records, used - records
+    # Fleet percentiles come from the recording rules, never a max of per-pod quantiles, and the per-band ones are
+    # the base layer's (computed once from the tap's fine buckets), not recomputed from a coarser re-export.
+    every = [t["expr"] for p in panels(dashboard) for t in p["targets"]]
+    assert not [e for e in every if "histogram_quantile" in e or "spec_decode_latency_seconds" in e]
+    assert not [e for e in every if "spec_decode_request_acceptance_rate" in e]
+
+
+def test_the_pod_table_has_a_column_per_question() -> None:
+    table = panel(overview(), "Pods")
+    (organize,) = [t for t in table["transformations"] if t["id"] == "organize"]
+    columns = set(organize["options"]["renameByName"].values())
+    assert {"Acceptance", "Acceptance length", "TPOT p99", "KV cache", "Verdict", "Pod"} <= columns
+    assert all(t.get("instant") and t.get("format") == "table" for t in table["targets"])
 
 
 def test_annotations_mark_restarts_config_changes_and_alerts() -> None:

@@ -14,7 +14,7 @@ import yaml
 from mixin.dashboards import dashboards
 from mixin.generate import RULE_FILES, render_rules
 from mixin.params import OVERVIEW_UID, PROJECT_URL, Params
-from mixin.rules import alerting_rules
+from mixin.rules import alerting_rules, recording_rules
 
 ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "alerts"
@@ -51,14 +51,81 @@ def _unit_tests() -> list[dict]:
     return [t for p in (ALERTS / "tests").glob("*.test.yaml") for t in yaml.safe_load(p.read_text())["tests"]]
 
 
-def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
-    fired, silent = set(), set()
-    for test in _unit_tests():
-        for case in test.get("alert_rule_test", []):
-            (fired if case.get("exp_alerts") else silent).add(case["alertname"])
-    alerts = {r["alert"] for r in alerting_rules(Params())}
+def _firing_expectations() -> list[tuple[str, dict[str, str]]]:
+    return [
+        (case["alertname"], alert["exp_labels"])
+        for test in _unit_tests()
+        for case in test.get("alert_rule_test", [])
+        for alert in case.get("exp_alerts") or []
+    ]
+
+
+def test_every_alert_of_each_layer_has_a_firing_and_a_silent_unit_test() -> None:
+    fired = {(labels["layer"], name) for name, labels in _firing_expectations()}
+    silent = {c["alertname"] for t in _unit_tests() for c in t.get("alert_rule_test", []) if not c.get("exp_alerts")}
+    alerts = {(r["labels"]["layer"], r["alert"]) for r in alerting_rules(Params())}
     assert alerts - fired == set(), "alerts never shown to fire"
-    assert alerts - silent == set(), "alerts never shown to stay silent (inside `for`, healthy or idle)"
+    assert {a for _, a in alerts} - silent == set(), "alerts never shown to stay silent (inside `for`, healthy or idle)"
+
+
+def test_every_alert_carries_namespace_and_pod_where_per_pod() -> None:
+    # promtool compares exp_labels with the alert's labels exactly, so these are the labels the alerts carry.
+    per_pod = {r["alert"] for r in alerting_rules(Params()) if "var-pod=" in r["annotations"]["dashboard_url"]}
+    seen = set()
+    for name, labels in _firing_expectations():
+        assert labels.get("namespace"), (name, labels)
+        if name in per_pod:
+            assert labels.get("pod"), (name, labels)
+        seen.add(name)
+    assert {"SpecDecodePodAcceptanceOutlier", "SpecDecodeKVCacheSqueeze", "SpecDecodeExporterDown"} <= per_pod & seen
+
+
+def test_the_base_layer_needs_no_sidecar_and_both_layers_share_names() -> None:
+    base = "".join(render_rules(Params(), "base").values())
+    assert "vllm:spec_decode_num_drafts_total" in base and "spec_tap_request_acceptance_rate_bucket" in base
+    assert not re.findall(r"(?<![:\w])spec_decode_[a-z_]+", base), "the base layer reads the exporter's series"
+    base_alerts = {r["alert"] for r in alerting_rules(Params(), "base")}
+    assert {
+        "SpecDecodeNetNegative",
+        "SpecDecodeTemperatureBandNetNegative",
+        "SpecDecodeKVCacheSqueeze",
+        "SpecDecodeMetricsMissing",
+        "SpecDecodePodAcceptanceOutlier",
+    } <= base_alerts
+    # The exporter layer's copies of base alerts each yield to the base layer's recording rules.
+    for rule in alerting_rules(Params(), "exporter"):
+        if rule["alert"] in base_alerts:
+            assert re.search(
+                r"unless on \([^)]*\) model_name(_temperature_band)?:vllm_|unless on \([^)]*\) "
+                r"model_name_temperature_band:spec_tap_",
+                rule["expr"],
+            ), rule["alert"]
+
+
+def test_no_absent_and_no_job_regex() -> None:
+    text = "".join(render_rules(Params()).values())
+    assert "absent(" not in text
+    assert "job=~" not in text
+    # vLLM's series are matched whatever their job is called, unless a parameter narrows them.
+    assert "job=" not in "".join(render_rules(Params(), "base").values())
+    narrowed = "".join(render_rules(Params(vllm_selector='job="vllm"'), "base").values())
+    assert narrowed.count('__name__="vllm:') == narrowed.count('__name__="vllm:') and all(
+        'job="vllm"' in m for m in re.findall(r"\{__name__=[^}]*\}", narrowed)
+    )
+
+
+def test_the_cluster_label_survives_every_aggregation() -> None:
+    for params, label in ((Params(), "cluster"), (Params(cluster_label="k8s_cluster"), "k8s_cluster")):
+        text = " ".join(r["expr"] for r in recording_rules(params) + alerting_rules(params))
+        groupings = re.findall(r"\b(?:by|on) \(([^)]*)\)", text)
+        # Every `by` and `on`, `by (le, ...)` of the quantiles included; only `ignoring` names what it drops.
+        assert len(groupings) > 50
+        assert [g for g in groupings if label not in g.split(", ")] == []
+
+
+def test_every_alert_keeps_firing_through_a_scrape_gap() -> None:
+    assert all(r["keep_firing_for"] == "10m" for r in alerting_rules(Params()))
+    assert all(r["keep_firing_for"] == "3m" for r in alerting_rules(Params(keep_firing_for="3m")))
 
 
 def test_every_alert_is_complete_and_has_a_runbook_section() -> None:
@@ -137,6 +204,9 @@ def test_metric_names_in_rules_exist_in_the_catalogue() -> None:
     # Our metric names, not the recording rules built on them (level:metric:operations).
     used = set(re.findall(r"(?<![:\w])spec_decode_[a-z0-9_]+(?![:\w])", text))
     missing = used - exported
+    # The base layer's spec_tap_* names are the middleware's, defined where it registers them.
+    tap = set(re.findall(r"(?<![:\w])spec_tap_[a-z0-9_]+(?![:\w])", text))
+    assert tap and tap <= catalog.tap_sample_names(), tap - catalog.tap_sample_names()
     assert used and not missing, missing
 
 
@@ -198,3 +268,12 @@ def _ts(value: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_pod_label_is_a_parameter() -> None:
+    # Bare metal has no `pod`: the rules group and name servers by `instance` instead.
+    rules = alerting_rules(Params(pod_label="instance"), "base")
+    (outlier,) = [r for r in rules if r["alert"] == "SpecDecodePodAcceptanceOutlier"]
+    assert "{{ $labels.instance }}" in outlier["annotations"]["summary"]
+    text = " ".join(r["expr"] for r in recording_rules(Params(pod_label="instance"), "base"))
+    assert "cluster, namespace, instance, model_name" in text and ", pod," not in text

@@ -3,4 +3,4 @@ The runbook URL the mixin writes into the dashboards' panel links (prometheusRul
 in the chart's dashboard ConfigMaps). */}}
 {{- define "spec-exporter.mixinRunbookUrl" -}}https://github.com/spec-exporter/spec-exporter/blob/main/docs/runbooks.md{{- end }}
 {{- /* The mixin's selector of the exporter's scrape, for a release without a monitor of its own. */}}
-{{- define "spec-exporter.mixinExporterJobSelector" -}}job=~".*spec-exporter.*"{{- end }}
+{{- define "spec-exporter.mixinExporterJobSelector" -}}job="spec-exporter"{{- end }}
