@@ -207,9 +207,11 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         _panel(
             "table",
             "Verdict by model and temperature band",
-            "What the exporter concludes over its verdict window: disable below 0.5 acceptance, break-even up to 0.65, "
-            'beneficial above, too little traffic when too few draft tokens flowed. Band "all" is the engine\'s own '
-            "counters; the other bands come from the tap.",
+            "What the exporter concludes over its verdict window, by one rule: where the step-cost ratio has evidence "
+            "at the current load (a baseline pool or a calibration profile) the verdict follows the speedup there "
+            "(disable below 1.0, break-even below 1.1); with only the prior, which ignores load, it follows the "
+            "acceptance policy on vLLM's rate (disable below 0.5, break-even below 0.65). Too little traffic when too "
+            'few draft tokens flowed. Band "all" is the engine\'s own counters; the other bands come from the tap.',
             [
                 _target(
                     # The tap's bands carry engine="": `|` keeps them whichever engine is selected.
@@ -269,22 +271,93 @@ def overview(p: Params | None = None) -> dict[str, Any]:
     g.add(
         _panel(
             "stat",
-            "Modelled speedup",
-            "What the speculative-sampling model predicts at the current acceptance for "
-            "this k and draft cost (ignores verification overhead under load, so trust measured TPOT over it).",
+            "Speedup at the current load",
+            "Acceptance length / step-cost ratio rho at the load each pod runs at, from the one cost model. The "
+            "legend names rho's evidence: baseline (measured against a baseline pool at the same load band), "
+            "calibration (a probe profile read at the live running batch) or prior (1 + k*c, which ignores load: "
+            "then the verdict follows acceptance, not this number).",
             [
                 _target(
-                    f'max by (model_name) (spec_decode_expected_speedup{{{ENGINE}, window="$window"}})',
-                    "{{model_name}}",
+                    "max by (cluster, namespace, pod, model_name, source) "
+                    f'(spec_decode_expected_speedup{{{ENGINE}, window="$window"}})',
+                    "{{pod}} {{model_name}} ({{source}})",
                     "A",
                 )
             ],
             unit="x",
             thresholds=_thresholds((None, "red"), (1, "green")),
             options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
-            runbooks=("SpecDecodeSlowerThanBaselineAtLoad",),
+            runbooks=("SpecDecodeSlowdownAtLoad", "SpecDecodeSlowerThanBaselineAtLoad"),
         ),
         6,
+    )
+    g.row("Cost at the current load")
+    g.add(
+        _panel(
+            "timeseries",
+            "Acceptance against break-even at the current load",
+            "Each pod's draft acceptance (vLLM's rate) beside the rate at which speculation breaks even at the load "
+            "it runs at, (rho - 1) / k_eff, in the same units. Acceptance below the line: each speculative step "
+            "costs more than it gains. The line moves with load when rho comes from a baseline or a calibration.",
+            [
+                _target(
+                    "max by (cluster, namespace, pod, model_name) "
+                    f'(spec_decode_draft_acceptance_rate{{{ENGINE}, window="$window"}})',
+                    "acceptance {{pod}} {{model_name}}",
+                    "A",
+                ),
+                _target(
+                    "max by (cluster, namespace, pod, model_name, source) "
+                    f'(spec_decode_break_even_acceptance_rate{{{ENGINE}, window="$window"}})',
+                    "break-even {{pod}} {{model_name}} ({{source}})",
+                    "B",
+                ),
+            ],
+            unit="percentunit",
+            min_=0,
+            max_=1,
+            runbooks=("SpecDecodeNetNegative", "SpecDecodeSlowdownAtLoad"),
+        ),
+        8,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Step-cost ratio rho",
+            "Time of one speculative step over one plain step at the running batch, with its evidence: baseline, "
+            "calibration or prior. Near 1 + k*c at small batch; it climbs as verification turns compute-bound.",
+            [
+                _target(
+                    "max by (cluster, namespace, pod, model_name, source) "
+                    f'(spec_decode_step_cost_ratio{{{ENGINE}, window="$window"}})',
+                    "{{pod}} {{model_name}} ({{source}})",
+                    "A",
+                )
+            ],
+            unit="x",
+            runbooks=("SpecDecodeSlowdownAtLoad",),
+        ),
+        8,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Speedup by temperature band at the current load",
+            "Each band's own acceptance length (the tap's accepted tokens over speculative steps) over the engine's "
+            "step cost at its load, priced for the k the band drafted: which requests speculation pays for, now.",
+            [
+                _target(
+                    "max by (cluster, namespace, pod, model_name, temperature_band, source) "
+                    f'(spec_decode_request_expected_speedup{{{TAP}, window="$window"}})',
+                    "{{pod}} {{temperature_band}} ({{source}})",
+                    "A",
+                )
+            ],
+            unit="x",
+            thresholds=_thresholds((None, "red"), (1, "green")),
+            runbooks=("SpecDecodeTemperatureBandNetNegative", "SpecDecodeSlowdownAtLoad"),
+        ),
+        8,
     )
 
     g.row("By pod")

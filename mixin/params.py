@@ -84,6 +84,12 @@ class Params:
     # survives a gap of this long with no pod of the model scraped; a pool scaled to zero for longer forgets.
     missing_memory: str = "1h"
     for_slower_at_load: str = "15m"
+    # SpecDecodeSlowdownAtLoad: the cost model's speedup at the live load (acceptance length / step-cost ratio rho)
+    # below this, where rho has evidence at that load (a baseline pool or a calibration profile, never the prior),
+    # over at least this many draft tokens in the exporter window.
+    slowdown_below: float = 1.0
+    min_window_draft_tokens: float = 100.0
+    for_slowdown: str = "15m"
     # Where the project is published. The runbook links of alerts and dashboard panels derive from it.
     project_url: str = PROJECT_URL
     # The runbook document itself, to point at your own copy (a fork, a wiki); empty: the project's,

@@ -293,6 +293,8 @@ def _alert(
 
 
 MODEL = "{{ $labels.model_name }}"
+# A step-cost ratio with evidence at the live load (derive/cost.py's sources), not the prior that ignores load.
+EVIDENCE = 'source=~"baseline|calibration"'
 NS = "{{ $labels.namespace }}"
 
 
@@ -569,7 +571,25 @@ def exporter_alerting_rules(p: Params) -> list[dict[str, Any]]:
             "Turn it off for this range with speculative_config.num_speculative_tokens_per_batch_size.",
             ("namespace", "pod"),
         ),
-        # The cost model of issue 17 adds its "speedup below 1 at current load" alert here.
+        _alert(
+            p,
+            EXPORTER,
+            "SpecDecodeSlowdownAtLoad",
+            # The one cost model's answer at the load the engine runs at, only where rho rests on evidence at that
+            # load: the prior ignores load and cannot say "slower at this batch size".
+            f"(spec_decode_expected_speedup{_sel(p.selector, exporter_window, EVIDENCE)}"
+            f" < {_n(p.slowdown_below)})"
+            f" and ignoring (source) (spec_decode_window_draft_tokens{_sel(p.selector, exporter_window)}"
+            f" >= {_n(p.min_window_draft_tokens)})",
+            p.for_slowdown,
+            "warning",
+            "Speculative decoding is slowing {{ $labels.target }} down at the load it runs at.",
+            'At the load {{ $labels.target }} runs at now, speculative decoding is {{ printf "%.2f" $value }}x '
+            "(acceptance length / step-cost ratio, {{ $labels.source }} evidence at this load), below "
+            f"{_n(p.slowdown_below)}: each speculative step costs more than the tokens it gains. Lower k or turn "
+            "speculation off above this batch size with speculative_config.num_speculative_tokens_per_batch_size.",
+            ("namespace", "pod"),
+        ),
         _alert(
             p,
             EXPORTER,
