@@ -207,7 +207,7 @@ async def serve(
         tap_registry = CollectorRegistry(auto_describe=False)
         tap_app = create_tap_app(
             str(tap_cfg.upstream_url or settings.tap_target.url),
-            TapMetrics(tap_registry, max_models=tap_cfg.max_models),
+            TapMetrics(tap_registry, max_models=tap_cfg.max_models, workloads=tap_cfg.workload_classes()),
             tap_cfg,
             clock=time.monotonic,
         )
