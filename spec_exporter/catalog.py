@@ -176,13 +176,13 @@ KV_CACHE_USAGE = MetricSpec(
 VERDICT = MetricSpec(
     "spec_decode_verdict",
     "gauge",
-    (*ENGINE, "temperature_band", "verdict"),
+    (*ENGINE, "workload", "temperature_band", "verdict"),
     "Stateset: 1 for the current verdict over the verdict window (insufficient_data below the minimum draft "
     "tokens). One rule: with evidence at the current load (spec_decode_step_cost_ratio source baseline or "
     "calibration) it follows the speedup there (disable < 1.0 <= break_even < 1.1 <= beneficial by default); "
     "with only the prior it follows the acceptance policy on vLLM's rate (disable < 0.5 <= break_even < 0.65 "
-    'by default), which ignores load. temperature_band="all" is the engine\'s own counters; the other bands come '
-    'from the tap and carry engine="". ' + _FRESH,
+    'by default), which ignores load. temperature_band="all" is the engine\'s own counters (workload=""); the '
+    'other bands come from the tap, per workload class, and carry engine="". ' + _FRESH,
 )
 STEP_COST_RATIO = MetricSpec(
     "spec_decode_step_cost_ratio",
@@ -295,7 +295,7 @@ BASELINE_P99_RATIO = MetricSpec(
     "This target's p99 / the baseline pool's p99 over the window, all engines; above 1 the tail is worse "
     "with speculative decoding. " + _FRESH,
 )
-BAND = ("target", "model_name", "temperature_band")
+BAND = ("target", "model_name", "workload", "temperature_band")
 _TAP = (
     "Per request, from the tap (metrics.speculative_decoding in vLLM's responses, joined with the request's "
     "temperature by the vLLM middleware or the proxy tap), by temperature band; restarts stitched out."
@@ -510,6 +510,26 @@ ALL: tuple[MetricSpec, ...] = (
 )
 
 
+def _workload_bound() -> list[str]:
+    from spec_exporter.tap.settings import TapSettings
+
+    tap = TapSettings()
+    bands = len(tap.bands.labels)
+    classes = tap.workload_classes().bound
+    return [
+        "**Workload classes.** The per-band series (`temperature_band`, from the tap) also carry `workload`, the",
+        "request's class: from the header `tap.workload_header`, else the model alias (`tap.workload_from_model`),",
+        "else the route prefix (`tap.workload_from_route`), else `default`. The set is closed: the classes listed in",
+        "`tap.workloads`, or without a list the first `tap.max_workloads`, plus `default` and `other` (everything",
+        "else, counted in the tap's `spec_tap_workload_folded_total{reason}`). Bound per `model_name` and window:",
+        f"bands × classes = {bands} × (max_workloads + 2) = {bands} × {classes} = {bands * classes} with the",
+        f"defaults ({bands} band values with the default edges, invalid and unknown included; max_workloads",
+        f"{tap.max_workloads}); `model_name` is capped by `tap.max_models` ({tap.max_models}). The tap's own",
+        "`spec_tap_*` per-band families on vLLM's /metrics carry the same `model_name`, `workload`,",
+        "`temperature_band` labels under the same bound.",
+    ]
+
+
 def markdown() -> str:
     """docs/metrics.md, generated from this catalogue (tests/test_docs.py keeps the file in sync)."""
     lines = [
@@ -531,6 +551,8 @@ def markdown() -> str:
         "With baseline or calibration evidence the verdict follows the speedup at that load; with only the prior it",
         "follows the acceptance policy (0.5 / 0.65 of vLLM's rate). See docs/models.md. Load bands are running",
         "requests per engine (`vllm:num_requests_running`): 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65+.",
+        "",
+        *_workload_bound(),
         "",
         "| name | type | labels | meaning |",
         "|---|---|---|---|",

@@ -1,7 +1,7 @@
 """The custom collector: fresh metric families from the latest `ExporterState` at every scrape.
 
 spec_decode_draft_acceptance_rate{engine="0",model_name="tiny",target="vllm",window="1m"} 0.374
-spec_decode_verdict{engine="0",model_name="tiny",target="vllm",temperature_band="all",verdict="disable"} 1.0
+spec_decode_verdict{engine="0",model_name="tiny",target="vllm",temperature_band="all",verdict="disable",workload=""} 1.0
 
 One generator per source of numbers (the exporter itself, each engine, the tap's bands, the baseline
 comparisons); each only renders what the derivations already decided.
@@ -138,7 +138,7 @@ def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
 def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> None:
     out.add(catalog.NUM_SPECULATIVE_TOKENS, base, e.num_speculative_tokens)
     for verdict in Verdict:
-        out.add(catalog.VERDICT, [*base, "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
+        out.add(catalog.VERDICT, [*base, "", "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
     if e.lifetime_acceptance is not None:
         out.add(catalog.ACCEPTANCE_RATE, [*base, "lifetime"], e.lifetime_acceptance)
     spec = e.totals.spec
@@ -207,7 +207,8 @@ def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHea
             if w.recommended is not None:
                 out.add(catalog.BAND_RECOMMENDED_K, wl, float(w.recommended.k))
         for verdict in Verdict:
-            out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
+            model, workload, band = b.key
+            out.add(catalog.VERDICT, [target, model, "", workload, band, verdict.value], float(verdict is b.verdict))
 
 
 def _load_families(out: _Families, name: str, h: TargetHealth) -> None:

@@ -49,7 +49,8 @@ LABEL_LE = "le"
 PROCESS_START = "process_start_time_seconds"
 
 # The tap's families (spec_exporter/tap/metrics.py), written by the tap middleware inside vLLM's API server
-# or by the proxy tap: sample name → the field it feeds. Labels: model_name, temperature_band (and outcome, stage).
+# or by the proxy tap: sample name → the field it feeds. Labels: model_name, workload, temperature_band (and outcome,
+# stage).
 TAP_PREFIX = "spec_tap_"
 TAP_COUNTERS: dict[str, str] = {
     tap.REQUESTS: "requests",
@@ -61,6 +62,9 @@ TAP_COUNTERS: dict[str, str] = {
 }
 TAP_HISTOGRAMS: dict[str, str] = {tap.ACCEPTANCE_RATE: "acceptance", tap.TTFT: "ttft", tap.TPOT: "tpot"}
 LABEL_BAND = "temperature_band"
+LABEL_WORKLOAD = "workload"
+# The class of a tap that predates workload classes (spec_exporter.tap.workload.DEFAULT).
+DEFAULT_WORKLOAD = "default"
 LABEL_OUTCOME = "outcome"
 LABEL_STAGE = "stage"
 LABEL_SERVER = "server"

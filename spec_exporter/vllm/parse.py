@@ -295,18 +295,20 @@ def _classify(name: str, labels: Mapping[str, str]) -> tuple[Any, ...]:
         extra = _parse_position(labels.get(names.LABEL_POSITION), name)
     elif kind in (_BUCKET, _TAP_BUCKET):
         extra = _parse_le(labels.get(names.LABEL_LE), name)
+    if kind >= _TAP_COUNTER:
+        band_key = (model, labels.get(names.LABEL_WORKLOAD, names.DEFAULT_WORKLOAD), labels.get(names.LABEL_BAND, ""))
     if kind == _TAP_COUNTER:
-        band = labels.get(names.LABEL_BAND, "")
+        band = band_key[2]
         if target == "requests":
             key = (band, labels.get(names.LABEL_OUTCOME, ""))
         elif target == "errors":
             key = labels.get(names.LABEL_STAGE, "")
         elif target == "per_position":
-            key = (model, band, _parse_position(labels.get(names.LABEL_POSITION), name))
+            key = (*band_key, _parse_position(labels.get(names.LABEL_POSITION), name))
         else:
-            key = (model, band)
+            key = band_key
     elif kind >= _TAP_BUCKET:
-        key = (model, labels.get(names.LABEL_BAND, ""))
+        key = band_key
     return (kind, target, key, extra, names.LABEL_MODEL in labels, names.LABEL_SERVER in labels)
 
 
@@ -379,8 +381,8 @@ def _finish_tap(tb: _TapBuilder) -> TapSample:
         elif field_name == "errors":
             errors[key] = errors.get(key, 0.0) + value
         elif field_name == "per_position":
-            model, band, position = key
-            positions.setdefault((model, band), {})[position] = value
+            model, workload, band, position = key
+            positions.setdefault((model, workload, band), {})[position] = value
         else:
             bands.setdefault(key, {})[field_name] = value
     for (field_name, key), hb in tb.histograms.items():
