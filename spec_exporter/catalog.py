@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from spec_exporter.buildinfo import BUILD_INFO_LABELS
+from spec_exporter.tap import speculative
 
 ENGINE = ("target", "model_name", "engine")
 _FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_timestamp_seconds)."
@@ -398,6 +399,16 @@ TAP_WINDOW_DRAFT_TOKENS = MetricSpec(
     ("target", "window"),
     "Draft tokens of all requests the tap measured within the window (numerator of the coverage ratio).",
 )
+SPECULATIVE_CONFIG_INFO = MetricSpec(
+    "spec_decode_speculative_config_info",
+    "gauge",
+    ("target", *speculative.LABELS),
+    "1, labelled with what decides acceptance besides temperature: the speculative method (draft_model, eagle, "
+    "eagle3, mtp, ngram, ...), k, the draft model, how drafts are sampled (greedy, probabilistic) and verified "
+    "(rejection_sample_method standard = probabilistic rejection sampling, synthetic, block); greedy requests are "
+    'verified by exact match whatever it says. "" where vLLM has no such field. From the middleware (vLLM\'s own '
+    "speculative_config) or, with the proxy tap, from the speculation settings. Absent when neither knows.",
+)
 TAP_METRICS_MISSING = MetricSpec(
     "spec_decode_tap_per_request_metrics_missing",
     "gauge",
@@ -498,6 +509,7 @@ ALL: tuple[MetricSpec, ...] = (
     REQUEST_WINDOW_ACCEPTED_TOKENS,
     TAP_REQUESTS,
     TAP_ERRORS,
+    SPECULATIVE_CONFIG_INFO,
     TAP_COVERAGE,
     TAP_WINDOW_DRAFT_TOKENS,
     TAP_METRICS_MISSING,

@@ -180,6 +180,13 @@ def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHea
     for stage, n in sorted(tap.errors.items()):
         out.add(catalog.TAP_ERRORS, [target, stage], n)
     out.add(catalog.TAP_METRICS_MISSING, [target], 1.0 if tap.missing_spec_metrics else 0.0)
+    if tap.speculative is not None:
+        info = dict(tap.speculative)
+        out.add(
+            catalog.SPECULATIVE_CONFIG_INFO,
+            [target, *(info.get(n, "") for n in catalog.SPECULATIVE_CONFIG_INFO.labels[1:])],
+            1.0,
+        )
     for label, drafted in sorted(tap.drafted_in_window.items()):
         out.add(catalog.TAP_WINDOW_DRAFT_TOKENS, [target, label], drafted)
         out.add(catalog.TAP_COVERAGE, [target, label], tap.coverage.get(label))

@@ -219,6 +219,8 @@ class TapSample:
     # (temperature_band, outcome) → requests, summed over model names.
     requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
     errors: Mapping[str, float] = field(default_factory=dict)
+    # The engine's speculative configuration as (label, value) pairs (spec_tap_speculative_config_info).
+    speculative: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

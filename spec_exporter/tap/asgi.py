@@ -50,6 +50,7 @@ from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import REMEDY, ErrorStage, Outcome, TapMetrics
 from spec_exporter.tap.request import INSPECTED_PATHS
 from spec_exporter.tap.settings import TapSettings, settings_from_env
+from spec_exporter.tap.speculative import from_asgi_scope
 from spec_exporter.tap.workload import FORWARDED_PREFIX, route_prefix
 
 Scope = MutableMapping[str, Any]
@@ -119,12 +120,27 @@ class SpecDecodeMiddleware:
         self.settings = settings
         self.metrics = metrics
         self._clock = clock
+        self._speculative_read = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._speculative_read and scope.get("type") == "http":
+            # On a request, not at lifespan startup: vLLM sets app.state.vllm_config while starting up.
+            self._read_speculative_config(scope)
         if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in INSPECTED_PATHS:
             await self.app(scope, receive, send)
             return
         await _Tapped(self, scope, receive, send).run()
+
+    def _read_speculative_config(self, scope: Scope) -> None:
+        """Once, from the first request's app (vLLM's config is fixed for the server's life); never raises."""
+        self._speculative_read = True
+        try:
+            self.metrics.speculative_config(from_asgi_scope(scope))
+        except Exception:
+            try:
+                self.metrics.error(ErrorStage.INTERNAL)
+            except Exception:  # counting the failure must not become one
+                pass
 
 
 class _Tapped:

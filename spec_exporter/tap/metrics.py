@@ -11,8 +11,9 @@ import threading
 from enum import StrEnum
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from spec_exporter.tap import speculative
 from spec_exporter.tap.settings import TapSettings
 from spec_exporter.tap.workload import FoldReason, WorkloadClasses
 
@@ -85,6 +86,7 @@ ERRORS = "spec_tap_errors_total"
 SPEC_STEPS = "spec_tap_spec_steps_total"
 ACCEPTED_PER_POSITION = "spec_tap_accepted_tokens_per_pos_total"
 WORKLOAD_FOLDED = "spec_tap_workload_folded_total"
+SPECULATIVE_CONFIG_INFO = "spec_tap_speculative_config_info"
 
 
 class Outcome(StrEnum):
@@ -194,6 +196,15 @@ class TapMetrics:
         )
         for reason in FoldReason:
             self.workload_folded.labels(reason.value)
+        # The one gauge: a constant 1 per label set, so the largest across API-server processes is the value.
+        self.speculative_info = Gauge(
+            SPECULATIVE_CONFIG_INFO,
+            "The engine's speculative method, k and how drafts are verified (vLLM's speculative_config), as labels.",
+            speculative.LABELS,
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self._speculative_set = False
         # Children per label set, so a request costs dict lookups rather than six labels() calls (bounded: the
         # model label is capped).
         self._series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
@@ -267,6 +278,14 @@ class TapMetrics:
             ttft_hist.observe(ttft)
         if tpot is not None:
             tpot_hist.observe(tpot)
+
+    def speculative_config(self, labels: dict[str, str] | None) -> None:
+        """Export the engine's speculative configuration (from `speculative.info_labels` or `from_vllm_config`)
+        once; None (no speculative decoding, or not known) exports nothing."""
+        if labels is None or self._speculative_set:
+            return
+        self._speculative_set = True
+        self.speculative_info.labels(*(labels[name] for name in speculative.LABELS)).set(1)
 
     def error(self, stage: ErrorStage) -> None:
         self.errors.labels(ErrorStage(stage).value).inc()

@@ -9,6 +9,7 @@ exact-name matching skips them (a prefix match would pick up their epoch values)
 from __future__ import annotations
 
 from spec_exporter.tap import metrics as tap
+from spec_exporter.tap import speculative
 from spec_exporter.types import LatencyMetric
 
 PREFIX = "vllm:"
@@ -60,6 +61,9 @@ TAP_COUNTERS: dict[str, str] = {
     tap.SPEC_STEPS: "spec_steps",
     tap.ACCEPTED_PER_POSITION: "per_position",
 }
+# The engine's speculative configuration as labels (an info gauge, 1).
+TAP_SPECULATIVE_INFO = tap.SPECULATIVE_CONFIG_INFO
+TAP_SPECULATIVE_LABELS = speculative.LABELS
 TAP_HISTOGRAMS: dict[str, str] = {tap.ACCEPTANCE_RATE: "acceptance", tap.TTFT: "ttft", tap.TPOT: "tpot"}
 LABEL_BAND = "temperature_band"
 LABEL_WORKLOAD = "workload"
