@@ -533,11 +533,11 @@ def _workload_bound() -> list[str]:
         "request's class: from the header `tap.workload_header`, else the model alias (`tap.workload_from_model`),",
         "else the route prefix (`tap.workload_from_route`), else `default`. The set is closed: the classes listed in",
         "`tap.workloads`, or without a list the first `tap.max_workloads`, plus `default` and `other` (everything",
-        "else, counted in the tap's `spec_tap_workload_folded_total{reason}`). Bound per `model_name` and window:",
-        f"bands × classes = {bands} × (max_workloads + 2) = {bands} × {classes} = {bands * classes} with the",
-        f"defaults ({bands} band values with the default edges, invalid and unknown included; max_workloads",
+        "else, counted in the tap's `spec_tap_workload_folded_total{reason}`). The bound per `model_name` and window",
+        f"is bands × classes = {bands} × (max_workloads + 2), {bands} × {classes} = {bands * classes} by default",
+        f"({bands} band values with the default edges, invalid and unknown included; max_workloads",
         f"{tap.max_workloads}); `model_name` is capped by `tap.max_models` ({tap.max_models}). The tap's own",
-        "`spec_tap_*` per-band families on vLLM's /metrics carry the same `model_name`, `workload`,",
+        "per-band `spec_tap_*` families on vLLM's /metrics carry the same `model_name`, `workload` and",
         "`temperature_band` labels under the same bound.",
     ]
 

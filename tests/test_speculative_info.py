@@ -134,3 +134,25 @@ async def test_the_exporter_exports_the_taps_speculative_config(standin: Any, ma
         "rejection_sample_method": "",
     }
     assert registry.get_sample_value("spec_decode_speculative_config_info", labels) == 1
+
+
+async def test_read_once_per_middleware_and_one_label_set_per_registry(monkeypatch: Any) -> None:
+    import spec_exporter.tap.asgi as asgi_module
+
+    reads: list[Any] = []
+    real = asgi_module.from_asgi_scope
+
+    def counting(scope: Any) -> Any:
+        reads.append(scope)
+        return real(scope)
+
+    monkeypatch.setattr(asgi_module, "from_asgi_scope", counting)
+    registry = CollectorRegistry()
+    metrics = TapMetrics(registry)
+    mw = SpecDecodeMiddleware(VLLMApp(), metrics=metrics, settings=TapSettings(), clock=FakeClock())
+    for _ in range(3):
+        await call(WithApp(mw, vllm_app(EAGLE)), C, BODY)
+    assert len(reads) == 1
+    # vLLM may build its middleware stack twice on one registry: the first configuration stays the only one.
+    metrics.speculative_config(info_labels({"method": "ngram", "num_speculative_tokens": 5}))
+    assert [labels["method"] for labels in info(registry)] == ["eagle3"]
