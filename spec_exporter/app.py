@@ -202,14 +202,15 @@ async def serve(
     if tap_listen:
         from spec_exporter.tap.metrics import TapMetrics
         from spec_exporter.tap.proxy import create_tap_app, tap_runner
+        from spec_exporter.tap.speculative import info_labels
 
         tap_cfg = settings.tap
         tap_registry = CollectorRegistry(auto_describe=False)
+        tap_metrics = TapMetrics(tap_registry, max_models=tap_cfg.max_models, workloads=tap_cfg.workload_classes())
+        # The proxy cannot see vLLM's config: the method and verification come from the configuration.
+        tap_metrics.speculative_config(info_labels(settings.speculation.model_dump()))
         tap_app = create_tap_app(
-            str(tap_cfg.upstream_url or settings.tap_target.url),
-            TapMetrics(tap_registry, max_models=tap_cfg.max_models),
-            tap_cfg,
-            clock=time.monotonic,
+            str(tap_cfg.upstream_url or settings.tap_target.url), tap_metrics, tap_cfg, clock=time.monotonic
         )
         taps[settings.tap_target.name] = tap_source(tap_registry)
         runners.append((tap_runner(tap_app), tap_listen, None))

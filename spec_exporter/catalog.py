@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from spec_exporter.buildinfo import BUILD_INFO_LABELS
+from spec_exporter.tap import speculative
 
 ENGINE = ("target", "model_name", "engine")
 _FRESH = "Refreshed every poll interval (see spec_decode_exporter_last_success_timestamp_seconds)."
@@ -176,13 +177,13 @@ KV_CACHE_USAGE = MetricSpec(
 VERDICT = MetricSpec(
     "spec_decode_verdict",
     "gauge",
-    (*ENGINE, "temperature_band", "verdict"),
+    (*ENGINE, "workload", "temperature_band", "verdict"),
     "Stateset: 1 for the current verdict over the verdict window (insufficient_data below the minimum draft "
     "tokens). One rule: with evidence at the current load (spec_decode_step_cost_ratio source baseline or "
     "calibration) it follows the speedup there (disable < 1.0 <= break_even < 1.1 <= beneficial by default); "
     "with only the prior it follows the acceptance policy on vLLM's rate (disable < 0.5 <= break_even < 0.65 "
-    'by default), which ignores load. temperature_band="all" is the engine\'s own counters; the other bands come '
-    'from the tap and carry engine="". ' + _FRESH,
+    'by default), which ignores load. temperature_band="all" is the engine\'s own counters (workload=""); the '
+    'other bands come from the tap, per workload class, and carry engine="". ' + _FRESH,
 )
 STEP_COST_RATIO = MetricSpec(
     "spec_decode_step_cost_ratio",
@@ -295,7 +296,7 @@ BASELINE_P99_RATIO = MetricSpec(
     "This target's p99 / the baseline pool's p99 over the window, all engines; above 1 the tail is worse "
     "with speculative decoding. " + _FRESH,
 )
-BAND = ("target", "model_name", "temperature_band")
+BAND = ("target", "model_name", "workload", "temperature_band")
 _TAP = (
     "Per request, from the tap (metrics.speculative_decoding in vLLM's responses, joined with the request's "
     "temperature by the vLLM middleware or the proxy tap), by temperature band; restarts stitched out."
@@ -398,6 +399,16 @@ TAP_WINDOW_DRAFT_TOKENS = MetricSpec(
     ("target", "window"),
     "Draft tokens of all requests the tap measured within the window (numerator of the coverage ratio).",
 )
+SPECULATIVE_CONFIG_INFO = MetricSpec(
+    "spec_decode_speculative_config_info",
+    "gauge",
+    ("target", *speculative.LABELS),
+    "1, labelled with what decides acceptance besides temperature: the speculative method (draft_model, eagle, "
+    "eagle3, mtp, ngram, ...), k, the draft model, how drafts are sampled (greedy, probabilistic) and verified "
+    "(rejection_sample_method standard = probabilistic rejection sampling, synthetic, block); greedy requests are "
+    'verified by exact match whatever it says. "" where vLLM has no such field. From the middleware (vLLM\'s own '
+    "speculative_config) or, with the proxy tap, from the speculation settings. Absent when neither knows.",
+)
 TAP_METRICS_MISSING = MetricSpec(
     "spec_decode_tap_per_request_metrics_missing",
     "gauge",
@@ -498,6 +509,7 @@ ALL: tuple[MetricSpec, ...] = (
     REQUEST_WINDOW_ACCEPTED_TOKENS,
     TAP_REQUESTS,
     TAP_ERRORS,
+    SPECULATIVE_CONFIG_INFO,
     TAP_COVERAGE,
     TAP_WINDOW_DRAFT_TOKENS,
     TAP_METRICS_MISSING,
@@ -537,11 +549,17 @@ def tap_families() -> tuple[MetricSpec, ...]:
         families.acceptance,
         families.ttft,
         families.tpot,
+        families.spec_steps,
+        families.accepted_per_position,
         families.errors,
+        families.workload_folded,
+        families.speculative_info,
     ):
         (described,) = family.describe()
-        # The tap registers only counters and histograms (multiprocess-safe).
-        kind: Literal["counter", "histogram"] = "histogram" if described.type == "histogram" else "counter"
+        # The tap registers counters and histograms (multiprocess-safe), and one info gauge.
+        kind: Literal["counter", "histogram", "gauge"] = (
+            "histogram" if described.type == "histogram" else "gauge" if described.type == "gauge" else "counter"
+        )
         text = described.documentation
         if described.name in buckets:
             text += " Buckets: " + " ".join(f"{b:g}" for b in buckets[described.name]) + "."
@@ -557,6 +575,26 @@ def tap_sample_names() -> set[str]:
         if spec.type == "histogram":
             names |= {spec.name + "_bucket", spec.name + "_count", spec.name + "_sum"}
     return names
+
+
+def _workload_bound() -> list[str]:
+    from spec_exporter.tap.settings import TapSettings
+
+    tap = TapSettings()
+    bands = len(tap.bands.labels)
+    classes = tap.workload_classes().bound
+    return [
+        "**Workload classes.** The per-band series (`temperature_band`, from the tap) also carry `workload`, the",
+        "request's class: from the header `tap.workload_header`, else the model alias (`tap.workload_from_model`),",
+        "else the route prefix (`tap.workload_from_route`), else `default`. The set is closed: the classes listed in",
+        "`tap.workloads`, or without a list the first `tap.max_workloads`, plus `default` and `other` (everything",
+        "else, counted in the tap's `spec_tap_workload_folded_total{reason}`). The bound per `model_name` and window",
+        f"is bands × classes = {bands} × (max_workloads + 2), {bands} × {classes} = {bands * classes} by default",
+        f"({bands} band values with the default edges, invalid and unknown included; max_workloads",
+        f"{tap.max_workloads}); `model_name` is capped by `tap.max_models` ({tap.max_models}). The tap's own",
+        "per-band `spec_tap_*` families on vLLM's /metrics carry the same `model_name`, `workload` and",
+        "`temperature_band` labels under the same bound.",
+    ]
 
 
 def markdown() -> str:
@@ -580,6 +618,8 @@ def markdown() -> str:
         "With baseline or calibration evidence the verdict follows the speedup at that load; with only the prior it",
         "follows the acceptance policy (0.5 / 0.65 of vLLM's rate). See docs/models.md. Load bands are running",
         "requests per engine (`vllm:num_requests_running`): 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65+.",
+        "",
+        *_workload_bound(),
         "",
         "| name | type | labels | meaning |",
         "|---|---|---|---|",

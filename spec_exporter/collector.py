@@ -1,7 +1,7 @@
 """The custom collector: fresh metric families from the latest `ExporterState` at every scrape.
 
 spec_decode_draft_acceptance_rate{engine="0",model_name="tiny",target="vllm",window="1m"} 0.374
-spec_decode_verdict{engine="0",model_name="tiny",target="vllm",temperature_band="all",verdict="disable"} 1.0
+spec_decode_verdict{engine="0",model_name="tiny",target="vllm",temperature_band="all",verdict="disable",workload=""} 1.0
 
 One generator per source of numbers (the exporter itself, each engine, the tap's bands, the baseline
 comparisons); each only renders what the derivations already decided.
@@ -138,7 +138,7 @@ def _engine_families(out: _Families, name: str, e: EngineHealth) -> None:
 def _speculation_families(out: _Families, base: list[str], e: EngineHealth) -> None:
     out.add(catalog.NUM_SPECULATIVE_TOKENS, base, e.num_speculative_tokens)
     for verdict in Verdict:
-        out.add(catalog.VERDICT, [*base, "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
+        out.add(catalog.VERDICT, [*base, "", "all", verdict.value], 1.0 if verdict is e.verdict else 0.0)
     if e.lifetime_acceptance is not None:
         out.add(catalog.ACCEPTANCE_RATE, [*base, "lifetime"], e.lifetime_acceptance)
     spec = e.totals.spec
@@ -180,6 +180,13 @@ def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHea
     for stage, n in sorted(tap.errors.items()):
         out.add(catalog.TAP_ERRORS, [target, stage], n)
     out.add(catalog.TAP_METRICS_MISSING, [target], 1.0 if tap.missing_spec_metrics else 0.0)
+    if tap.speculative is not None:
+        info = dict(tap.speculative)
+        out.add(
+            catalog.SPECULATIVE_CONFIG_INFO,
+            [target, *(info.get(n, "") for n in catalog.SPECULATIVE_CONFIG_INFO.labels[1:])],
+            1.0,
+        )
     for label, drafted in sorted(tap.drafted_in_window.items()):
         out.add(catalog.TAP_WINDOW_DRAFT_TOKENS, [target, label], drafted)
         out.add(catalog.TAP_COVERAGE, [target, label], tap.coverage.get(label))
@@ -207,7 +214,8 @@ def _tap_families(out: _Families, target: str, tap: TapHealth, health: TargetHea
             if w.recommended is not None:
                 out.add(catalog.BAND_RECOMMENDED_K, wl, float(w.recommended.k))
         for verdict in Verdict:
-            out.add(catalog.VERDICT, [target, b.key[0], "", b.key[1], verdict.value], float(verdict is b.verdict))
+            model, workload, band = b.key
+            out.add(catalog.VERDICT, [target, model, "", workload, band, verdict.value], float(verdict is b.verdict))
 
 
 def _load_families(out: _Families, name: str, h: TargetHealth) -> None:

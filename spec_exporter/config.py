@@ -203,6 +203,12 @@ class SpeculationConfig(Model):
     draft_cost_ratio: float = Field(default=DEFAULT_DRAFT_COST_RATIO, ge=0, le=10)
     # A file written by `spec-exporter probe --baseline-target URL --write-profile FILE`.
     cost_profile: Profile = None
+    # What the proxy tap exports on spec_tap_speculative_config_info (the middleware reads vLLM's own config):
+    # vLLM's --speculative-config method, its draft model, and how drafts are sampled and verified.
+    method: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,40}$")
+    draft_model: str | None = Field(default=None, min_length=1, max_length=200)
+    draft_sample_method: Literal["greedy", "probabilistic"] | None = None
+    rejection_sample_method: Literal["standard", "synthetic", "block"] | None = None
 
 
 class TapConfig(TapSettings):

@@ -193,13 +193,13 @@ EngineKey = tuple[str, str]
 """(model_name, engine); engine is "" on V0, which has no engine label."""
 
 
-TemperatureBandKey = tuple[str, str]
-"""(model_name, temperature_band) of the tap's per-band series."""
+TemperatureBandKey = tuple[str, str, str]
+"""(model_name, workload, temperature_band) of the tap's per-band series."""
 
 
 @dataclass(frozen=True, slots=True)
 class TemperatureBandSample:
-    """The tap's cumulative series for one (model_name, temperature_band)."""
+    """The tap's cumulative series for one (model_name, workload, temperature_band)."""
 
     accepted_tokens: float = 0.0
     draft_tokens: float = 0.0
@@ -219,6 +219,8 @@ class TapSample:
     # (temperature_band, outcome) → requests, summed over model names.
     requests: Mapping[tuple[str, str], float] = field(default_factory=dict)
     errors: Mapping[str, float] = field(default_factory=dict)
+    # The engine's speculative configuration as (label, value) pairs (spec_tap_speculative_config_info).
+    speculative: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ async def call(
     headers: list[tuple[bytes, bytes]] | None = None,
     body_pieces: int | None = None,
     disconnect_after: int | None = None,
+    root_path: str = "",
 ) -> Response:
     """One request through an ASGI app, as uvicorn would deliver it; disconnect after that many body messages."""
     if headers is None:
@@ -125,7 +126,7 @@ async def call(
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "root_path": "",
+        "root_path": root_path,
         "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),

@@ -1451,3 +1451,13 @@ def test_a_real_vllm_wired_as_the_chart_renders_it_counts_in_the_charts_bands(
         if s.name == "spec_tap_requests_total"
     }
     assert counted == {("0-0.4", "measured"): 1.0}, counted
+
+
+def test_the_middleware_gets_the_workload_class_settings(chart: helm.Chart) -> None:
+    tap = {"workload_header": "x-workload", "workload_from_route": True, "workloads": ["code", "chat"]}
+    env = env_of(containers(objects(render(chart, {"exporter": {"config": {"tap": tap}}})))["vllm"])
+    from spec_exporter.tap.settings import settings_from_env
+
+    got = settings_from_env(env)
+    assert (got.workload_header, got.workload_from_route, got.workloads) == ("x-workload", True, ["code", "chat"])
+    assert settings_from_env(env_of(containers(objects(render(chart)))["vllm"])) == settings_from_env({})

@@ -296,3 +296,39 @@ def test_check_with_a_baseline_prints_the_speedup_at_the_load_band(capsys: pytes
     doc = json.loads(capsys.readouterr().out)
     assert doc["load"]["load_band"] == "9-16" and doc["load"]["baseline"]["tpot_speedup_at_load_band"] == 0.5
     assert doc["load"]["baseline"]["load_bands"] == {"9-16": {"tpot_speedup": 0.5, "requests": 3.0}}
+
+
+def test_check_prints_best_k_per_workload_and_band(capsys: pytest.CaptureFixture[str]) -> None:
+    """A greedy code class that pays at the full k beside a hot chat class that should not speculate (issue 21)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
+    from spec_exporter.tap.workload import WorkloadClasses
+
+    registry = CollectorRegistry()
+    metrics = TapMetrics(registry, workloads=WorkloadClasses(("code", "chat")))
+    before = sample(V032_IDLE) + generate_latest(registry).decode()
+    for _ in range(4):
+        metrics.request(
+            "tiny", "0", Outcome.MEASURED, accepted=34, drafted=48, steps=16, per_position=(14, 12, 8), workload="code"
+        )
+        metrics.request(
+            "tiny",
+            "0.7-1.0",
+            Outcome.MEASURED,
+            accepted=1,
+            drafted=48,
+            steps=16,
+            per_position=(1, 0, 0),
+            workload="chat",
+        )
+    after = sample(V032_LOAD) + generate_latest(registry).decode()
+    with standin_thread(before, after) as url:
+        run_check(["--target", url])
+    out = capsys.readouterr().out
+    assert re.search(r"\nby workload and band +chat \(T 0\.7-1\.0\): turn off; code \(T = 0\): best k 3 ", out), out
+    with standin_thread(before, after) as url:
+        run_check(["--target", url, "--output", "json"])
+    rows = {(r["workload"], r["temperature_band"]): r for r in json.loads(capsys.readouterr().out)["workloads"]}
+    assert rows[("code", "0")]["best_k"] == 3 and rows[("code", "0")]["acceptance_length"] == 1 + 34 / 16
+    assert rows[("chat", "0.7-1.0")]["best_k"] == 0 and rows[("chat", "0.7-1.0")]["advice"] == "turn off"

@@ -115,14 +115,16 @@ async def test_v0_exports_its_lifetime_acceptance(standin: Any, make_poller: Any
     ) == pytest.approx(0.49583333333333335)
     assert registry.get_sample_value("spec_decode_draft_acceptance_rate", {**labels, "window": "1m"}) is None
     assert (
-        registry.get_sample_value("spec_decode_verdict", {**labels, "temperature_band": "all", "verdict": "disable"})
+        registry.get_sample_value(
+            "spec_decode_verdict", {**labels, "workload": "", "temperature_band": "all", "verdict": "disable"}
+        )
         == 1.0
     )
 
 
 async def test_the_verdict_stateset_has_exactly_one_state_set(standin: Any, make_poller: Any, clock: Any) -> None:
     _, registry = await polled(standin, make_poller, clock, sample(V032_IDLE), sample(V032_LOAD))
-    base = {"target": "vllm", "model_name": "tiny", "engine": "0", "temperature_band": "all"}
+    base = {"target": "vllm", "model_name": "tiny", "engine": "0", "workload": "", "temperature_band": "all"}
     values = {v: registry.get_sample_value("spec_decode_verdict", {**base, "verdict": v.value}) for v in Verdict}
     assert values == {
         Verdict.DISABLE: 1.0,
@@ -276,7 +278,7 @@ async def test_golden_metrics_with_the_tap(standin: Any, make_poller: Any, clock
     _, registry = await polled(standin, make_poller, clock, before, after)
     text = render(registry)
     check_golden("v0.32_with_tap.prom", text)
-    band = {"target": "vllm", "model_name": "tiny"}
+    band = {"target": "vllm", "model_name": "tiny", "workload": "default"}
     assert (
         registry.get_sample_value("spec_decode_request_accepted_tokens_total", {**band, "temperature_band": "0"})
         == 6 * 41
@@ -365,7 +367,7 @@ async def test_per_band_acceptance_length_speedup_and_best_k_from_the_taps_steps
         metrics.request("tiny", "0.7-1.0", Outcome.MEASURED, accepted=8, drafted=32, steps=16, per_position=(6, 2))
     after = scale_counters(sample(V032_LOAD), 500 / 147) + generate_latest(tap_registry).decode()
     _, registry = await polled(standin, make_poller, clock, before, after)
-    band = {"target": "vllm", "model_name": "tiny", "window": "1m"}
+    band = {"target": "vllm", "model_name": "tiny", "workload": "default", "window": "1m"}
     greedy, hot = {**band, "temperature_band": "0"}, {**band, "temperature_band": "0.7-1.0"}
     # AL = 1 + accepted / steps, from the band's own steps (the engine's k = 3 would say 1 + 3 * 8/32 = 1.75).
     assert registry.get_sample_value("spec_decode_request_mean_acceptance_length", greedy) == 1 + 34 / 16
@@ -378,3 +380,55 @@ async def test_per_band_acceptance_length_speedup_and_best_k_from_the_taps_steps
     best = "spec_decode_request_recommended_num_speculative_tokens"
     assert registry.get_sample_value(best, greedy) == 3
     assert registry.get_sample_value(best, hot) == 1
+
+
+async def test_two_workload_classes_in_one_band_get_their_own_acceptance_speedup_and_best_k(
+    standin: Any, make_poller: Any, clock: Any
+) -> None:
+    """A code and a chat class at the same temperature share one band but not one number (issue 21)."""
+    from spec_exporter.tap.metrics import Outcome, TapMetrics
+    from spec_exporter.tap.workload import WorkloadClasses
+
+    tap_registry = CollectorRegistry()
+    metrics = TapMetrics(tap_registry, workloads=WorkloadClasses(("code", "chat")))
+    before = scale_counters(sample(V032_LOAD), 0.0) + generate_latest(tap_registry).decode()
+    for _ in range(4):
+        metrics.request(
+            "tiny",
+            "0.3-0.5",
+            Outcome.MEASURED,
+            accepted=34,
+            drafted=48,
+            steps=16,
+            per_position=(14, 12, 8),
+            workload="code",
+        )
+        metrics.request(
+            "tiny",
+            "0.3-0.5",
+            Outcome.MEASURED,
+            accepted=4,
+            drafted=48,
+            steps=16,
+            per_position=(3, 1, 0),
+            workload="chat",
+        )
+    after = scale_counters(sample(V032_LOAD), 500 / 147) + generate_latest(tap_registry).decode()
+    _, registry = await polled(standin, make_poller, clock, before, after)
+    band = {"target": "vllm", "model_name": "tiny", "temperature_band": "0.3-0.5"}
+    code, chat = {**band, "workload": "code"}, {**band, "workload": "chat"}
+    assert registry.get_sample_value("spec_decode_request_accepted_tokens_total", code) == 4 * 34
+    assert registry.get_sample_value("spec_decode_request_accepted_tokens_total", chat) == 4 * 4
+    w = {"window": "1m"}
+    length = "spec_decode_request_mean_acceptance_length"
+    assert registry.get_sample_value(length, {**code, **w}) == 1 + 34 / 16
+    assert registry.get_sample_value(length, {**chat, **w}) == 1 + 4 / 16
+    speedup = "spec_decode_request_expected_speedup"
+    assert registry.get_sample_value(speedup, {**code, **w, "source": "prior"}) > 1
+    assert registry.get_sample_value(speedup, {**chat, **w, "source": "prior"}) < 1
+    best = "spec_decode_request_recommended_num_speculative_tokens"
+    assert registry.get_sample_value(best, {**code, **w}) == 3
+    assert registry.get_sample_value(best, {**chat, **w}) == 1
+    verdict = {**band, "engine": "", "verdict": "disable"}
+    assert registry.get_sample_value("spec_decode_verdict", {**verdict, "workload": "chat"}) == 1
+    assert registry.get_sample_value("spec_decode_verdict", {**verdict, "workload": "code"}) == 0

@@ -256,8 +256,15 @@ def run(
     return forwarded, out
 
 
-def counts(registry: CollectorRegistry, name: str = "spec_tap_requests_total") -> dict[tuple[str, ...], float]:
-    return {tuple(v for _, v in k[1]): v for k, v in samples(registry).items() if k[0] == name and v}
+def counts(
+    registry: CollectorRegistry, name: str = "spec_tap_requests_total", workload: str = "default"
+) -> dict[tuple[str, ...], float]:
+    """Non-zero samples of `name` for one workload class, keyed by their other label values in name order."""
+    return {
+        tuple(v for k_, v in k[1] if k_ != "workload"): v
+        for k, v in samples(registry).items()
+        if k[0] == name and v and dict(k[1]).get("workload", workload) == workload
+    }
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    if "temperature_band" in labels:
+        labels.setdefault("workload", "default")
     return samples(registry).get((name, tuple(sorted(labels.items()))), 0.0)
 
 

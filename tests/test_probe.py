@@ -276,3 +276,92 @@ async def test_write_profile_gives_a_file_the_exporter_loads_and_refuses_for_ano
     with pytest.raises(ConfigError) as e:
         settings_from_mapping({"targets": [target], "speculation": {"cost_profile": str(path)}})
     assert any(d.startswith("speculation.cost_profile.version:") for d in e.value.details)
+
+
+async def test_each_workload_runs_as_its_own_class_with_its_prompts(aiohttp_server: Any, tmp_path: Any) -> None:
+    """`--workload NAME=FILE`: each class's prompts go out with the class header, and every cell says its class
+    (issue 21)."""
+    from aiohttp import web
+
+    seen: list[tuple[str | None, str]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> Any:
+        if request.path == "/v1/chat/completions":
+            body = await request.json()
+            seen.append((request.headers.get("x-team"), body["messages"][0]["content"]))
+        return await handler(request)
+
+    app = ScenarioVLLM("m", acceptance_by_temperature=by_temperature).app()
+    app.middlewares.append(record)
+    server = await aiohttp_server(app)
+    code, chat = tmp_path / "code.txt", tmp_path / "chat.txt"
+    code.write_text("def fib(n):\n\nclass Stack:\n")
+    chat.write_text("Tell me a story.\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"targets: [{{name: vllm, url: '{server.make_url('')}'}}]\ntap: {{workload_header: x-team}}\n")
+    args = cli_probe_args(
+        [
+            "--target",
+            str(server.make_url("")),
+            "--requests",
+            "2",
+            "--temperatures",
+            "0,0.8",
+            "--config.file",
+            str(config),
+            "--workload",
+            f"code={code}",
+            "--workload",
+            f"chat={chat}",
+        ]
+    )
+    from spec_exporter.commands.probe import probe_settings
+
+    settings = probe_settings(args)
+    assert settings.workloads == (("code", ("def fib(n):", "class Stack:")), ("chat", ("Tell me a story.",)))
+    assert settings.workload_header == "x-team"
+    async with aiohttp.ClientSession() as session:
+        run = await run_probe(settings, session)
+    assert [(c.workload, c.temperature) for c in run.cells] == [
+        ("code", 0.0),
+        ("code", 0.8),
+        ("chat", 0.0),
+        ("chat", 0.8),
+    ]
+    assert {(h, p) for h, p in seen} == {
+        ("code", "def fib(n):"),
+        ("code", "class Stack:"),
+        ("chat", "Tell me a story."),
+    }
+    doc = probe_document(settings, run)
+    assert doc["workloads"] == ["code", "chat"]
+    assert [(c["workload"], c["temperature"]) for c in doc["cells"]] == [
+        ("code", 0.0),
+        ("code", 0.8),
+        ("chat", 0.0),
+        ("chat", 0.8),
+    ]
+    table = render_table(doc)
+    assert "code T=0: beneficial" in table and "chat T=0.8: disable" in table
+
+
+def cli_probe_args(argv: list[str]) -> Any:
+    from spec_exporter.commands.probe import probe_parser
+
+    return probe_parser().parse_args(argv)
+
+
+def test_bad_workload_flags_are_refused(tmp_path: Any) -> None:
+    from spec_exporter.commands.probe import probe_settings
+    from spec_exporter.config import ConfigError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    for flag in ("noequals", "bad name=x", f"a={empty}", f"a={tmp_path / 'missing.txt'}"):
+        with pytest.raises(ConfigError):
+            probe_settings(cli_probe_args(["--target", "http://x", "--workload", flag]))
+    ok = tmp_path / "ok.txt"
+    ok.write_text("hi\n")
+    with pytest.raises(ConfigError, match="each NAME once"):
+        probe_settings(cli_probe_args(["--target", "http://x", "--workload", f"a={ok}", "--workload", f"a={ok}"]))

@@ -189,7 +189,7 @@ def _acceptance(values: list[float]) -> Histogram:
 
 def _tap(values_by_band: dict[str, list[float]]) -> TapSample:
     bands = {
-        ("tiny", band): TemperatureBandSample(
+        ("tiny", "default", band): TemperatureBandSample(
             accepted_tokens=10.0 * math.fsum(vs), draft_tokens=10.0 * len(vs), acceptance=_acceptance(vs)
         )
         for band, vs in values_by_band.items()

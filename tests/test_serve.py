@@ -80,7 +80,8 @@ async def test_exporter_and_tap_serve_together(aiohttp_server: Any, standin: Any
             assert r.status == 200 and await r.read() == upstream.chat_json
         drafted = json.loads(upstream.chat_json)["metrics"]["speculative_decoding"]["num_draft_tokens"]
         band_line = (
-            'spec_decode_request_draft_tokens_total{model_name="tiny",target="vllm",temperature_band="0.7-1.0"} '
+            "spec_decode_request_draft_tokens_total"
+            '{model_name="tiny",target="vllm",temperature_band="0.7-1.0",workload="default"} '
             f"{float(drafted)!r}"
         )
 

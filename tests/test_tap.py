@@ -66,9 +66,8 @@ async def make_tap(aiohttp_server: Any, upstream: OpenAIStandIn, **settings: Any
     up = await aiohttp_server(upstream.app(), **OPTIONS)
     registry = CollectorRegistry()
     tap_settings = TapSettings(**settings)
-    app = create_tap_app(
-        str(up.make_url("")), TapMetrics(registry, max_models=tap_settings.max_models), tap_settings, clock=FakeClock()
-    )
+    metrics = TapMetrics(registry, max_models=tap_settings.max_models, workloads=tap_settings.workload_classes())
+    app = create_tap_app(str(up.make_url("")), metrics, tap_settings, clock=FakeClock())
     return await aiohttp_server(app, **OPTIONS), registry
 
 

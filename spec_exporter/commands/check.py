@@ -20,6 +20,7 @@ from spec_exporter.derive.baseline import Comparison
 from spec_exporter.derive.cost import CostSource, StepCost, rule
 from spec_exporter.derive.health import EngineHealth, TargetHealth, WindowHealth
 from spec_exporter.derive.load import Load
+from spec_exporter.derive.tap_health import TapHealth, TemperatureBandWindow
 from spec_exporter.derive.verdict import ADVICE
 from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore, TargetState
@@ -170,6 +171,43 @@ def _window_rows(w: WindowHealth, engine: EngineHealth | None) -> list[tuple[str
     return rows
 
 
+def band_text(band: str) -> str:
+    """A temperature band label as the range it stands for: `0` greedy, `0.7-1.0` half-open, `1.0+`."""
+    if band == "0":
+        return "T = 0"
+    if band.endswith("+"):
+        return f"T ≥ {band[:-1]}"
+    lo, sep, hi = band.partition("-")
+    if sep and lo == "0":
+        return f"T < {hi}"
+    return f"T {lo}-{hi}" if sep else f"T {band}"
+
+
+def workload_advice(w: TemperatureBandWindow) -> str:
+    """What to do for one class and band: its best k, or turn speculation off for it."""
+    best = w.recommended
+    if best is not None:
+        return "turn off" if best.k == 0 else f"best k {best.k} ({best.speedup:.2f}x modelled)"
+    if w.expected_speedup is not None:
+        return "turn off" if w.expected_speedup < 1 else f"{w.expected_speedup:.2f}x modelled (no per-position counts)"
+    return f"acceptance {number(w.accepted / w.drafted)}" if w.drafted else "no measured requests"
+
+
+def workload_rows(tap: TapHealth | None) -> list[tuple[str, str]]:
+    """One row per (workload, temperature band) the tap measured in the check's window, e.g.
+    `code (T = 0)  best k 4 (1.41x modelled)` and `chat (T 0.7-1.0)  turn off`."""
+    if tap is None:
+        return []
+    rows = []
+    for b in tap.bands:
+        w = b.windows[0] if b.windows else None
+        if w is None or not w.drafted:
+            continue
+        _, workload, band = b.key
+        rows.append((f"{workload} ({band_text(band)})", workload_advice(w)))
+    return rows
+
+
 def _source_text(cost: StepCost) -> str:
     load = f" at {cost.load:.1f} running requests per engine" if cost.load is not None else ""
     if cost.source is CostSource.BASELINE:
@@ -226,6 +264,9 @@ def render_table(result: CheckResult) -> str:
             rate = e.windows[0].acceptance.rate if e.windows[0].acceptance else e.lifetime_acceptance
             rows.append((f"engine {e.key[0]}/{e.key[1]}", f"acceptance {number(rate)}, verdict {e.verdict.value}"))
     rows += _load_rows(result)
+    by_class = workload_rows(h.tap)
+    if by_class:
+        rows.append(("by workload and band", "; ".join(f"{t}: {v}" for t, v in by_class)))
     rows.append(("verdict", result.verdict.value.upper()))
     width = max(len(r[0]) for r in rows) + 2
     lines += [f"{title:<{width}}{value}" for title, value in rows]
@@ -319,6 +360,21 @@ def render_json(result: CheckResult) -> str:
                 "verdict": e.verdict.value,
             }
             for e in h.engines.values()
+        ]
+        doc["workloads"] = [
+            {
+                "model_name": b.key[0],
+                "workload": b.key[1],
+                "temperature_band": b.key[2],
+                "drafted": b.windows[0].drafted,
+                "accepted": b.windows[0].accepted,
+                "acceptance_length": b.windows[0].acceptance_length,
+                "expected_speedup": b.windows[0].expected_speedup,
+                "best_k": None if b.windows[0].recommended is None else b.windows[0].recommended.k,
+                "advice": workload_advice(b.windows[0]),
+            }
+            for b in (h.tap.bands if h.tap is not None else ())
+            if b.windows and b.windows[0].drafted
         ]
     return json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n"
 

@@ -69,13 +69,13 @@ def build_settings(
     """The config file (if any), then targets from flags, then `overrides`, validated once.
 
     `only_these_targets` is for the one-target commands (`check`, `probe`): the file's targets are replaced, and
-    with them the settings that name a target (the tap), so a sidecar's config file still gives its thresholds,
-    windows and cost model.
+    with them the tap's listener and the target it forwards to, so a sidecar's config file still gives its
+    thresholds, windows, cost model and what the tap does with requests (its workload header, for `probe`).
     """
     data = load_config(config_file) if config_file else {}
     listed = [] if only_these_targets else list(data.get("targets") or [])
-    if only_these_targets:
-        data.pop("tap", None)
+    if only_these_targets and isinstance(data.get("tap"), dict):
+        data["tap"] = {k: v for k, v in data["tap"].items() if k not in ("listen_address", "target", "upstream_url")}
     listed += [target_from_url(u) for u in targets]
     listed += [target_from_url(u, "baseline") for u in baselines]
     data["targets"] = listed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from spec_exporter.commands.probe_render import progress_bar, render_json, rende
 from spec_exporter.config import ConfigError
 from spec_exporter.types import DeriveParams
 
+DEFAULT_WORKLOAD_HEADER = "x-workload"
+WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 EXIT_OK = 0
 EXIT_FAILED = 1
 PROFILE_HEADER = (
@@ -110,6 +113,15 @@ def probe_parser() -> argparse.ArgumentParser:
         help="comma-separated requests in flight; every temperature runs at each (default %(default)s)",
     )
     p.add_argument("--prompts", metavar="FILE", help="prompts, one per line (default: a few built-in ones)")
+    p.add_argument(
+        "--workload",
+        action="append",
+        default=[],
+        metavar="NAME=PROMPTS_FILE",
+        help="repeatable: run the grid once per workload class with its own prompts (one per line), sending the "
+        "class in the tap's workload header (tap.workload_header, default x-workload), so one probe compares "
+        "e.g. a code and a chat workload on the same server",
+    )
     p.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     p.add_argument("--max-tokens", type=int, default=64, metavar="N", help="max_tokens per request (default 64)")
     p.add_argument("--output", choices=("table", "json"), default="table", help="report format")
@@ -151,22 +163,25 @@ def probe_settings(args: argparse.Namespace) -> ProbeSettings:
         problems.append(
             f"--requests: at least the largest --concurrency ({max(concurrency)}), or that level never fills up"
         )
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    if args.prompts:
-        try:
-            with open(args.prompts, encoding="utf-8") as f:
-                prompts = tuple(line.rstrip("\n") for line in f if line.strip())
-        except OSError as e:
-            problems.append(f"--prompts: {e.strerror or e}")
-        if not prompts:
-            problems.append("--prompts: the file has no prompts")
+    prompts = _read_prompts(args.prompts, "--prompts", problems) if args.prompts else DEFAULT_PROMPTS
+    workloads = []
+    for spec in args.workload:
+        name, sep, path = spec.partition("=")
+        if not sep or not WORKLOAD_NAME.match(name) or not path:
+            problems.append(f"--workload {spec!r}: NAME=PROMPTS_FILE, NAME 1-64 of [A-Za-z0-9_.-]")
+            continue
+        workloads.append((name, _read_prompts(path, f"--workload {name}", problems)))
+    if len({name for name, _ in workloads}) != len(workloads):
+        problems.append("--workload: each NAME once")
     baselines = [args.baseline_target] if args.baseline_target else []
     try:
         config = build_settings(args.config_file, targets=[args.target], baselines=baselines, only_these_targets=True)
         params = config.derive_params(config.targets[0])
+        header = config.tap.workload_header or DEFAULT_WORKLOAD_HEADER
     except ConfigError as e:
         problems += e.details
         params = DeriveParams(windows=(), verdict_window="")
+        header = DEFAULT_WORKLOAD_HEADER
     if args.write_profile and not args.baseline_target:
         problems.append("--write-profile: needs --baseline-target (rho is measured against the baseline)")
     if problems:
@@ -187,7 +202,23 @@ def probe_settings(args: argparse.Namespace) -> ProbeSettings:
         hardware=args.hardware,
         draft_model=args.draft_model,
         cost_profile=params.cost_profile,
+        workloads=tuple(workloads),
+        workload_header=header,
     )
+
+
+def _read_prompts(path: str, flag: str, problems: list[str]) -> tuple[str, ...]:
+    """The prompts in a file, one per line; a problem noted (and none returned) if there are none."""
+    prompts: tuple[str, ...] = ()
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = tuple(line.rstrip("\n") for line in f if line.strip())
+    except OSError as e:
+        problems.append(f"{flag}: {e.strerror or e}")
+        return ()
+    if not prompts:
+        problems.append(f"{flag}: the file has no prompts")
+    return prompts
 
 
 def probe(argv: Sequence[str]) -> int:

@@ -61,6 +61,7 @@ def cell_summary(self: PhaseResult, settings: ProbeSettings, baseline_speedup: f
     ttft = [r.ttft for r in ok if r.ttft is not None]
     tpot = self.tpots(self.tpot_source)
     return {
+        **({"workload": self.workload} if self.workload is not None else {}),
         "temperature": self.temperature,
         "concurrency": self.concurrency,
         "requests": len(self.requests),
@@ -116,17 +117,28 @@ def compare_cell(spec: PhaseResult, base: PhaseResult) -> dict[str, Any]:
 
 
 def crossovers(rows: Sequence[dict[str, Any]], temperatures: Sequence[float]) -> list[dict[str, Any]]:
-    """Per temperature, the lowest concurrency at which the TPOT speedup is 1 or less (None: it always paid)."""
+    """Per workload class (when the probe ran several) and temperature, the lowest concurrency at which the TPOT
+    speedup is 1 or less (None: it always paid)."""
     out = []
-    for t in temperatures:
-        measured = sorted(
-            (r for r in rows if r["temperature"] == t and r["tpot_speedup"] is not None),
-            key=lambda r: r["concurrency"],
-        )
-        stops = next((r["concurrency"] for r in measured if r["tpot_speedup"] <= 1.0), None)
-        out.append(
-            {"temperature": t, "concurrency": stops, "measured_concurrencies": [r["concurrency"] for r in measured]}
-        )
+    for workload in dict.fromkeys(r.get("workload") for r in rows) or (None,):
+        for t in temperatures:
+            measured = sorted(
+                (
+                    r
+                    for r in rows
+                    if r.get("workload") == workload and r["temperature"] == t and r["tpot_speedup"] is not None
+                ),
+                key=lambda r: r["concurrency"],
+            )
+            stops = next((r["concurrency"] for r in measured if r["tpot_speedup"] <= 1.0), None)
+            out.append(
+                {
+                    **({"workload": workload} if workload is not None else {}),
+                    "temperature": t,
+                    "concurrency": stops,
+                    "measured_concurrencies": [r["concurrency"] for r in measured],
+                }
+            )
     return out
 
 

@@ -33,9 +33,9 @@ def probe_document(settings: ProbeSettings, run: ProbeRun, created: str = "") ->
     same cell when there is one, else the acceptance policy. `created` stamps the calibration profile.
     """
     rows = []
-    by_cell = {(c.concurrency, c.temperature): c for c in (run.baseline or [])}
+    by_cell = {(c.workload, c.concurrency, c.temperature): c for c in (run.baseline or [])}
     for cell in run.cells:
-        base = by_cell.get((cell.concurrency, cell.temperature))
+        base = by_cell.get((cell.workload, cell.concurrency, cell.temperature))
         compared = compare_cell(cell, base) if base is not None else None
         row = cell_summary(cell, settings, compared["tpot_speedup"] if compared is not None else None)
         if base is not None and compared is not None:
@@ -65,6 +65,7 @@ def probe_document(settings: ProbeSettings, run: ProbeRun, created: str = "") ->
         "requests_per_cell": settings.requests,
         "concurrency": list(settings.concurrency),
         "temperatures": list(settings.temperatures),
+        **({"workloads": [name for name, _ in settings.workloads]} if settings.workloads else {}),
         "max_tokens": settings.max_tokens,
         "thresholds": {
             "disable_below": settings.thresholds.disable_below,

@@ -66,6 +66,8 @@ class PhaseResult:
     engine: SpecCounters | None = None
     concurrency: int = 1
     seconds: float = 0.0
+    # The workload class the cell's requests were sent as (`--workload NAME=FILE`); None without classes.
+    workload: str | None = None
 
     @property
     def ok(self) -> list[RequestResult]:
@@ -110,6 +112,10 @@ class ProbeSettings:
     draft_model: str | None = None
     # The profile configured (speculation.cost_profile), to read the cells' step cost from when there is no baseline.
     cost_profile: CostProfile | None = None
+    # (class name, its prompts) per `--workload NAME=FILE`: each runs the grid as its own class, sending the class
+    # in `workload_header` (the tap's tap.workload_header), so one probe compares e.g. a code and a chat workload.
+    workloads: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    workload_header: str = "x-workload"
 
 
 @dataclass
@@ -160,6 +166,7 @@ async def _one(
     prompt: str,
     temperature: float,
     clock: Callable[[], float],
+    workload: str | None = None,
 ) -> RequestResult:
     body = {
         "model": model,
@@ -174,7 +181,10 @@ async def _one(
     usage: dict[str, Any] | None = None
     try:
         async with session.post(
-            f"{base}/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=settings.timeout)
+            f"{base}/v1/chat/completions",
+            json=body,
+            headers={settings.workload_header: workload} if workload is not None else None,
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
         ) as r:
             if r.status != 200:
                 return RequestResult(ok=False, error=f"HTTP {r.status}: {(await r.text())[:200]}")
@@ -216,27 +226,36 @@ async def _run_grid(
     progress: Callable[[], None],
     clock: Callable[[], float],
 ) -> tuple[list[PhaseResult], SpecCounters | None, str]:
-    """Every (concurrency, temperature) cell against `base`, one at a time, lowest concurrency first."""
+    """Every (workload, concurrency, temperature) cell against `base`, one at a time, lowest concurrency first."""
     before = await _engine_counters(session, base)
     model = settings.model or await _model(session, base)
     cells = []
-    for concurrency in settings.concurrency:
-        semaphore = asyncio.Semaphore(concurrency)
+    for workload, prompts in settings.workloads or ((None, settings.prompts),):
+        for concurrency in settings.concurrency:
+            semaphore = asyncio.Semaphore(concurrency)
 
-        async def limited(i: int, temperature: float, semaphore: asyncio.Semaphore = semaphore) -> RequestResult:
-            async with semaphore:
-                prompt = settings.prompts[i % len(settings.prompts)]
-                result = await _one(session, settings, base, model, prompt, temperature, clock)
-            progress()
-            return result
+            async def limited(
+                i: int,
+                temperature: float,
+                semaphore: asyncio.Semaphore = semaphore,
+                prompts: tuple[str, ...] = prompts,
+                workload: str | None = workload,
+            ) -> RequestResult:
+                async with semaphore:
+                    prompt = prompts[i % len(prompts)]
+                    result = await _one(session, settings, base, model, prompt, temperature, clock, workload)
+                progress()
+                return result
 
-        for temperature in settings.temperatures:
-            start = await _engine_counters(session, base)
-            began = clock()
-            results = await asyncio.gather(*(limited(i, temperature) for i in range(settings.requests)))
-            seconds = clock() - began
-            end = await _engine_counters(session, base)
-            cells.append(PhaseResult(temperature, list(results), _increase(start, end), concurrency, seconds))
+            for temperature in settings.temperatures:
+                start = await _engine_counters(session, base)
+                began = clock()
+                results = await asyncio.gather(*(limited(i, temperature) for i in range(settings.requests)))
+                seconds = clock() - began
+                end = await _engine_counters(session, base)
+                cells.append(
+                    PhaseResult(temperature, list(results), _increase(start, end), concurrency, seconds, workload)
+                )
     if all(not r.ok for c in cells for r in c.requests):
         errors = {r.error for c in cells for r in c.requests}
         raise ProbeError(f"every request to {base} failed: {', '.join(sorted(e or '?' for e in errors))}")
@@ -254,7 +273,8 @@ async def run_probe(
     warnings: list[str] = []
     base = settings.target.rstrip("/")
     grids = 2 if settings.baseline_target else 1
-    total = grids * len(settings.concurrency) * len(settings.temperatures) * settings.requests
+    classes = max(1, len(settings.workloads))
+    total = grids * classes * len(settings.concurrency) * len(settings.temperatures) * settings.requests
     done = 0
 
     def step() -> None:

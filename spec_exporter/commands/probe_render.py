@@ -23,8 +23,12 @@ def render_table(doc: dict[str, Any]) -> str:
     if with_baseline:
         header += ["base TPOT p50", "base tok/s", "TPOT speedup", "tok/s ratio"]
     header += ["failed", "verdict"]
-    rows_out = [header]
-    rows_out += [cell_values(s, with_baseline) for s in doc["cells"]]
+    classes = "workloads" in doc
+    rows_out = [["workload", *header] if classes else header]
+    rows_out += [
+        [s["workload"], *cell_values(s, with_baseline)] if classes else cell_values(s, with_baseline)
+        for s in doc["cells"]
+    ]
     against = f" against baseline {doc['baseline_target']}" if with_baseline else ""
     lines = [
         f"spec-exporter probe: {doc['target']}{against}, {doc['requests_per_cell']} requests per cell"
@@ -35,13 +39,15 @@ def render_table(doc: dict[str, Any]) -> str:
     lines.append("")
     several = len(doc["concurrency"]) > 1
     # One line per temperature and verdict, the advice once per verdict: a grid repeats them otherwise.
-    seen: dict[tuple[float, str, str], list[int]] = {}
+    seen: dict[tuple[str, float, str, str], list[int]] = {}
     for s in doc["cells"]:
-        seen.setdefault((s["temperature"], s["verdict"], s["acceptance_source"]), []).append(s["concurrency"])
+        key = (s.get("workload", ""), s["temperature"], s["verdict"], s["acceptance_source"])
+        seen.setdefault(key, []).append(s["concurrency"])
     advice = {s["verdict"]: s["advice"] for s in doc["cells"]}
-    for (temperature, verdict_, source), levels in seen.items():
+    for (workload, temperature, verdict_, source), levels in seen.items():
         at = f" at concurrency {', '.join(map(str, levels))}" if several else ""
-        lines.append(f"T={temperature:g}: {verdict_}{at} ({source}).")
+        who = f"{workload} " if workload else ""
+        lines.append(f"{who}T={temperature:g}: {verdict_}{at} ({source}).")
     # Which number decided each verdict: the measured speedup where a baseline ran the same cell, else acceptance.
     for text in dict.fromkeys(s["rule"] for s in doc["cells"]):
         lines.append(f"rule: {text}")
@@ -49,7 +55,8 @@ def render_table(doc: dict[str, Any]) -> str:
     if with_baseline:
         lines.append("")
         for c in doc["crossover"]:
-            lines.append(f"crossover T={c['temperature']:g}: {crossover_text(c)}")
+            who = f"{c['workload']} " if "workload" in c else ""
+            lines.append(f"crossover {who}T={c['temperature']:g}: {crossover_text(c)}")
         schedule = _schedule_json(doc)
         if schedule is not None:
             lines += [

@@ -277,7 +277,7 @@ def derive_target(
         engine_drafted = {w.window.label: w.acceptance.draft_tokens if w.acceptance else None for w in combined}
         tap_deltas = {label: d.tap if d is not None else None for label, d in deltas.items()}
         costs = {w.window.label: w.cost for w in combined}
-        tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params, costs)
+        tap = derive_tap(latest.tap, tap_deltas, engine_drafted, params, costs, speculative=snapshot.tap.speculative)
     return TargetHealth(snapshot.generation, engines, combined, combined_verdict, tap, load)
 
 

@@ -58,6 +58,8 @@ class TapHealth:
     coverage: Mapping[str, float]
     # Responses without per-request spec metrics and none with them over the verdict window.
     missing_spec_metrics: bool
+    # The engine's speculative configuration as (label, value) pairs, when the tap exports it.
+    speculative: tuple[tuple[str, str], ...] | None = None
 
 
 def _temperature_band_window(
@@ -100,6 +102,7 @@ def derive_tap(
     engine_drafted: Mapping[str, float | None],
     params: DeriveParams,
     costs: Mapping[str, StepCost | None] | None = None,
+    speculative: tuple[tuple[str, str], ...] | None = None,
 ) -> TapHealth:
     """`deltas`, `engine_drafted` (the engine's draft tokens, all engines summed) and `costs` (the engines' step
     cost at their load) map each window label."""
@@ -128,6 +131,7 @@ def derive_tap(
         drafted_in_window=drafted_in_window,
         coverage=coverage,
         missing_spec_metrics=_missing_spec_metrics(deltas.get(params.verdict_window)),
+        speculative=speculative,
     )
 
 

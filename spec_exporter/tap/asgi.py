@@ -12,6 +12,11 @@ come from the environment: `SPEC_EXPORTER_TAP_<FIELD>` for each field of `spec_e
     SPEC_EXPORTER_TAP_MAX_MODELS           distinct model_name label values per process
     SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES    request bodies (and JSON responses) larger than this are not read
     SPEC_EXPORTER_TAP_INJECT_USAGE         ask vLLM for the usage chunk of a stream whose client did not
+    SPEC_EXPORTER_TAP_WORKLOAD_HEADER      the request header naming a request's workload class (e.g. x-workload)
+    SPEC_EXPORTER_TAP_WORKLOAD_FROM_MODEL  else the served model alias is the class
+    SPEC_EXPORTER_TAP_WORKLOAD_FROM_ROUTE  else the route prefix (root_path or X-Forwarded-Prefix) is the class
+    SPEC_EXPORTER_TAP_WORKLOADS            the classes kept as labels, comma-separated (the rest count as other)
+    SPEC_EXPORTER_TAP_MAX_WORKLOADS        without that list, distinct classes kept per process
 
 An unusable value is logged and its default used: a monitoring setting must never keep vLLM from serving.
 
@@ -45,6 +50,8 @@ from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import REMEDY, ErrorStage, Outcome, TapMetrics
 from spec_exporter.tap.request import INSPECTED_PATHS
 from spec_exporter.tap.settings import TapSettings, settings_from_env
+from spec_exporter.tap.speculative import from_asgi_scope
+from spec_exporter.tap.workload import FORWARDED_PREFIX, route_prefix
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,13 +65,14 @@ _default_lock = threading.Lock()
 _default_metrics: TapMetrics | None = None
 
 
-def default_metrics(max_models: int) -> TapMetrics:
+def default_metrics(max_models: int, settings: TapSettings | None = None) -> TapMetrics:
     """The families in prometheus_client's default registry, created once per process (a second registration
     would be refused; vLLM may build its middleware stack more than once)."""
     global _default_metrics
     with _default_lock:
         if _default_metrics is None:
-            _default_metrics = TapMetrics(max_models=max_models)
+            workloads = settings.workload_classes() if settings is not None else None
+            _default_metrics = TapMetrics(max_models=max_models, workloads=workloads)
         return _default_metrics
 
 
@@ -108,16 +116,31 @@ class SpecDecodeMiddleware:
         if settings is None:
             settings = _settings_from_environment()
         if metrics is None:
-            metrics = default_metrics(settings.max_models)
+            metrics = default_metrics(settings.max_models, settings)
         self.settings = settings
         self.metrics = metrics
         self._clock = clock
+        self._speculative_read = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._speculative_read and scope.get("type") == "http":
+            # On a request, not at lifespan startup: vLLM sets app.state.vllm_config while starting up.
+            self._read_speculative_config(scope)
         if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in INSPECTED_PATHS:
             await self.app(scope, receive, send)
             return
         await _Tapped(self, scope, receive, send).run()
+
+    def _read_speculative_config(self, scope: Scope) -> None:
+        """Once, from the first request's app (vLLM's config is fixed for the server's life); never raises."""
+        self._speculative_read = True
+        try:
+            self.metrics.speculative_config(from_asgi_scope(scope))
+        except Exception:
+            try:
+                self.metrics.error(ErrorStage.INTERNAL)
+            except Exception:  # counting the failure must not become one
+                pass
 
 
 class _Tapped:
@@ -167,7 +190,13 @@ class _Tapped:
         """Read the body ahead (bounded) and decide what the app receives. Messages read are always replayed."""
         scope = self._scope
         try:
-            exchange = Exchange(self._mw.metrics, self._mw.settings, clock=self._mw._clock, server_may_encode=False)
+            exchange = Exchange(
+                self._mw.metrics,
+                self._mw.settings,
+                clock=self._mw._clock,
+                server_may_encode=False,
+                **_workload_hints(self._mw.settings, scope),
+            )
         except Exception:
             self._internal_error()
             return scope
@@ -314,6 +343,18 @@ class _Tapped:
                 return None
             return {**message, "body": out}
         return message
+
+
+def _workload_hints(settings: TapSettings, scope: Scope) -> dict[str, str | None]:
+    """The request's class header value and route prefix (vLLM's --root-path, or a gateway's stripped prefix),
+    for the sources the settings name."""
+    source = settings.workload_source
+    headers = scope.get("headers", [])
+    name = source.header_bytes
+    route = None
+    if source.from_route:
+        route = route_prefix(scope.get("root_path"), _header(headers, FORWARDED_PREFIX.encode()))
+    return {"workload_header": _header(headers, name) if name else None, "workload_route": route}
 
 
 def _with_length(headers: Any, length: int) -> list[tuple[bytes, bytes]]:

@@ -16,6 +16,7 @@ from spec_exporter.tap.response import SpecResult, parse_json, spec_result
 from spec_exporter.tap.settings import TapSettings
 from spec_exporter.tap.sse import FilterFailed, UsageFilter
 from spec_exporter.tap.temperature_bands import UNKNOWN
+from spec_exporter.tap.workload import candidate
 
 
 def _encoded(content_encoding: str | None) -> bool:
@@ -24,7 +25,9 @@ def _encoded(content_encoding: str | None) -> bool:
 
 class Exchange:
     """See the module docstring. `server_may_encode`: whether the server behind this front end might answer
-    content-encoded (then usage is only injected for a client that accepts nothing but identity)."""
+    content-encoded (then usage is only injected for a client that accepts nothing but identity).
+    `workload_header`, `workload_route`: the request's class header value and route prefix, when the settings
+    name those sources (the header's value is only ever used as a label value, never logged)."""
 
     def __init__(
         self,
@@ -33,8 +36,12 @@ class Exchange:
         *,
         clock: Callable[[], float],
         server_may_encode: bool,
+        workload_header: str | None = None,
+        workload_route: str | None = None,
     ) -> None:
         self._metrics = metrics
+        self._workload_header = workload_header
+        self._workload_route = workload_route
         self._settings = settings
         self._clock = clock
         self._server_may_encode = server_may_encode
@@ -217,6 +224,13 @@ class Exchange:
     def _fold_once(self) -> None:
         metrics, band, view = self._metrics, self._band, self.view
         model = view.model if view is not None else None
+        # The alias the client asked for (the response may name the model it resolved to).
+        workload = candidate(
+            self._settings.workload_source,
+            header=self._workload_header,
+            model=model,
+            route=self._workload_route,
+        )
         ttft = tpot = None
         result = None
         if self._request_unreadable:
@@ -251,6 +265,7 @@ class Exchange:
             tpot=tpot,
             steps=result.steps if result is not None else None,
             per_position=result.per_position if result is not None else None,
+            workload=workload,
         )
 
     def _result(self) -> SpecResult | None:

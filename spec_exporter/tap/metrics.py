@@ -11,9 +11,11 @@ import threading
 from enum import StrEnum
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from spec_exporter.tap import speculative
 from spec_exporter.tap.settings import TapSettings
+from spec_exporter.tap.workload import FoldReason, WorkloadClasses
 
 # 41 bounds, step 0.025: 0.5 and 0.65 (the verdict thresholds) are edges, and a percentile interpolated inside a
 # bucket is never further than one bucket width from the exact sample percentile.
@@ -83,6 +85,8 @@ TPOT = "spec_tap_request_tpot_seconds"
 ERRORS = "spec_tap_errors_total"
 SPEC_STEPS = "spec_tap_spec_steps_total"
 ACCEPTED_PER_POSITION = "spec_tap_accepted_tokens_per_pos_total"
+WORKLOAD_FOLDED = "spec_tap_workload_folded_total"
+SPECULATIVE_CONFIG_INFO = "spec_tap_speculative_config_info"
 
 
 class Outcome(StrEnum):
@@ -116,8 +120,16 @@ class TapMetrics:
     Fold each request exactly once (`request`): the model-name label is resolved, capped and sanitised there.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_models: int | None = None) -> None:
-        """`max_models`: distinct model_name values (default `TapSettings().max_models`)."""
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = REGISTRY,
+        *,
+        max_models: int | None = None,
+        workloads: WorkloadClasses | None = None,
+    ) -> None:
+        """`max_models`: distinct model_name values (default `TapSettings().max_models`); `workloads`: the closed
+        set of workload labels (default `TapSettings().workload_classes()`)."""
+        self.workloads = workloads if workloads is not None else TapSettings().workload_classes()
         if max_models is None:
             max_models = TapSettings().max_models
         if max_models < 0:
@@ -125,7 +137,7 @@ class TapMetrics:
         self._max_models = max_models
         self._models: set[str] = set()
         self._lock = threading.Lock()
-        both = ("model_name", "temperature_band")
+        both = ("model_name", "workload", "temperature_band")
         self.requests = Counter(
             REQUESTS[: -len("_total")],
             "Completion requests seen by the tap, by what became of them.",
@@ -176,10 +188,27 @@ class TapMetrics:
         )
         for stage in ErrorStage:
             self.errors.labels(stage.value)
+        self.workload_folded = Counter(
+            WORKLOAD_FOLDED[: -len("_total")],
+            'Requests whose workload class was not kept as a label value and was counted as workload="other".',
+            ("reason",),
+            registry=registry,
+        )
+        for reason in FoldReason:
+            self.workload_folded.labels(reason.value)
+        # The one gauge: a constant 1 per label set, so the largest across API-server processes is the value.
+        self.speculative_info = Gauge(
+            SPECULATIVE_CONFIG_INFO,
+            "The engine's speculative method, k and how drafts are verified (vLLM's speculative_config), as labels.",
+            speculative.LABELS,
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self._speculative_set = False
         # Children per label set, so a request costs dict lookups rather than six labels() calls (bounded: the
         # model label is capped).
-        self._series: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self._counts: dict[tuple[str, str, Outcome], Any] = {}
+        self._series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._counts: dict[tuple[str, str, str, Outcome], Any] = {}
 
     def model_label(self, model: str | None) -> str:
         """The label value for a served model name; counts an `invalid` one as a request-stage error."""
@@ -196,6 +225,13 @@ class TapMetrics:
                 return model
         return OTHER_MODEL
 
+    def workload_label(self, workload: str | None) -> str:
+        """The label value for a request's raw class value (None: `default`); counts a fold into `other`."""
+        label, folded = self.workloads.label(workload)
+        if folded is not None:
+            self.workload_folded.labels(folded.value).inc()
+        return label
+
     def request(
         self,
         model: str | None,
@@ -208,21 +244,24 @@ class TapMetrics:
         tpot: float | None = None,
         steps: int | None = None,
         per_position: tuple[int, ...] | None = None,
+        workload: str | None = None,
     ) -> None:
-        """Fold one request. Token counts count only for a measured request with drafts; its steps and
+        """Fold one request (`workload`: its raw class value, None for none). Token counts count only for a
+        measured request with drafts; its steps and
         per-position counts only with them (so each band's acceptance length has its own denominator)."""
         label = self.model_label(model)
+        kind = self.workload_label(workload)
         outcome = Outcome(outcome)
-        count = self._counts.get((label, band, outcome))
+        count = self._counts.get((label, kind, band, outcome))
         if count is None:
-            count = self._counts[(label, band, outcome)] = self.requests.labels(label, band, outcome.value)
+            count = self._counts[(label, kind, band, outcome)] = self.requests.labels(label, kind, band, outcome.value)
         count.inc()
         if outcome is not Outcome.MEASURED and ttft is None and tpot is None:
             return
-        series = self._series.get((label, band))
+        series = self._series.get((label, kind, band))
         if series is None:
-            series = self._series[(label, band)] = tuple(
-                family.labels(label, band)
+            series = self._series[(label, kind, band)] = tuple(
+                family.labels(label, kind, band)
                 for family in (self.draft_tokens, self.accepted_tokens, self.acceptance, self.ttft, self.tpot)
             )
         draft_tokens, accepted_tokens, acceptance, ttft_hist, tpot_hist = series
@@ -231,14 +270,22 @@ class TapMetrics:
             accepted_tokens.inc(accepted)
             acceptance.observe(accepted / drafted)
             if steps and per_position is not None:
-                self.spec_steps.labels(label, band).inc(steps)
+                self.spec_steps.labels(label, kind, band).inc(steps)
                 for i, n in enumerate(per_position):
                     # Created at zero even when nothing was accepted there: the position's denominator exists.
-                    self.accepted_per_position.labels(label, band, str(i)).inc(n)
+                    self.accepted_per_position.labels(label, kind, band, str(i)).inc(n)
         if ttft is not None:
             ttft_hist.observe(ttft)
         if tpot is not None:
             tpot_hist.observe(tpot)
+
+    def speculative_config(self, labels: dict[str, str] | None) -> None:
+        """Export the engine's speculative configuration (from `speculative.info_labels` or `from_vllm_config`)
+        once; None (no speculative decoding, or not known) exports nothing."""
+        if labels is None or self._speculative_set:
+            return
+        self._speculative_set = True
+        self.speculative_info.labels(*(labels[name] for name in speculative.LABELS)).set(1)
 
     def error(self, stage: ErrorStage) -> None:
         self.errors.labels(ErrorStage(stage).value).inc()

@@ -40,6 +40,7 @@ from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import REMEDY, Outcome, TapMetrics
 from spec_exporter.tap.request import INSPECTED_PATHS
 from spec_exporter.tap.settings import TapSettings
+from spec_exporter.tap.workload import FORWARDED_PREFIX, route_prefix
 
 log = structlog.get_logger("spec_exporter.tap")
 
@@ -106,6 +107,15 @@ def _joined(headers: CIMultiDictProxy[str], name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
+def workload_hints(settings: TapSettings, headers: CIMultiDictProxy[str]) -> dict[str, str | None]:
+    """The request's class header value and route prefix, for the sources the settings name."""
+    source = settings.workload_source
+    return {
+        "workload_header": _joined(headers, source.header) if source.header else None,
+        "workload_route": route_prefix(_joined(headers, FORWARDED_PREFIX)) if source.from_route else None,
+    }
+
+
 class _RelayedResponse(web.StreamResponse):
     """A StreamResponse that adds no Content-Type or Server header the upstream response did not have."""
 
@@ -151,7 +161,15 @@ class TapProxy:
         # Route as vLLM's uvicorn will: on the percent-decoded path.
         inspected = request.method == "POST" and unquote(target.partition("?")[0]) in INSPECTED_PATHS
         exchange = (
-            Exchange(self._metrics, self._settings, clock=self._clock, server_may_encode=True) if inspected else None
+            Exchange(
+                self._metrics,
+                self._settings,
+                clock=self._clock,
+                server_may_encode=True,
+                **workload_hints(self._settings, request.headers),
+            )
+            if inspected
+            else None
         )
         try:
             return await self._forward(request, target, exchange)

@@ -19,11 +19,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from spec_exporter.tap.temperature_bands import MAX_TEMPERATURE, TemperatureBands, check_edges
+from spec_exporter.tap.workload import DEFAULT, MAX_WORKLOAD_CHARS, OTHER, WorkloadClasses, WorkloadSource
 
 ENV_PREFIX = "SPEC_EXPORTER_TAP_"
 
 log = logging.getLogger("spec_exporter.tap")
 
+# An HTTP field name (RFC 9110 §5.1: a token).
+_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 
@@ -59,6 +62,14 @@ class TapSettings(BaseModel):
     max_models: int = Field(default=20, ge=1, le=1000)
     # Request bodies (and JSON responses) larger than this are forwarded without being read.
     max_inspect_bytes: ByteSize = 8 * 1024**2
+    # Where a request's workload class comes from, first match wins: this request header (e.g. x-workload), the
+    # served model alias it asks for, the route prefix in front of the endpoint; none of them → "default".
+    workload_header: str | None = None
+    workload_from_model: bool = False
+    workload_from_route: bool = False
+    # The classes kept as label values; others fold into "other". Empty: the first max_workloads distinct values.
+    workloads: list[str] = Field(default_factory=list, max_length=50)
+    max_workloads: int = Field(default=8, ge=1, le=50)
 
     @field_validator("temperature_bands")
     @classmethod
@@ -66,14 +77,41 @@ class TapSettings(BaseModel):
         check_edges(edges)
         return edges
 
+    @field_validator("workload_header")
+    @classmethod
+    def _header(cls, name: str | None) -> str | None:
+        if name is not None and not _HEADER_RE.match(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+        return name.lower() if name else None
+
+    @field_validator("workloads")
+    @classmethod
+    def _classes(cls, classes: list[str]) -> list[str]:
+        for value in classes:
+            if not value or len(value) > MAX_WORKLOAD_CHARS or not value.isprintable():
+                raise ValueError(f"workload class {value!r} must be 1-{MAX_WORKLOAD_CHARS} printable characters")
+            if value in (DEFAULT, OTHER):
+                raise ValueError(f"{value!r} is a reserved workload class")
+        if len(set(classes)) != len(classes):
+            raise ValueError("workload classes must be distinct")
+        return classes
+
+    @cached_property
+    def workload_source(self) -> WorkloadSource:
+        return WorkloadSource(self.workload_header, self.workload_from_model, self.workload_from_route)
+
+    def workload_classes(self) -> WorkloadClasses:
+        """A fresh closed set of class labels (one per process: the front ends share the tap's metrics' one)."""
+        return WorkloadClasses(tuple(self.workloads), self.max_workloads)
+
     @cached_property
     def bands(self) -> TemperatureBands:
         return TemperatureBands(tuple(self.temperature_bands), self.default_temperature)
 
 
 def _env_value(field: str, raw: str) -> Any:
-    if field == "temperature_bands":
-        return [edge.strip() for edge in raw.split(",")]
+    if field in ("temperature_bands", "workloads"):
+        return [item.strip() for item in raw.split(",")]
     return raw.strip()
 
 

@@ -9,6 +9,7 @@ exact-name matching skips them (a prefix match would pick up their epoch values)
 from __future__ import annotations
 
 from spec_exporter.tap import metrics as tap
+from spec_exporter.tap import speculative
 from spec_exporter.types import LatencyMetric
 
 PREFIX = "vllm:"
@@ -49,7 +50,8 @@ LABEL_LE = "le"
 PROCESS_START = "process_start_time_seconds"
 
 # The tap's families (spec_exporter/tap/metrics.py), written by the tap middleware inside vLLM's API server
-# or by the proxy tap: sample name → the field it feeds. Labels: model_name, temperature_band (and outcome, stage).
+# or by the proxy tap: sample name → the field it feeds. Labels: model_name, workload, temperature_band (and outcome,
+# stage).
 TAP_PREFIX = "spec_tap_"
 TAP_COUNTERS: dict[str, str] = {
     tap.REQUESTS: "requests",
@@ -59,8 +61,14 @@ TAP_COUNTERS: dict[str, str] = {
     tap.SPEC_STEPS: "spec_steps",
     tap.ACCEPTED_PER_POSITION: "per_position",
 }
+# The engine's speculative configuration as labels (an info gauge, 1).
+TAP_SPECULATIVE_INFO = tap.SPECULATIVE_CONFIG_INFO
+TAP_SPECULATIVE_LABELS = speculative.LABELS
 TAP_HISTOGRAMS: dict[str, str] = {tap.ACCEPTANCE_RATE: "acceptance", tap.TTFT: "ttft", tap.TPOT: "tpot"}
 LABEL_BAND = "temperature_band"
+LABEL_WORKLOAD = "workload"
+# The class of a tap that predates workload classes (spec_exporter.tap.workload.DEFAULT).
+DEFAULT_WORKLOAD = "default"
 LABEL_OUTCOME = "outcome"
 LABEL_STAGE = "stage"
 LABEL_SERVER = "server"

@@ -49,6 +49,7 @@ _TAP_BUCKET = 6
 _TAP_HCOUNT = 7
 _TAP_HSUM = 8
 _PROCESS_START = 9
+_TAP_INFO = 10
 
 _HISTOGRAM_KINDS = frozenset({_BUCKET, _HCOUNT, _HSUM, _TAP_BUCKET, _TAP_HCOUNT, _TAP_HSUM})
 
@@ -76,6 +77,7 @@ def _wanted_samples() -> dict[str, tuple[int, Any]]:
         wanted[family + "_sum"] = (_HSUM, target)
     for name, field_name in names.TAP_COUNTERS.items():
         wanted[name] = (_TAP_COUNTER, field_name)
+    wanted[names.TAP_SPECULATIVE_INFO] = (_TAP_INFO, "speculative")
     for family, field_name in names.TAP_HISTOGRAMS.items():
         wanted[family + "_bucket"] = (_TAP_BUCKET, field_name)
         wanted[family + "_count"] = (_TAP_HCOUNT, field_name)
@@ -123,6 +125,7 @@ class _TapBuilder:
     # (field, key) → value; key is (model, band) for tokens, (band, outcome) for requests, stage for errors.
     counters: dict[tuple[str, Any], float] = field(default_factory=dict)
     histograms: dict[tuple[str, TemperatureBandKey], _HistogramBuilder] = field(default_factory=dict)
+    speculative: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(slots=True)
@@ -250,6 +253,11 @@ def _add_tap(scan: _Scan, kind: int, target: str, key: Any, extra: Any, value: f
     tap = scan.tap
     if tap is None:
         tap = scan.tap = _TapBuilder()
+    if kind == _TAP_INFO:
+        # One engine config per target; several processes of one server export the same one.
+        if value and (tap.speculative is None or key < tap.speculative):
+            tap.speculative = key
+        return
     if kind == _TAP_COUNTER:
         slot = (target, key)
         tap.counters[slot] = tap.counters.get(slot, 0.0) + value
@@ -295,18 +303,23 @@ def _classify(name: str, labels: Mapping[str, str]) -> tuple[Any, ...]:
         extra = _parse_position(labels.get(names.LABEL_POSITION), name)
     elif kind in (_BUCKET, _TAP_BUCKET):
         extra = _parse_le(labels.get(names.LABEL_LE), name)
+    if kind == _TAP_INFO:
+        key = tuple(sorted((k, v) for k, v in labels.items() if k in names.TAP_SPECULATIVE_LABELS))
+        return (kind, target, key, extra, False, False)
+    if kind >= _TAP_COUNTER:
+        band_key = (model, labels.get(names.LABEL_WORKLOAD, names.DEFAULT_WORKLOAD), labels.get(names.LABEL_BAND, ""))
     if kind == _TAP_COUNTER:
-        band = labels.get(names.LABEL_BAND, "")
+        band = band_key[2]
         if target == "requests":
             key = (band, labels.get(names.LABEL_OUTCOME, ""))
         elif target == "errors":
             key = labels.get(names.LABEL_STAGE, "")
         elif target == "per_position":
-            key = (model, band, _parse_position(labels.get(names.LABEL_POSITION), name))
+            key = (*band_key, _parse_position(labels.get(names.LABEL_POSITION), name))
         else:
-            key = (model, band)
+            key = band_key
     elif kind >= _TAP_BUCKET:
-        key = (model, labels.get(names.LABEL_BAND, ""))
+        key = band_key
     return (kind, target, key, extra, names.LABEL_MODEL in labels, names.LABEL_SERVER in labels)
 
 
@@ -379,8 +392,8 @@ def _finish_tap(tb: _TapBuilder) -> TapSample:
         elif field_name == "errors":
             errors[key] = errors.get(key, 0.0) + value
         elif field_name == "per_position":
-            model, band, position = key
-            positions.setdefault((model, band), {})[position] = value
+            model, workload, band, position = key
+            positions.setdefault((model, workload, band), {})[position] = value
         else:
             bands.setdefault(key, {})[field_name] = value
     for (field_name, key), hb in tb.histograms.items():
@@ -400,6 +413,7 @@ def _finish_tap(tb: _TapBuilder) -> TapSample:
         bands={k: TemperatureBandSample(**v) for k, v in bands.items()},
         requests=requests,
         errors=errors,
+        speculative=tb.speculative,
     )
 
 

@@ -265,6 +265,11 @@ PYTHONPATH `value` in vllm.env keeps its entries after it), and the middleware's
   "SPEC_EXPORTER_TAP_MAX_MODELS" (toString ($tap.max_models | default 20))
   "SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES" (include "spec-exporter.bytes" ($tap.max_inspect_bytes | default "8MiB"))
   "SPEC_EXPORTER_TAP_INJECT_USAGE" (toString (ternary true $tap.inject_usage (kindIs "invalid" $tap.inject_usage)))
+  "SPEC_EXPORTER_TAP_WORKLOAD_HEADER" (toString ($tap.workload_header | default ""))
+  "SPEC_EXPORTER_TAP_WORKLOAD_FROM_MODEL" (toString ($tap.workload_from_model | default false))
+  "SPEC_EXPORTER_TAP_WORKLOAD_FROM_ROUTE" (toString ($tap.workload_from_route | default false))
+  "SPEC_EXPORTER_TAP_WORKLOADS" (join "," ($tap.workloads | default list))
+  "SPEC_EXPORTER_TAP_MAX_WORKLOADS" (toString ($tap.max_workloads | default 8))
 }}
 - name: PYTHONPATH
   value: {{ $path | quote }}
