@@ -157,7 +157,8 @@ def running_vllm(
     log: Path,
     *,
     port: int | None = None,
-    timeout: float = 300,
+    # A start takes 30-60 s on an idle 2-core machine and several minutes on a busy one; the wait ends at /health.
+    timeout: float = 900,
     models: str = "trained",
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
