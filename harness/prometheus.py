@@ -40,6 +40,8 @@ class ScrapeJob:
     targets: Sequence[str]
     # Target labels, as a ServiceMonitor's relabelling would add them (e.g. namespace).
     labels: Mapping[str, str] = field(default_factory=dict)
+    # More of the job's scrape_config: scheme, tls_config, basic_auth.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _get_json(url: str) -> Any:
@@ -76,6 +78,11 @@ class PrometheusStack:
             f"{self.prometheus}/api/v1/query_range?" + urllib.parse.urlencode(params)
         )["data"]["result"]
         return result
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """The active scrape targets by job (one target per job), with their health and last error."""
+        active = _get_json(f"{self.prometheus}/api/v1/targets")["data"]["activeTargets"]
+        return {t["labels"]["job"]: t for t in active}
 
     def alerts(self) -> list[dict[str, Any]]:
         """Prometheus' pending and firing alerts."""
@@ -156,6 +163,7 @@ def prometheus_stack(
                 "static_configs": [
                     {"targets": list(job.targets), **({"labels": dict(job.labels)} if job.labels else {})}
                 ],
+                **job.settings,
             }
             for job in jobs
         ],

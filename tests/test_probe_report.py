@@ -10,13 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from spec_exporter.commands.probe import probe_document, render_table
 from spec_exporter.commands.probe_report import render_html
 from tests.test_probe import swept
-
-pytestmark = pytest.mark.system
 
 
 class Elements(html.parser.HTMLParser):

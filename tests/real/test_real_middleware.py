@@ -30,8 +30,6 @@ from mixin.generate import render_rules
 from mixin.params import Params
 from tests.real.scrape import BAND_ALERT_BUDGET, POLL_BUDGET, Samples, http, samples, settle, total
 
-pytestmark = pytest.mark.real
-
 MIDDLEWARE = ("--middleware", "spec_exporter.middleware.SpecDecodeMiddleware")
 # vLLM imports the middleware from this checkout, not from an installed exporter.
 ON_PATH = {"PYTHONPATH": str(ROOT)}

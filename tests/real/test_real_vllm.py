@@ -30,8 +30,6 @@ from mixin.params import Params
 from spec_exporter.vllm.parse import parse_exposition
 from tests.real.scrape import BAND_ALERT_BUDGET, POLL_BUDGET, http, samples, settle, total
 
-pytestmark = pytest.mark.real
-
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "def dedent(text):"}], "max_tokens": 24}
 
 

@@ -28,8 +28,6 @@ from mixin.rules import names, recording_rules
 from tests.system.scenario_vllm import ScenarioVLLM
 from tests.test_mixin import LOAD_BAND_METRICS
 
-pytestmark = pytest.mark.system
-
 PARAMS = Params(
     rate_window="10s",
     baseline_window="20s",
