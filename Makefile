@@ -36,8 +36,9 @@ docs: deps
 bench: deps
 	$(PY) -m bench.bench_parse
 
-# The trained target/draft pair the demo and the real tier serve (trained once per version of
-# scripts/train_models.py, a few minutes on 2 cores); prints where they are.
+# Retrain the target/draft pair on this machine into the cache (a few minutes on 2 cores, once per version of
+# scripts/train_models.py) and print where it is. The demo and the real tier serve the shipped pair
+# (harness/pair, checksummed) unless SPEC_EXPORTER_PAIR names another; `python -m harness.models --ship` replaces it.
 models: deps
 	$(PY) -m harness.models
 

@@ -5,7 +5,8 @@ installed. Prints a live summary every few seconds and stops everything on Ctrl-
 
     make demo            # or: .venv/bin/python -m demo [--duration SECONDS]
 
-The models are tiny: a Llama target and a draft about ten times smaller, trained here (a few minutes, once) on the
+The models are tiny: a Llama target and a draft about ten times smaller, shipped in harness/pair (trained by
+scripts/train_models.py) on the
 Python standard library's own source, completing code. The numbers illustrate the mechanism (acceptance falling
 with temperature, the verdicts, a hot band going net-negative while the average looks fine), not a production
 figure.
