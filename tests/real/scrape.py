@@ -10,12 +10,25 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.wait import until
+from mixin.params import Params
 
 # Every wait of the tier ends when its event happens; the budgets only bound a failure, and hold on a busy 2-core
 # machine: the exporter polls every second (a poll, even a slow one, within a minute), a band alert needs a few
 # dozen requests of a vLLM that may answer one every few seconds.
 POLL_BUDGET = 60.0
 BAND_ALERT_BUDGET = 600.0
+
+# The band alert's rules for both real-tier tests of it, with `for`s short enough for a test. The rate window spans
+# a whole cycle of their traffic (ten requests, one hot) even when a busy machine takes seconds a request: a
+# window holding the hot request and only two or three greedy ones weighs the hot one enough to pull the model's
+# average towards 0.5, where the alert (band below 0.5, model at or above it) cannot fire.
+BAND_PARAMS = Params(
+    rate_window="60s",
+    for_band="2s",
+    for_net_negative="2s",
+    min_draft_tokens_per_second=1,
+    min_band_draft_tokens_per_second=0.1,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -27,8 +27,7 @@ from harness.prometheus import ScrapeJob, prometheus_stack
 from harness.vllm import ROOT, VLLM, running_vllm
 from harness.wait import until
 from mixin.generate import render_rules
-from mixin.params import Params
-from tests.real.scrape import BAND_ALERT_BUDGET, POLL_BUDGET, Samples, http, samples, settle, total
+from tests.real.scrape import BAND_ALERT_BUDGET, BAND_PARAMS, POLL_BUDGET, Samples, http, samples, settle, total
 
 MIDDLEWARE = ("--middleware", "spec_exporter.middleware.SpecDecodeMiddleware")
 # vLLM imports the middleware from this checkout, not from an installed exporter.
@@ -234,13 +233,7 @@ def test_the_exporter_exports_the_bands_from_vllms_metrics_and_the_band_alert_fi
         "thresholds": {"min_draft_tokens": 10, "disable_below": 0.99, "beneficial_at": 1.0},
     }
     (tmp_path / "exporter.yaml").write_text(yaml.safe_dump(config))
-    params = Params(
-        rate_window="20s",
-        for_band="2s",
-        for_net_negative="2s",
-        min_draft_tokens_per_second=1,
-        min_band_draft_tokens_per_second=0.1,
-    )
+    params = BAND_PARAMS
     jobs = [ScrapeJob("spec-exporter", [exporter], {"namespace": "demo"})]
     hot: list[float] = []
     with (
