@@ -13,8 +13,8 @@ import helm_python as helm
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import test_chart
-from tests.test_chart import (
+from tests.unit import test_chart
+from tests.unit.test_chart import (
     DEPLOY,
     MIDDLEWARE_CLASS,
     MIDDLEWARE_DIR,

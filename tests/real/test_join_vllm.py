@@ -8,7 +8,7 @@ import subprocess
 import textwrap
 from typing import Any
 
-from tests.test_join import CHAT, FALSE, TRUE, view
+from tests.unit.test_join import CHAT, FALSE, TRUE, view
 
 
 def test_request_fields_are_read_exactly_as_real_vllm_reads_them(tmp_path: Any) -> None:

@@ -10,8 +10,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests import test_chart
-from tests.test_chart import (
+from tests.unit import test_chart
+from tests.unit.test_chart import (
     ci_values,
     objects,
     only,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_dashboards import _grafana, overview, panel
+from tests.unit.test_dashboards import _grafana, overview, panel
 
 
 def test_verdict_query_works_without_a_cluster_label_and_keeps_tap_bands_for_any_engine(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.test_exposition import GOLDEN
+from tests.unit.test_exposition import GOLDEN
 
 
 @pytest.mark.parametrize("name", ["v0.32_idle_to_load.prom", "v0.32_dp2_idle_to_load.prom", "v0.32_with_tap.prom"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mixin.generate import RULE_FILES
-from tests.test_mixin import ALERTS, ROOT, _ts
+from tests.unit.test_mixin import ALERTS, ROOT, _ts
 
 
 def test_promtool_check_rules_is_clean() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from spec_exporter.commands.probe import probe_document, render_table
 from spec_exporter.commands.probe_report import render_html
-from tests.test_probe import swept
+from tests.unit.test_probe import swept
 
 
 class Elements(html.parser.HTMLParser):

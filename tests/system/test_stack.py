@@ -26,7 +26,7 @@ from mixin.generate import render_rules
 from mixin.params import Params
 from mixin.rules import names, recording_rules
 from tests.system.scenario_vllm import ScenarioVLLM
-from tests.test_mixin import LOAD_BAND_METRICS
+from tests.unit.test_mixin import LOAD_BAND_METRICS
 
 PARAMS = Params(
     rate_window="10s",

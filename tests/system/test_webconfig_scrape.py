@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests import test_webconfig
-from tests.test_webconfig import (
+from tests.unit import test_webconfig
+from tests.unit.test_webconfig import (
     HASH,
     PASSWORD,
     PKI,

@@ -35,10 +35,10 @@ from spec_exporter.commands.serve import serve_parser, serve_settings
 from spec_exporter.config import PollConfig, Settings, SpeculationConfig, TapConfig, TargetConfig
 from spec_exporter.types import Thresholds
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 CHART_DIR = ROOT / CHART
 CI_VALUES = sorted(CHART_DIR.glob("ci/*-values.yaml"))
-CRDS = Path(__file__).parent / "fixtures" / "k8s-crds"
+CRDS = Path(__file__).parent.parent / "fixtures" / "k8s-crds"
 # The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest the validator knows.
 KUBE_VERSIONS = ["1.25", kubernetes_validate.latest_version()]
 NAME, NAMESPACE = "demo", "llm"
@@ -652,7 +652,7 @@ def test_pods_are_locked_down_by_default(chart: helm.Chart) -> None:
     exporter = containers(docs)["exporter"]["securityContext"]
     assert exporter["runAsNonRoot"] is True and exporter["readOnlyRootFilesystem"] is True
     assert exporter["allowPrivilegeEscalation"] is False and exporter["capabilities"] == {"drop": ["ALL"]}
-    # The same UID as the image's USER line, so that files and runAsNonRoot agree (tests/test_image.py).
+    # The same UID as the image's USER line, so that files and runAsNonRoot agree (tests/unit/test_image.py).
     assert exporter["runAsUser"] == exporter["runAsGroup"] == 10001
     vllm = containers(docs)["vllm"]["securityContext"]
     assert vllm["allowPrivilegeEscalation"] is False and vllm["capabilities"] == {"drop": ["ALL"]}

@@ -17,9 +17,9 @@ from mixin.generate import render_dashboards
 from mixin.params import OVERVIEW_UID, PROJECT_URL, Params
 from spec_exporter import catalog
 from spec_exporter.derive.verdict import Verdict
-from tests.test_mixin import LOAD_BAND_METRICS
+from tests.unit.test_mixin import LOAD_BAND_METRICS
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 GRAFANA_SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "grafana" / "dashboard.schema.json").read_text())
 # @grafana/schema's AnnotationQuery has no room for a Prometheus annotation's query: the generated type says "TODO..
 # this should just be a normal query target" and closes the object. Grafana's Prometheus data source reads these

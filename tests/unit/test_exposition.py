@@ -26,7 +26,7 @@ from tests.standin import (
     with_engines,
 )
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
 def render(registry: CollectorRegistry) -> str:
@@ -42,7 +42,7 @@ def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
-    assert path.exists(), f"{path} missing: run `make golden` (UPDATE_GOLDEN=1 pytest tests/test_exposition.py)"
+    assert path.exists(), f"{path} missing: run `make golden` (UPDATE_GOLDEN=1 pytest tests/unit/test_exposition.py)"
     assert text == path.read_text(), f"/metrics differs from {path}; if intended, run `make golden` and review"
 
 

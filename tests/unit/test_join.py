@@ -1,5 +1,5 @@
 """The join core on its own: reading requests as vLLM does, the SSE usage filter, and the Exchange's folding and
-fail-open. The properties shared with the front ends run against each of them in tests/test_join_frontends.py."""
+fail-open. The properties shared with the front ends run against each of them in tests/unit/test_join_frontends.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from spec_exporter.join.metrics import TapMetrics
 from spec_exporter.join.request import identity_only, read_request
 from spec_exporter.join.sse import UsageFilter, event_data
 from tests.conftest import FakeClock
-from tests.test_join_metrics import samples
+from tests.unit.test_join_metrics import samples
 from tests.vllm_answers import STREAM_USAGE, VLLMStandIn, direct, stream_events, usage_event
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}

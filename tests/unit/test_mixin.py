@@ -14,7 +14,7 @@ from mixin.generate import render_rules
 from mixin.params import OVERVIEW_UID, PROJECT_URL, Params
 from mixin.rules import alerting_rules
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 ALERTS = ROOT / "alerts"
 
 
