@@ -233,6 +233,12 @@ def test_the_mixed_workload_fires_for_the_hot_band_only(stack: Stack) -> None:
         lambda: f"{stack.prometheus.acceptance_seen(PARAMS)}; at the webhook {sorted(_names(stack.webhook_alerts))}",
     )
     band = [a for a in stack.webhook_alerts if a["labels"]["alertname"] == "SpecDecodeTemperatureBandNetNegative"]
+    # What a timeout of that wait would have said: the inputs of the rule, read from this Prometheus.
+    seen = stack.prometheus.acceptance_seen(PARAMS)
+    assert re.search(
+        r"band_acceptance \{[^}]*'model_name=mixed-model,namespace=llm,temperature_band=0\.7-1\.0': 0\.3[78]", seen
+    ), seen
+    assert "SpecDecodeTemperatureBandNetNegative{" in seen and " firing" in seen, seen
     assert {(a["labels"]["model_name"], a["labels"]["temperature_band"]) for a in band} == {("mixed-model", "0.7-1.0")}
     # The model's own average (about 0.64) is not net-negative.
     assert not [
