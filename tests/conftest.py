@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,18 @@ from spec_exporter.poller import Poller
 from spec_exporter.state import StateStore
 from tests.standin import StandIn
 from tests.tlskit import PKI, make_pki
+
+TESTS = Path(__file__).parent
+# A test's tier is its directory: tests/unit (no vLLM, no Prometheus binaries), tests/system (Prometheus,
+# Alertmanager, promtool, chromium), tests/real (a real vLLM). `make unit`, `make system` and `make real` run one
+# each; `-m` selects by the same names.
+TIERS = ("unit", "system", "real")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        top = item.path.relative_to(TESTS).parts[0]
+        item.add_marker(top if top in TIERS else "unit")
 
 
 class FakeClock:

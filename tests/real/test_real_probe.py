@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from harness.ports import free_port
@@ -25,8 +24,6 @@ from spec_exporter.derive.load import effective_k, load_band, speculated_share
 from spec_exporter.types import LatencyMetric, SpecCounters
 from spec_exporter.vllm.parse import parse_exposition
 from tests.real.scrape import http, settle
-
-pytestmark = pytest.mark.real
 
 
 def chat(url: str, max_tokens: int = 24) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class ScenarioVLLM:
     # Synthetic engine traffic: draft tokens a second and the acceptance they get (0 for an idle pool).
     draft_tokens_per_second: float = 0.0
     acceptance: float = 0.0
-    # Seconds after start at which the counters go back to zero, as on a vLLM restart.
+    # Seconds after start at which the counters went back to zero, as on a vLLM restart: set by `restart()`, when
+    # the test has seen what it needs from before it.
     restart_after: float | None = None
     # Per-request acceptance by temperature, for traffic through the tap.
     acceptance_by_temperature: Callable[[float], float] = lambda t: 0.8
@@ -54,6 +55,10 @@ class ScenarioVLLM:
         self.started = self.clock()
         template = sample(V032_LOAD).replace('model_name="tiny"', f'model_name="{self.model}"')
         self._template = template
+
+    def restart(self) -> None:
+        """From the next scrape on, a new process: a later start time, counters from zero."""
+        self.restart_after = self.clock() - self.started
 
     def _elapsed(self) -> float:
         t = self.clock() - self.started

@@ -29,7 +29,7 @@ from tests.standin import rewrite
 from tests.system.scenario_vllm import ScenarioVLLM
 from tests.system.test_stack import DASHBOARD_VARS, _LoopThread, _serve
 from tests.tap_folds import measured
-from tests.test_dashboards import base_layer_queries
+from tests.unit.test_dashboards import base_layer_queries
 
 pytestmark = pytest.mark.system
 

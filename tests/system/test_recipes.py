@@ -17,7 +17,7 @@ import yaml
 
 from spec_exporter.commands.serve import serve_parser, serve_settings
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BARE_METAL = ROOT / "deploy" / "bare-metal"
 UNIT = BARE_METAL / "spec-exporter.service"
 

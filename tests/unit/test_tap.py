@@ -1,6 +1,6 @@
 """The proxy tap against a stand-in vLLM replaying real captured responses: what only the proxy has to get right
 (HTTP forwarding byte for byte, connections, Accept-Encoding). The behaviour it shares with the middleware runs
-against both in tests/test_join_frontends.py."""
+against both in tests/unit/test_join_frontends.py."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from spec_exporter.tap.proxy import SERVER_OPTIONS, create_tap_app
 from spec_exporter.tap.settings import TapSettings
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn
-from tests.test_join import counts
+from tests.unit.test_join import counts
 from tests.vllm_answers import direct, stream_events
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 32}

@@ -21,9 +21,9 @@ from spec_exporter.tap.workload import DEFAULT, OTHER, FoldReason, WorkloadClass
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn
-from tests.test_join import counts
-from tests.test_join_metrics import value
-from tests.test_tap import IDENTITY_ONLY, make_tap
+from tests.unit.test_join import counts
+from tests.unit.test_join_metrics import value
+from tests.unit.test_tap import IDENTITY_ONLY, make_tap
 
 C = "/v1/chat/completions"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24, "temperature": 0}

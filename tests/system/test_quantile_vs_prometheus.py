@@ -36,8 +36,6 @@ from tests.promql_helpers import (
     running_prometheus,
 )
 
-pytestmark = pytest.mark.system
-
 METRIC = "test_bucket"
 # One fixed sample time; queries use the same instant so the sample is inside the 5m lookback window.
 SAMPLE_TIME_S = 1_700_000_000

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 CHART_VALUES = ROOT / "helm" / "spec-exporter" / "values.yaml"
 # As `docker build --build-arg REVISION=$(git rev-parse HEAD) --build-arg BRANCH=...` would pass them.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from spec_exporter import catalog
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def test_metrics_doc_is_generated_from_the_catalogue() -> None:

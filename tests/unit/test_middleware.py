@@ -1,5 +1,5 @@
 """SpecDecodeMiddleware driven as a raw ASGI app around a stand-in vLLM that replays the captured responses.
-Properties it shares with the proxy tap run against both in tests/test_join_frontends.py."""
+Properties it shares with the proxy tap run against both in tests/unit/test_join_frontends.py."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.settings import TapSettings, settings_from_env
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
-from tests.test_join import counts
+from tests.unit.test_join import counts
 from tests.vllm_answers import VLLMStandIn, direct, usage_chunk
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}

@@ -13,7 +13,7 @@ import pytest
 from spec_exporter import __version__, buildinfo
 from spec_exporter.buildinfo import BuildInfo
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 GIT = shutil.which("git")
 needs_git = pytest.mark.skipif(GIT is None, reason="git is not installed")
 

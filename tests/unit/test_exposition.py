@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from tests.standin import (
 )
 from tests.tap_folds import measured, outcome
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
 def render(registry: CollectorRegistry) -> str:
@@ -45,7 +43,7 @@ def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
-    assert path.exists(), f"{path} missing: run `make golden` (UPDATE_GOLDEN=1 pytest tests/test_exposition.py)"
+    assert path.exists(), f"{path} missing: run `make golden` (UPDATE_GOLDEN=1 pytest tests/unit/test_exposition.py)"
     assert text == path.read_text(), f"/metrics differs from {path}; if intended, run `make golden` and review"
 
 
@@ -69,17 +67,6 @@ async def test_golden_metrics_for_two_data_parallel_engines(standin: Any, make_p
         standin, make_poller, clock, with_engines(sample(V032_IDLE), 2), with_engines(sample(V032_LOAD), 2)
     )
     check_golden("v0.32_dp2_idle_to_load.prom", render(registry))
-
-
-@pytest.mark.system
-@pytest.mark.parametrize("name", ["v0.32_idle_to_load.prom", "v0.32_dp2_idle_to_load.prom", "v0.32_with_tap.prom"])
-def test_golden_files_pass_promtool_check_metrics(name: str) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool not found: install Debian's prometheus package (.ci/run does)"
-    result = subprocess.run(
-        [promtool, "check", "metrics"], input=(GOLDEN / name).read_bytes(), capture_output=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
 
 async def test_spec_decoding_off_exports_enabled_zero_and_no_acceptance(

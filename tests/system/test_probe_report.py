@@ -10,14 +10,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from spec_exporter.commands.probe_document import probe_document
 from spec_exporter.commands.probe_render import render_table
 from spec_exporter.commands.probe_report import render_html
-from tests.test_probe import swept
-
-pytestmark = pytest.mark.system
+from tests.unit.test_probe import swept
 
 
 class Elements(html.parser.HTMLParser):

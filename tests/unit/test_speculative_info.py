@@ -17,8 +17,8 @@ from spec_exporter.tap.speculative import LABELS, info_labels
 from spec_exporter.vllm.parse import parse_exposition
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
-from tests.test_exposition import V032_LOAD, polled, sample, scale_counters
-from tests.test_join import counts
+from tests.unit.test_exposition import V032_LOAD, polled, sample, scale_counters
+from tests.unit.test_join import counts
 
 C = "/v1/chat/completions"
 BODY = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}).encode()

@@ -23,7 +23,7 @@ from spec_exporter.tap.settings import TapSettings
 from tests.asgi_vllm import VLLMApp, call
 from tests.conftest import FakeClock
 from tests.openai_standin import OpenAIStandIn
-from tests.test_join import counts
+from tests.unit.test_join import counts
 from tests.vllm_answers import CHAT_JSON, COMPLETION_JSON, VLLMStandIn, direct, usage_chunk
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}

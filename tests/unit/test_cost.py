@@ -184,8 +184,8 @@ def test_the_exchange_counts_a_requests_steps_and_positions_in_its_band() -> Non
     from prometheus_client import CollectorRegistry
 
     from spec_exporter.tap.metrics import TapMetrics
-    from tests.test_join import CHAT, run
-    from tests.test_join_metrics import samples
+    from tests.unit.test_join import CHAT, run
+    from tests.unit.test_join_metrics import samples
 
     registry = CollectorRegistry()
     body = json.dumps({**CHAT, "stream": True, "stream_options": {"include_usage": True}}).encode()

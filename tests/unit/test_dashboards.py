@@ -6,14 +6,11 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from mixin.dashboards import VERDICT_WORDS, dashboards
 from mixin.generate import render_dashboards
@@ -21,7 +18,7 @@ from mixin.params import OVERVIEW_UID, PROJECT_URL, Params
 from spec_exporter import catalog
 from spec_exporter.derive.verdict import Verdict
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 GRAFANA_SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "grafana" / "dashboard.schema.json").read_text())
 # @grafana/schema's AnnotationQuery has no room for a Prometheus annotation's query: the generated type says "TODO..
 # this should just be a normal query target" and closes the object. Grafana's Prometheus data source reads these
@@ -272,68 +269,3 @@ def _grafana(expr: str, **values: str) -> str:
     for name, value in {**ALL, "temperature_band": ".*", "window": "5m", **values}.items():
         expr = expr.replace(f"${name}", value)
     return expr.replace("$__rate_interval", "5m")
-
-
-def _promql(tmp_path: Path, series: list[tuple[str, str]], cases: list[tuple[str, list[str]]]) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool not found: install Debian's prometheus package (.ci/run does)"
-    test = {
-        "rule_files": [],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [{"series": s, "values": v} for s, v in series],
-                "promql_expr_test": [
-                    {"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": lbl, "value": 1} for lbl in want]}
-                    for expr, want in cases
-                ],
-            }
-        ],
-    }
-    path = tmp_path / "dashboard.test.yaml"
-    path.write_text(yaml.safe_dump(test, sort_keys=False))
-    result = subprocess.run(
-        [promtool, "test", "rules", path.name], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.system
-def test_verdict_query_works_without_a_cluster_label_and_keeps_tap_bands_for_any_engine(tmp_path: Path) -> None:
-    (query,) = [t["expr"] for t in panel(overview(), "Verdict by model and temperature band")["targets"]]
-    pod = 'job="vllm-spec-exporter",namespace="llm",pod="vllm-0",target="vllm",model_name="m"'
-    series = [
-        # No cluster label anywhere (a single-cluster Prometheus); engine 0's own verdict and a tap band's.
-        (f'spec_decode_verdict{{{pod},engine="0",temperature_band="all",verdict="beneficial"}}', "1x20"),
-        (f'spec_decode_verdict{{{pod},engine="0",temperature_band="all",verdict="disable"}}', "0x20"),
-        (f'spec_decode_verdict{{{pod},engine="",temperature_band="0.7-1.0",verdict="disable"}}', "1x20"),
-        (f'spec_decode_verdict{{{pod},engine="1",temperature_band="all",verdict="break_even"}}', "1x20"),
-    ]
-    all_rows = 'model_name="m",temperature_band="all",verdict="beneficial"'
-    tap = '{model_name="m",temperature_band="0.7-1.0",verdict="disable"}'
-    engine_1 = '{model_name="m",temperature_band="all",verdict="break_even"}'
-    _promql(
-        tmp_path,
-        series,
-        [
-            (_grafana(query), ["{" + all_rows + "}", tap, engine_1]),
-            # One engine picked: its own verdict, and the tap's bands all the same.
-            (_grafana(query, engine="0"), ["{" + all_rows + "}", tap]),
-            (_grafana(query, cluster="eu-1"), []),
-        ],
-    )
-
-
-@pytest.mark.system
-def test_restart_annotation_marks_vllm_restarts_not_the_exporters(tmp_path: Path) -> None:
-    annotation = next(a for a in overview()["annotations"]["list"] if a["name"] == "vLLM restarts")
-    vllm = 'job="vllm",namespace="llm",pod="vllm-0",instance="10.0.0.5:8000"'
-    exporter = 'job="vllm-spec-exporter",namespace="llm",pod="vllm-0",instance="10.0.0.5:9400"'
-    series = [
-        # vLLM restarts at 7m (its container restarted in place); so does the exporter's process in the same pod.
-        (f"process_start_time_seconds{{{vllm}}}", "100x6 520x13"),
-        (f'vllm:num_requests_running{{{vllm},model_name="m",engine="0"}}', "1x20"),
-        (f"process_start_time_seconds{{{exporter}}}", "90x6 530x13"),
-    ]
-    _promql(tmp_path, series, [(_grafana(annotation["expr"]), ["{" + vllm + "}"])])

@@ -6,20 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import ssl
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import bcrypt
 import pytest
-import yaml
-from aiohttp import web
 
 from spec_exporter.config import ConfigError
 from spec_exporter.webconfig import WebConfig, load_web_config
@@ -205,7 +200,6 @@ async def test_htpasswd_style_2y_hashes_are_accepted(tmp_path: Path) -> None:
 async def test_bcrypt_does_not_block_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # While one scrape's password is being checked, the loop still answers others, as the tap's client requests on
     # the same loop must be. The check is held until /healthz has answered, so the order is certain, not raced.
-    import threading
 
     from spec_exporter import webconfig
 
@@ -514,81 +508,11 @@ async def test_a_password_may_contain_colons(tmp_path: Path) -> None:
 # --- the real Prometheus scraping the real exporter app -------------------------------------------------------------
 
 
-@pytest.mark.system
-def test_prometheus_scrapes_the_exporter_over_tls_only_with_the_right_password(pki: PKI, tmp_path: Path) -> None:
-    from harness.ports import free_port
-    from harness.processes import binary, prometheus_cmd, running
-    from spec_exporter.app import create_app
-    from spec_exporter.config import settings_from_mapping
-
-    config = web_config(tmp_path, tls_section(pki) + f"basic_auth_users:\n  prometheus: '{HASH}'\n")
-    middleware = config.middleware()
-    assert middleware is not None
-    settings = settings_from_mapping({"targets": [{"name": "vllm", "url": f"http://127.0.0.1:{free_port()}"}]})
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[web.AppRunner, int]:
-        app = create_app(settings, run_poller=False)
-        app.middlewares.append(middleware)  # what app.py's create_app(..., middlewares=...) will do
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=config.ssl_context()).start()
-        return runner, runner.addresses[0][1]
-
-    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    tls = {"ca_file": str(pki.path("ca.crt"))}
-    jobs = {
-        "right": {"scheme": "https", "tls_config": tls, "basic_auth": {"username": "prometheus", "password": PASSWORD}},
-        "wrong": {"scheme": "https", "tls_config": tls, "basic_auth": {"username": "prometheus", "password": "nope"}},
-        "anonymous": {"scheme": "https", "tls_config": tls},
-        "plain": {"scheme": "http", "basic_auth": {"username": "prometheus", "password": PASSWORD}},
-    }
-    prometheus_config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}], **settings_}
-            for job, settings_ in jobs.items()
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
-    prom = f"127.0.0.1:{free_port()}"
-
-    def api(path: str) -> Any:
-        with urllib.request.urlopen(f"http://{prom}/api/v1/{path}", timeout=5) as r:
-            return json.loads(r.read())["data"]
-
-    try:
-        with running(
-            prometheus_cmd(tmp_path / "prometheus.yml", tmp_path / "tsdb", prom, binary("prometheus")),
-            f"http://{prom}/-/ready",
-            tmp_path / "prometheus.log",
-        ):
-            deadline = time.monotonic() + 60
-            while True:
-                targets = {t["labels"]["job"]: t for t in api("targets")["activeTargets"]}
-                if len(targets) == len(jobs) and all(t["health"] != "unknown" for t in targets.values()):
-                    break
-                assert time.monotonic() < deadline, f"Prometheus never scraped every job: {targets}"
-                time.sleep(0.2)  # polling a condition, bounded by the deadline
-            up = {r["metric"]["job"]: r["value"][1] for r in api("query?query=up")["result"]}
-            build_info = api("query?query=spec_decode_exporter_build_info")["result"]
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-    assert up == {"right": "1", "wrong": "0", "anonymous": "0", "plain": "0"}
-    assert "401" in targets["wrong"]["lastError"] and "401" in targets["anonymous"]["lastError"]
-    assert [r["metric"]["job"] for r in build_info] == ["right"]
-
-
 def test_the_exporter_process_serves_tls_and_basic_auth_from_web_config_file(pki: PKI, tmp_path: Path) -> None:
     """`spec-exporter --web.config.file` end to end: the flag reaches the listener, /healthz stays open."""
     import base64
     import subprocess
     import sys
-    import time
     import urllib.error
     import urllib.request
 
