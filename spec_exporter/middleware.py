@@ -14,7 +14,9 @@ come from the environment (the exporter's `tap.*` settings under the same defaul
 
 An unusable value is logged and its default used: a monitoring setting must never keep vLLM from serving.
 
-Only POST /v1/chat/completions and /v1/completions are looked at; everything else goes straight to the app. The
+POST /v1/chat/completions and /v1/completions are joined; vLLM's other generating endpoints (OTHER_GENERATING_PATHS:
+/v1/responses, /v1/messages, the batch route, ...) are counted as outcome other_endpoint and otherwise left alone;
+everything else goes straight to the app. Paths are matched as vLLM's router matches them, after `--root-path`. The
 per-band `spec_tap_*` series go into prometheus_client's default registry, so they appear on vLLM's own /metrics
 (summed across API-server processes when vLLM runs them in multiprocess mode).
 
@@ -43,7 +45,7 @@ from typing import Any
 from spec_exporter.join.bands import Bands
 from spec_exporter.join.exchange import DEFAULT_MAX_INSPECT_BYTES, Exchange, JoinSettings
 from spec_exporter.join.metrics import DEFAULT_MAX_MODELS, REMEDY, ErrorStage, Outcome, TapMetrics
-from spec_exporter.join.request import INSPECTED_PATHS
+from spec_exporter.join.request import INSPECTED_PATHS, OTHER_GENERATING_PATHS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,7 +53,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-log = logging.getLogger("spec_exporter.middleware")
+# A child of vLLM's own "vllm" logger: vLLM configures that one (handler, format, VLLM_LOGGING_LEVEL) and stops it
+# propagating, so a logger outside it would never reach vLLM's log. Without vLLM's configuration
+# (VLLM_CONFIGURE_LOGGING=0) it propagates to whatever the root logger has, as any library's logger does.
+log = logging.getLogger("vllm.spec_exporter")
 
 ENV_PREFIX = "SPEC_EXPORTER_TAP_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -65,7 +70,16 @@ def _env(env: Mapping[str, str], name: str, parse: Callable[[str], Any], default
     try:
         return parse(raw.strip())
     except (ValueError, TypeError) as e:
-        log.warning("spec_exporter: ignoring %s%s=%r (%s); using %r", ENV_PREFIX, name, raw, e, default)
+        say_once(
+            ("setting", name, raw),
+            logging.WARNING,
+            "spec_exporter: ignoring %s%s=%r (%s); using %r",
+            ENV_PREFIX,
+            name,
+            raw,
+            e,
+            default,
+        )
         return default
 
 
@@ -92,7 +106,12 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[JoinSettings, int]:
     try:
         bands = Bands(edges, default_temperature)
     except ValueError as e:
-        log.warning("spec_exporter: ignoring the configured temperature bands (%s); using the defaults", e)
+        say_once(
+            ("bands", str(e)),
+            logging.WARNING,
+            "spec_exporter: ignoring the configured temperature bands (%s); using the defaults",
+            e,
+        )
         bands = Bands(default_temperature=default_temperature)
     settings = JoinSettings(
         bands=bands,
@@ -116,16 +135,71 @@ def default_metrics(max_models: int) -> TapMetrics:
         return _default_metrics
 
 
-_remedy_logged = False
+_said: set[tuple[str, ...]] = set()
+_said_lock = threading.Lock()
 
 
-def _remedy_once() -> None:
-    global _remedy_logged
-    if not _remedy_logged:
-        _remedy_logged = True
-        log.warning(
-            "spec_exporter: vLLM answers without per-request speculative-decoding metrics; start it with %s", REMEDY
+def say_once(condition: tuple[str, ...], level: int, message: str, *args: Any) -> None:
+    """Log `message` the first time this process meets `condition` (a request path at most: never a prompt, a
+    header or a body): vLLM builds the middleware more than once, and a condition met per request would flood
+    its log."""
+    with _said_lock:
+        if condition in _said:
+            return
+        _said.add(condition)
+    log.log(level, message, *args)
+
+
+def _note_outcome(exchange: Exchange, path: str) -> None:
+    """What an operator should hear about a folded request, once per condition. Never raises."""
+    try:
+        _say_outcome(exchange.outcome, path)
+    except Exception:  # a voice that fails must not become the request's failure
+        pass
+
+
+def _say_outcome(outcome: Outcome | None, path: str) -> None:
+    if outcome is Outcome.NO_SPEC_METRICS:
+        say_once(
+            ("remedy",),
+            logging.WARNING,
+            "spec_exporter: vLLM answers without per-request speculative-decoding metrics; start it with %s",
+            REMEDY,
         )
+    elif outcome is Outcome.UNREPORTED:
+        say_once(
+            ("unreported",),
+            logging.INFO,
+            "spec_exporter: vLLM reports no per-request speculative-decoding metrics for a request that ends on a "
+            "stop string or has several prompts; such requests are counted outcome=unreported",
+        )
+    elif outcome is Outcome.OTHER_ENDPOINT:
+        say_once(
+            ("endpoint", path),
+            logging.INFO,
+            "spec_exporter: %s answers carry no per-request speculative-decoding metrics; its requests are counted "
+            "outcome=other_endpoint, their draft tokens are the engine's beyond the tap's",
+            path,
+        )
+
+
+def _internal_failure() -> None:
+    say_once(
+        ("internal",),
+        logging.WARNING,
+        "spec_exporter: the tap failed on a request and passed it through untouched (counted in "
+        'spec_tap_errors_total{stage="internal"}; further failures are only counted)',
+    )
+
+
+def route_path(scope: Scope) -> str:
+    """The path vLLM's router matches: without the `--root-path` prefix when the request has it (Starlette's
+    get_route_path)."""
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def _header(headers: Any, name: bytes) -> str | None:
@@ -152,26 +226,45 @@ class SpecDecodeMiddleware:
         self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in INSPECTED_PATHS:
+        if scope.get("type") != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        await _Tapped(self, scope, receive, send).run()
+        path = route_path(scope)
+        if path in INSPECTED_PATHS:
+            joined = True
+        elif path in OTHER_GENERATING_PATHS:
+            joined = False
+        else:
+            await self.app(scope, receive, send)
+            return
+        await _Tapped(self, scope, receive, send, path=path, joined=joined).run()
+
+
+# A body at least this large is parsed in a loop iteration of its own, apart from vLLM's parse of the same body:
+# the event loop's longest stall is then the longer of the two parses, never their sum.
+_OWN_ITERATION_BYTES = 256 * 1024
 
 
 class _Tapped:
     """One inspected request through the middleware."""
 
-    def __init__(self, mw: SpecDecodeMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, mw: SpecDecodeMiddleware, scope: Scope, receive: Receive, send: Send, *, path: str, joined: bool
+    ) -> None:
         self._mw = mw
         self._scope = scope
         self._receive = receive
         self._send = send
+        self._path = path
+        self._joined = joined
         self._exchange: Exchange | None = None
         self._pending: deque[Message] = deque()
         self._receive_error: Exception | None = None
         self._disconnected = False
         self._started = False
         self._complete = False
+        # The response head, held while the exchange holds an error answer whose body (and length) may change.
+        self._held_start: Message | None = None
         # Set when our own response handling failed: from then on every message goes out as the app sent it.
         self._raw = False
 
@@ -205,7 +298,13 @@ class _Tapped:
         """Read the body ahead (bounded) and decide what the app receives. Messages read are always replayed."""
         scope = self._scope
         try:
-            exchange = Exchange(self._mw.metrics, self._mw.settings, clock=self._mw._clock, server_may_encode=False)
+            exchange = Exchange(
+                self._mw.metrics,
+                self._mw.settings,
+                clock=self._mw._clock,
+                server_may_encode=False,
+                joined=self._joined,
+            )
         except Exception:
             self._internal_error()
             return scope
@@ -239,17 +338,21 @@ class _Tapped:
             if complete and forward is not None and forward != body:
                 rewritten = {**scope, "headers": _with_length(headers, len(forward))}
                 self._pending = deque([{"type": "http.request", "body": forward, "more_body": False}])
-                return rewritten
+                scope = rewritten
         except Exception:
             # The app gets the messages as they came, and the client what the app sends (the exchange may think
             # it injected).
             exchange.fail()
+            _internal_failure()
             self._raw = True
+        if len(body) >= _OWN_ITERATION_BYTES:
+            await asyncio.sleep(0)
         return scope
 
     def _internal_error(self) -> None:
         try:
             self._mw.metrics.error(ErrorStage.INTERNAL)
+            _internal_failure()
         except Exception:  # counting the failure must not become one
             pass
 
@@ -268,11 +371,12 @@ class _Tapped:
         out: Message | None = message
         exchange = self._exchange
         if self._raw:
-            self._end_raw(message)
+            out = self._end_raw(message)
         elif (
             exchange is not None
             and self._started
             and not self._complete
+            and self._held_start is None
             and message.get("type") == "http.response.body"
             and message.get("more_body", False)
         ):
@@ -294,12 +398,17 @@ class _Tapped:
                 # Counted once; the rest passes raw, so the failure is neither counted per message nor, for want
                 # of a completed response, folded as vLLM's error.
                 exchange.fail()
+                _internal_failure()
                 self._raw = True
-                self._end_raw(message)
-                out = message
+                out = self._end_raw(message)
         if out is None:
             return
         try:
+            if self._held_start is not None and out.get("type") == "http.response.body":
+                start, self._held_start = self._held_start, None
+                if not out.get("more_body", False):
+                    start = {**start, "headers": _with_length(start.get("headers", []), len(out.get("body", b"")))}
+                await self._send(start)
             await self._send(out)
         except BaseException:
             if exchange is not None and not self._complete:
@@ -307,8 +416,8 @@ class _Tapped:
                 exchange.client_gone()
             raise
 
-    def _end_raw(self, message: Message) -> None:
-        """Fold the failed exchange when the response it gave up on completes."""
+    def _end_raw(self, message: Message) -> Message:
+        """Fold the failed exchange when the response it gave up on completes; the message to send."""
         exchange = self._exchange
         if (
             exchange is not None
@@ -318,9 +427,15 @@ class _Tapped:
         ):
             self._complete = True
             try:
-                exchange.response_end()  # a failed exchange holds nothing back: only the fold
+                if self._disconnected:
+                    exchange.client_gone()
+                # A failed exchange holds nothing back but an error answer's bytes, returned as they came.
+                held = exchange.response_end()
+                if held:
+                    return {**message, "body": held + message.get("body", b"")}
             except Exception:
                 pass
+        return message
 
     def _rewrite(self, exchange: Exchange, message: Message) -> Message | None:
         """The message to send in place of this one; None to send nothing (a chunk wholly withheld)."""
@@ -335,7 +450,10 @@ class _Tapped:
                 content_length=_header(headers, b"content-length") is not None,
             )
             if drop_length:
-                return {**message, "headers": [(k, v) for k, v in headers if k.lower() != b"content-length"]}
+                message = {**message, "headers": [(k, v) for k, v in headers if k.lower() != b"content-length"]}
+            if exchange.holds_error:
+                self._held_start = message
+                return None
             return message
         if kind == "http.response.body" and self._started and not self._complete:
             body = message.get("body", b"")
@@ -343,9 +461,12 @@ class _Tapped:
             out = exchange.response_body(body)
             if not more:
                 self._complete = True
+                if self._disconnected:
+                    # The client left before its request was complete: whatever vLLM answered (a 400 for the
+                    # body cut short), nobody read it.
+                    exchange.client_gone()
                 out += exchange.response_end()
-                if exchange.outcome is Outcome.NO_SPEC_METRICS:
-                    _remedy_once()
+                _note_outcome(exchange, self._path)
             if out is body or out == body:
                 return message
             if not out and more:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from spec_exporter.join.bands import UNKNOWN, Bands
+from spec_exporter.join.echo import undo_echo
 from spec_exporter.join.metrics import ErrorStage, Outcome, TapMetrics
 from spec_exporter.join.request import NotUnderstood, RequestView, identity_only, read_request
 from spec_exporter.join.response import SpecResult, parse_json, spec_result
@@ -35,7 +36,9 @@ def _encoded(content_encoding: str | None) -> bool:
 
 class Exchange:
     """See the module docstring. `server_may_encode`: whether the server behind this front end might answer
-    content-encoded (then usage is only injected for a client that accepts nothing but identity)."""
+    content-encoded (then usage is only injected for a client that accepts nothing but identity). `joined`: False
+    for an endpoint whose answers carry no per-request metrics: the request is read for its model and band (an
+    unreadable body is no error there), nothing is injected or parsed, and it is folded as other_endpoint."""
 
     def __init__(
         self,
@@ -44,7 +47,9 @@ class Exchange:
         *,
         clock: Callable[[], float],
         server_may_encode: bool,
+        joined: bool = True,
     ) -> None:
+        self._joined = joined
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
@@ -61,6 +66,8 @@ class Exchange:
         self._client_gone = False
         self._sse: UsageFilter | None = None
         self._copy: bytearray | None = None
+        # The error answer to a request we injected into, held whole to take the injection out of its echo.
+        self._error: bytearray | None = None
         self._first_event_at: float | None = None
         self._last_event_at: float | None = None
         # What the request was folded as, once it is (for the front ends' own logging).
@@ -69,6 +76,12 @@ class Exchange:
     @property
     def injected_usage(self) -> bool:
         return self.view is not None and self.view.injected_usage
+
+    @property
+    def holds_error(self) -> bool:
+        """Whether the front end must hold the response head until `response_end`: the answer is an error to a
+        request the tap injected into, and its body (and so its Content-Length) may change."""
+        return self._error is not None
 
     # -- request --------------------------------------------------------------------------------------------
 
@@ -87,13 +100,23 @@ class Exchange:
             # A configured limit, not bad input: counted as not_measurable, with no error.
             self._not_measurable = True
             return body
-        if _encoded(content_encoding):
-            self._unreadable()
-            return body
         may_encode = self._server_may_encode and not identity_only(accept_encoding)
+        if not self._joined:
+            try:
+                view = read_request(body, self._settings.bands, inject_usage=False, may_encode=True)
+            except NotUnderstood:  # a form upload, say: nothing the tap needs to read
+                return body
+            self.view, self._band = view, view.temperature_band
+            return body
         try:
+            # A body labelled with a Content-Encoding is read as it is, as vLLM reads it (it decodes nothing), and
+            # never rewritten.
             view = read_request(
-                body, self._settings.bands, inject_usage=self._settings.inject_usage, may_encode=may_encode
+                body,
+                self._settings.bands,
+                inject_usage=self._settings.inject_usage,
+                may_encode=may_encode,
+                encoded=_encoded(content_encoding),
             )
         except NotUnderstood:
             self._unreadable()
@@ -122,7 +145,10 @@ class Exchange:
     ) -> bool:
         self._status = status
         view = self.view
-        if view is None or status != 200 or self._broken:
+        if view is not None and view.injected_usage and status != 200 and not self._broken:
+            self._error = bytearray()
+            return False
+        if view is None or status != 200 or self._broken or not self._joined:
             return False
         if _encoded(content_encoding):
             self._not_measurable = True
@@ -146,6 +172,9 @@ class Exchange:
         if sse is None:
             if self._copy is not None:
                 self._keep(chunk)
+            elif self._error is not None:
+                self._error += chunk
+                return b""
             return chunk
         if self._first_event_at is None:
             self._first_event_at = self._clock()
@@ -178,7 +207,14 @@ class Exchange:
         """The response body ended normally: what is still to be sent, and the request is folded."""
         rest = b""
         sse = self._sse
-        if sse is not None:
+        if self._error is not None:
+            held, self._error = bytes(self._error), None
+            try:
+                rest = held if self._broken else undo_echo(held)
+            except Exception:
+                self._fail()
+                rest = held
+        elif sse is not None:
             # The last event arrives right before the end of the body ([DONE] follows it at once).
             self._last_event_at = self._clock()
             held = sse.unreturned()
@@ -211,6 +247,7 @@ class Exchange:
         self._broken = True
         self._sse = None
         self._copy = None
+        # A held error answer stays held (the front end holds its head): response_end returns it as it came.
         try:
             self._metrics.error(ErrorStage.INTERNAL)
         except Exception:  # counting the failure must not become one
@@ -232,12 +269,17 @@ class Exchange:
         result = None
         if self._request_unreadable:
             model, band, outcome = None, UNKNOWN, Outcome.NOT_UNDERSTOOD
+        elif self._client_gone:
+            # Before the answer was complete, whatever its status (vLLM answers a body cut short with a 400).
+            outcome = Outcome.CLIENT_DISCONNECTED
         elif self._status is not None and self._status != 200:
             outcome = Outcome.UPSTREAM_ERROR
-        elif self._client_gone:
-            outcome = Outcome.CLIENT_DISCONNECTED
         elif self._upstream_failed:
             outcome = Outcome.UPSTREAM_ERROR
+        elif not self._joined:
+            outcome = Outcome.OTHER_ENDPOINT
+        elif view is not None and view.several_prompts:
+            outcome = Outcome.UNREPORTED
         elif view is None or self._broken or self._not_measurable:
             outcome = Outcome.NOT_MEASURABLE
         else:
@@ -248,7 +290,8 @@ class Exchange:
             if result is None:
                 outcome = Outcome.NOT_MEASURABLE
             elif result.accepted is None or result.drafted is None:
-                outcome = Outcome.NO_SPEC_METRICS
+                stopped = result.stopped_on_string or (self._sse is not None and self._sse.stopped_on_string)
+                outcome = Outcome.UNREPORTED if stopped else Outcome.NO_SPEC_METRICS
             else:
                 outcome = Outcome.MEASURED
         self.outcome = outcome

@@ -22,6 +22,9 @@ class SpecResult:
     completion_tokens: int | None
     # Verification steps (num_spec_steps): the denominator of the request's mean acceptance length.
     steps: int | None = None
+    # A choice ended on a stop string: vLLM finds those after its engine finished its part, so the engine never
+    # reported the request's speculative numbers.
+    stopped_on_string: bool = False
 
 
 def _number(value: Any) -> float | None:
@@ -53,6 +56,10 @@ def spec_result(obj: Any) -> SpecResult:
         ttft_ms = _number(metrics.get("time_to_first_token_ms"))
         ttft = (ttft_ms + (_number(metrics.get("queue_time_ms")) or 0.0)) / 1000 if ttft_ms is not None else None
         tpot = _tpot_from_metrics(metrics, completion_tokens)
+    choices = obj.get("choices")
+    stopped = isinstance(choices, list) and any(
+        isinstance(c, dict) and isinstance(c.get("stop_reason"), str) for c in choices
+    )
     return SpecResult(
         model=model,
         accepted=accepted,
@@ -61,6 +68,7 @@ def spec_result(obj: Any) -> SpecResult:
         tpot_seconds=tpot,
         completion_tokens=int(completion_tokens) if completion_tokens is not None else None,
         steps=steps,
+        stopped_on_string=stopped,
     )
 
 
