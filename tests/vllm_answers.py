@@ -122,7 +122,12 @@ def stream_events(include_usage: bool, continuous: bool, stop: str | None = None
 def validation_error(data: dict[str, Any], missing: str) -> Answer:
     """vLLM 0.32's 400 for a body without a required member (its validation_exception_handler; the real answer is
     fixtures/vllm-responses/validation_missing_messages.json): the body is echoed only as its size."""
-    item = {"type": "missing", "loc": f"body.{missing}", "msg": "Field required", "input": f"<dict of {len(data)} items>"}
+    item = {
+        "type": "missing",
+        "loc": f"body.{missing}",
+        "msg": "Field required",
+        "input": f"<dict of {len(data)} items>",
+    }
     message = f"1 validation error:\n  {item}"
     body = {"error": {"message": message, "type": "Bad Request", "param": f"body.{missing}", "code": 400}}
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
