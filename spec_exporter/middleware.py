@@ -243,6 +243,7 @@ class SpecDecodeMiddleware:
 # A body at least this large is parsed in a loop iteration of its own, apart from vLLM's parse of the same body:
 # the event loop's longest stall is then the longer of the two parses, never their sum.
 _OWN_ITERATION_BYTES = 256 * 1024
+_BEHIND_DUE_WORK = 1e-4
 
 
 class _Tapped:
@@ -346,7 +347,10 @@ class _Tapped:
             _internal_failure()
             self._raw = True
         if len(body) >= _OWN_ITERATION_BYTES:
-            await asyncio.sleep(0)
+            # A timer, not sleep(0): sleep(0) resumes ahead of the timers and I/O that came due during our parse
+            # (the next step of every stream waiting on them), so vLLM's parse would follow ours with nothing in
+            # between; a timer resumes behind them.
+            await asyncio.sleep(_BEHIND_DUE_WORK)
         return scope
 
     def _internal_error(self) -> None:

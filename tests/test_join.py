@@ -432,6 +432,15 @@ def test_each_prompts_terminal_chunk_gets_its_fingerprint_back_in_order() -> Non
         assert got == expected, cut
 
 
+@pytest.mark.parametrize("fingerprint", ['vllm "custom" \\ fp', "ünïcode-☃", "tab\there", ""])
+def test_a_custom_fingerprint_goes_back_byte_for_byte(fingerprint: str) -> None:
+    # vLLM's --fingerprint-mode custom --fingerprint-value: any string, serialised with JSON escapes.
+    upstream = b"".join(stream_events(include_usage=True, continuous=False, fingerprint=fingerprint))
+    expected = b"".join(stream_events(include_usage=False, continuous=False, fingerprint=fingerprint))
+    f = UsageFilter(strip_usage=True)
+    assert f.feed(upstream) + f.finish() == expected
+
+
 def test_a_completion_with_several_prompts_gets_nothing_injected() -> None:
     for prompt in (["a", "b"], [[1, 2], [3]]):
         v = view({"model": "tiny", "prompt": prompt, "stream": True})

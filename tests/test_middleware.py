@@ -446,7 +446,9 @@ async def test_a_big_body_is_read_in_a_loop_iteration_apart_from_vllms(registry:
     bodies = [json.dumps(CHAT).encode(), big]
 
     async def receive() -> dict[str, Any]:
-        loop.call_soon(marks.append, 1)  # runs at the loop's next iteration
+        # Like a stream's timer coming due during the parse: its callback wakes the stream's task, which runs an
+        # iteration later. vLLM's parse must wait for that task too.
+        loop.call_soon(loop.call_soon, marks.append, 1)
         return {"type": "http.request", "body": bodies[len(ticked)], "more_body": False}
 
     async def send(_: Any) -> None:

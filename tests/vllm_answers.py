@@ -84,10 +84,18 @@ def _without_spec_metrics(usage_event: bytes) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-def stream_events(include_usage: bool, continuous: bool, stop: str | None = None, prompts: int = 1) -> list[bytes]:
+def stream_events(
+    include_usage: bool,
+    continuous: bool,
+    stop: str | None = None,
+    prompts: int = 1,
+    fingerprint: str = FINGERPRINT,
+) -> list[bytes]:
     """The captured stream as vLLM renders it for these stream_options; `stop`: it ended on that stop string (vLLM
     then has no per-request speculative numbers); `prompts`: a completion with that many prompts, each prompt's
-    events interleaved, the later ones one event longer (vLLM reports no per-request metrics for it)."""
+    events interleaved, the later ones one event longer (vLLM reports no per-request metrics for it);
+    `fingerprint`: vLLM's `--fingerprint-value` (serialised as pydantic does: escaped, non-ASCII as it is)."""
+    token = json.dumps(fingerprint, ensure_ascii=False).encode()
     token_events = [e for e in sse_events(STREAM_USAGE) if b'"choices":[]' not in e and e != b"data: [DONE]\n\n"]
     if stop is not None:
         stop_json = json.dumps(stop).encode()
@@ -110,11 +118,14 @@ def stream_events(include_usage: bool, continuous: bool, stop: str | None = None
             running = {"prompt_tokens": usage["prompt_tokens"], "total_tokens": usage["prompt_tokens"] + k}
             tail += b',"usage":' + json.dumps({**running, "completion_tokens": k}, separators=(",", ":")).encode()
         if terminal and not include_usage:
-            tail += b',"system_fingerprint":"' + FINGERPRINT.encode() + b'"'
+            tail += b',"system_fingerprint":' + token
         end = event.rfind(b"}")
         out.append(event[:end] + tail + event[end:])
     if include_usage:
-        out.append(usage_event() if stop is None and prompts == 1 else _without_spec_metrics(usage_event()))
+        usage = usage_event() if stop is None and prompts == 1 else _without_spec_metrics(usage_event())
+        out.append(
+            usage.replace(b'"system_fingerprint":"' + FINGERPRINT.encode() + b'"', b'"system_fingerprint":' + token)
+        )
     out.append(b"data: [DONE]\n\n")
     return out
 

@@ -28,7 +28,9 @@ _FINISHED = b'"finish_reason":"'
 _STOPPED_ON_STRING = b'"stop_reason":"'
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_FINGERPRINT_SAFE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII without quote or backslash: no JSON escaping
+# The fingerprint as vLLM serialised it into the usage event (compact JSON: a string token, escapes and all), so it
+# goes back into the terminal chunk byte for byte, whatever `--fingerprint-value` holds.
+_FINGERPRINT = re.compile(rb'"system_fingerprint":("(?:[^"\\]|\\.)*")')
 
 
 def event_data(event: bytes) -> bytes | None:
@@ -195,7 +197,8 @@ class UsageFilter:
                     self.usage = obj
                     if self.strip_usage:
                         self._withheld_last = True
-                        return self._release(obj)
+                        token = _FINGERPRINT.search(data) if isinstance(obj.get("system_fingerprint"), str) else None
+                        return self._release(token[1] if token else None)
                     return b""
             elif self.strip_usage:
                 obj = self._parse(data)
@@ -220,21 +223,20 @@ class UsageFilter:
             self.malformed += 1
             return None
 
-    def _release(self, usage: Any = None) -> bytes:
-        """The held events, each terminal chunk with the fingerprint vLLM would have put there had usage not been
-        asked for."""
+    def _release(self, fingerprint: bytes | None = None) -> bytes:
+        """The held events, each terminal chunk with the fingerprint (its JSON token) vLLM would have put there had
+        usage not been asked for."""
         if not self._held:
             return b""
         held, self._held = self._held, []
-        fingerprint = usage.get("system_fingerprint") if isinstance(usage, dict) else None
-        if not (isinstance(fingerprint, str) and _FINGERPRINT_SAFE.fullmatch(fingerprint)):
+        if fingerprint is None:
             return b"".join(e for e, _ in held)
         out = bytearray()
         for event, terminal in held:
             if terminal and b'"system_fingerprint"' not in event and event.count(b"data:") == 1:
                 # vLLM serialises the field last (model_dump_json, field order), right before the closing brace.
                 end = event.rfind(b"}")
-                out += event[:end] + b',"system_fingerprint":"' + fingerprint.encode() + b'"' + event[end:]
+                out += event[:end] + b',"system_fingerprint":' + fingerprint + event[end:]
             else:
                 out += event
         return bytes(out)
