@@ -34,6 +34,7 @@ Imports only the standard library, prometheus_client and pydantic (via spec_expo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -282,6 +283,12 @@ class _Tapped:
         except BaseException:
             if not self._complete:
                 self._end_early()
+            if self._held_start is not None:
+                # The app failed after starting an answer we held: the server must see it started, as it would
+                # have without us (it then drops the connection rather than answering 500).
+                start, self._held_start = self._held_start, None
+                with contextlib.suppress(Exception):
+                    await self._send(start)
             raise
         if not self._complete:
             self._end_early()

@@ -459,3 +459,24 @@ async def test_a_big_body_is_read_in_a_loop_iteration_apart_from_vllms(registry:
         scope = {"type": "http", "method": "POST", "path": PATH, "headers": []}
         await tapped(app, registry)(scope, receive, send)
     assert ticked == [False, True]
+
+
+async def test_an_app_failing_after_starting_a_held_error_answer_still_starts_it(registry: CollectorRegistry) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"99")]})
+        raise RuntimeError("vLLM failed mid-answer")
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": json.dumps({"model": "tiny", "stream": True}).encode()}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": PATH, "headers": []}
+    with pytest.raises(RuntimeError, match="mid-answer"):
+        await tapped(app, registry)(scope, receive, send)
+    assert [(m["type"], m["status"]) for m in sent] == [("http.response.start", 400)]
+    assert counts(registry) == {("tiny", "upstream_error", "1.0+"): 1}
