@@ -9,9 +9,10 @@ pydantic's error dict with its `input` summarised: a container as `'<dict of N i
 
 An error's input is the request body itself exactly when a top-level member is missing (`type` missing, `loc`
 `body.<member>`) or the body as a whole is at fault (`loc` `body`); every other input is a member's own value
-(a nested dict of the same size must stay as it is). The tap injects one member into a body that had no
-`stream_options` (so vLLM's dict has exactly one more item than the client's) and that member is always valid, so
-undoing it means counting one item less in those summaries, and nothing else.
+(a nested dict of the same size must stay as it is). Into a body that had no `stream_options` the tap injects one
+member (so vLLM's dict has exactly one more item than the client's), always valid, so undoing it means counting
+one item less in those summaries, and nothing else. (Into a client's own `stream_options` it merges a copy under
+the same key: the count stays, and so does the echo.)
 """
 
 from __future__ import annotations

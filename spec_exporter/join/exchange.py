@@ -145,7 +145,7 @@ class Exchange:
     ) -> bool:
         self._status = status
         view = self.view
-        if view is not None and view.injected_usage and status != 200 and not self._broken:
+        if view is not None and view.added_member and status != 200 and not self._broken:
             self._error = bytearray()
             return False
         if view is None or status != 200 or self._broken or not self._joined:

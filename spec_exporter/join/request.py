@@ -71,6 +71,8 @@ class RequestView:
     upstream_body: bytes
     # A completion with more than one prompt: vLLM reports no per-request metrics for it.
     several_prompts: bool = False
+    # The injection added a member (INJECTED_MEMBER) rather than merging into the client's stream_options.
+    added_member: bool = False
 
 
 def temperature_band(raw: Any, bands: Bands) -> str:
@@ -134,14 +136,24 @@ def _stream_options(raw: Any) -> tuple[_StreamOptions | None, bool]:
 INJECTED_MEMBER = b'"stream_options":{"include_usage":true},'
 
 
-def _injected_body(body: bytes) -> bytes | None:
-    """The client's bytes with `"stream_options":{"include_usage":true}` added as the first member, or None if that
-    cannot be done safely. Every other byte reaches vLLM as the client sent it.
+def _injected_body(body: bytes, present: bool, options: Any) -> bytes | None:
+    """The client's bytes with `stream_options.include_usage: true` added, or None if that cannot be done safely.
+
+    Only the one member is added; every other byte reaches vLLM as the client sent it. Without stream_options it
+    goes first (INJECTED_MEMBER: the body then has one member more, which join/echo.py takes out of vLLM's
+    validation echo); with one, a merged copy goes last, where json.loads (which vLLM's FastAPI uses for the body)
+    lets the last of duplicate keys win, and the body keeps its number of members.
     """
     if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
         return None
-    start = body.find(b"{")
-    return body[: start + 1] + INJECTED_MEMBER + body[start + 1 :]
+    if not present:
+        start = body.find(b"{")
+        return body[: start + 1] + INJECTED_MEMBER + body[start + 1 :]
+    if options is not None and not isinstance(options, dict):
+        return None
+    end = body.rfind(b"}")
+    merged = json.dumps({**(options or {}), "include_usage": True}, separators=(",", ":")).encode()
+    return body[:end] + b',"stream_options":' + merged + body[end:]
 
 
 class _TopLevel(BaseModel):
@@ -224,15 +236,13 @@ def read_request(
         and n == 1
         # No per-request metrics would come back, and each prompt's terminal chunk would need its fingerprint.
         and not several
-        # Only where the injection can be undone everywhere vLLM may echo the request (validation errors): a
-        # body without stream_options (a client's stream_options without include_usage is left alone; its
-        # stream is counted not_measurable). Also keeps include_usage away from continuous_usage_stats, which
-        # would put usage into every chunk the client gets.
-        and "stream_options" not in present
+        and not wants_usage
+        # Injecting include_usage next to continuous_usage_stats would put usage into every chunk the client gets.
+        and not continuous
         and not may_encode
         and not encoded
     ):
-        upstream_body = _injected_body(body)
+        upstream_body = _injected_body(body, "stream_options" in present, top.stream_options)
     return RequestView(
         model=model,
         temperature_band=temperature_band(top.temperature, bands),
@@ -243,6 +253,7 @@ def read_request(
         valid=valid,
         injected_usage=upstream_body is not None,
         upstream_body=body if upstream_body is None else upstream_body,
+        added_member=upstream_body is not None and "stream_options" not in present,
         several_prompts=several,
     )
 
