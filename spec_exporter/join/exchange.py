@@ -80,7 +80,8 @@ class Exchange:
     @property
     def holds_error(self) -> bool:
         """Whether the front end must hold the response head until `response_end`: the answer is an error to a
-        request the tap injected into, and its body (and so its Content-Length) may change."""
+        request the tap added a member to, and its body (and so its Content-Length) may change. vLLM bounds such
+        answers (ten errors of at most 1,000 characters), so holding one whole is cheap."""
         return self._error is not None
 
     # -- request --------------------------------------------------------------------------------------------
