@@ -56,8 +56,14 @@ from bench.tap_upstream import (
 _FINGERPRINTED_FINISH_TAIL = _FINISH_TAIL.removesuffix(b"}\n\n") + b',"system_fingerprint":"vllm-0.32.0-41cc1112"}\n\n'
 
 
-def build_app(*, middleware: bool, interval: float) -> FastAPI:
+def build_app(*, middleware: bool, interval: float, vllm_parse: bool = False) -> FastAPI:
     app = FastAPI()
+    validate = None
+    if vllm_parse:
+        # What vLLM's route does with a body before its handler runs: json.loads, then its request model.
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        validate = ChatCompletionRequest.model_validate
     # vLLM's own (init_entrypoints_middleware): CORS always; user middlewares come after, so they are outermost.
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_credentials=False, allow_methods=["*"], allow_headers=["*"]
@@ -71,7 +77,11 @@ def build_app(*, middleware: bool, interval: float) -> FastAPI:
     async def chat(request: Request) -> StreamingResponse:
         body = await request.json()
         tokens = max(1, min(MAX_TOKENS, int(body.get("max_tokens") or 16)))
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])) + 8
+        if validate is not None:
+            validate(body)
+            prompt_tokens = 8
+        else:
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])) + 8
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         header = request.headers.get(INTERVAL_HEADER)
         step = float(header) / 1000 if header is not None else interval
@@ -129,11 +139,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--interval-ms", type=float, default=15.0)
     p.add_argument("--middleware", action="store_true")
+    p.add_argument("--vllm-parse", action="store_true", help="validate bodies with vLLM's ChatCompletionRequest")
     args = p.parse_args()
     import uvloop
 
     uvloop.install()
-    asyncio.run(serve(build_app(middleware=args.middleware, interval=args.interval_ms / 1000), args.middleware))
+    app = build_app(middleware=args.middleware, interval=args.interval_ms / 1000, vllm_parse=args.vllm_parse)
+    asyncio.run(serve(app, args.middleware))
     return 0
 
 

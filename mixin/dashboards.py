@@ -514,8 +514,9 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             "timeseries",
             "Requests through the tap",
             "Completion requests per second by band and outcome. "
-            "no_spec_metrics means vLLM sent no per-request metrics (n > 1, or vLLM lacks "
-            "--per-request-spec-decode-metrics summary).",
+            "no_spec_metrics means vLLM lacks --per-request-spec-decode-metrics summary; unreported, that vLLM "
+            "has no per-request numbers for the request (stop string, several prompts); other_endpoint, an "
+            "endpoint whose answers carry none (/v1/responses, /v1/messages, ...).",
             [
                 _target(
                     f"sum by (temperature_band, outcome) (rate(spec_tap_requests_total{{{BASE_POD}, "

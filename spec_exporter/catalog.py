@@ -375,9 +375,12 @@ TAP_REQUESTS = MetricSpec(
     "spec_decode_tap_requests",
     "counter",
     ("target", "temperature_band", "outcome"),
-    "Completion requests through the tap by outcome: measured, no_spec_metrics (vLLM without "
-    "--per-request-spec-decode-metrics summary), not_measurable (n > 1, or a response the tap cannot read "
-    "safely), upstream_error, client_disconnected, not_understood. Restarts stitched out.",
+    "Generating requests through the tap by outcome: measured; no_spec_metrics (vLLM without "
+    "--per-request-spec-decode-metrics summary); unreported (vLLM has none for the request: a stop string, "
+    "several prompts); not_measurable (n > 1, a stream the tap could not ask usage for, a response it cannot read "
+    "safely); other_endpoint (/v1/responses, /v1/messages, the batch route and vLLM's other generating "
+    "endpoints, whose answers carry no per-request metrics); upstream_error; client_disconnected; not_understood. "
+    "Restarts stitched out.",
 )
 TAP_ERRORS = MetricSpec(
     "spec_decode_tap_errors",
@@ -390,8 +393,9 @@ TAP_COVERAGE = MetricSpec(
     "spec_decode_tap_coverage_ratio",
     "gauge",
     ("target", "window"),
-    "Draft tokens seen by the tap / draft tokens counted by the engine over the window: below 1, traffic bypasses "
-    "the tap (or requests are still running).",
+    "Draft tokens the tap measured / draft tokens counted by the engine over the window. Below 1 by the drafts "
+    "of requests it counted but could not measure (spec_decode_tap_requests_total outcomes other than measured), "
+    "of traffic that bypasses it, and of requests still running.",
 )
 TAP_WINDOW_DRAFT_TOKENS = MetricSpec(
     "spec_decode_tap_window_draft_tokens",

@@ -34,11 +34,14 @@ class VLLMApp:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        if scope["method"] != "POST" or scope["path"] not in ("/v1/chat/completions", "/v1/completions"):
+        path = scope["path"]
+        if scope.get("root_path") and path.startswith(scope["root_path"] + "/"):
+            path = path[len(scope["root_path"]) :]  # routed as Starlette routes behind --root-path
+        if scope["method"] != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-upstream", b"vllm")]})
             await send({"type": "http.response.body", "body": b'{"object":"list"}'})
             return
-        answer = self.standin.answer(scope["path"], bytes(body))
+        answer = self.standin.answer(path, bytes(body))
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         chunks = self.split(b"".join(answer.chunks)) if self.split else answer.chunks

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.vllm_answers import VLLMStandIn
+from tests.vllm_answers import CHAT_JSON, COMPLETION_JSON, N2_JSON, VLLMStandIn
 
 RESPONSES = Path(__file__).parent / "fixtures" / "vllm-responses"
 
@@ -58,12 +58,10 @@ class OpenAIStandIn:
         if headers["content-type"].startswith("text/event-stream"):
             return await self._stream(request, self.stream_override or answer.chunks)
         payload = b"".join(answer.chunks)
-        if answer.status == 200:
-            n = body.get("n", 1) if isinstance(body, dict) else 1
-            if isinstance(n, int) and n > 1:
-                payload = self.n2_json
-            else:
-                payload = self.chat_json if request.path.endswith("chat/completions") else self.completion_json
+        # The captured answers, replaceable per test; one the stand-in built for the request (a stop string,
+        # several prompts) is sent as built.
+        captured = {CHAT_JSON: self.chat_json, COMPLETION_JSON: self.completion_json, N2_JSON: self.n2_json}
+        payload = captured.get(payload, payload) if answer.status == 200 else payload
         return web.Response(body=payload, status=answer.status, content_type="application/json")
 
     async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:

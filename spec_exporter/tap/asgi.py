@@ -20,7 +20,9 @@ come from the environment: `SPEC_EXPORTER_TAP_<FIELD>` for each field of `spec_e
 
 An unusable value is logged and its default used: a monitoring setting must never keep vLLM from serving.
 
-Only POST /v1/chat/completions and /v1/completions are looked at; everything else goes straight to the app. The
+POST /v1/chat/completions and /v1/completions are joined; vLLM's other generating endpoints (OTHER_GENERATING_PATHS:
+/v1/responses, /v1/messages, the batch route, ...) are counted as outcome other_endpoint and otherwise left alone;
+everything else goes straight to the app. Paths are matched as vLLM's router matches them, after `--root-path`. The
 per-band `spec_tap_*` series go into prometheus_client's default registry, so they appear on vLLM's own /metrics
 (summed across API-server processes when vLLM runs them in multiprocess mode).
 
@@ -38,6 +40,7 @@ Imports only the standard library, prometheus_client, pydantic and spec_exporter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -48,9 +51,10 @@ from typing import Any
 
 from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import REMEDY, ErrorStage, Outcome, TapMetrics
-from spec_exporter.tap.request import INSPECTED_PATHS
+from spec_exporter.tap.request import INSPECTED_PATHS, OTHER_GENERATING_PATHS
 from spec_exporter.tap.settings import TapSettings, settings_from_env
 from spec_exporter.tap.speculative import from_asgi_scope
+from spec_exporter.tap.voice import log, say_once
 from spec_exporter.tap.workload import FORWARDED_PREFIX, route_prefix
 
 Scope = MutableMapping[str, Any]
@@ -59,7 +63,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-log = logging.getLogger("spec_exporter.middleware")
 
 _default_lock = threading.Lock()
 _default_metrics: TapMetrics | None = None
@@ -86,16 +89,56 @@ def _settings_from_environment() -> TapSettings:
         return TapSettings()
 
 
-_remedy_logged = False
+def _note_outcome(exchange: Exchange, path: str) -> None:
+    """What an operator should hear about a folded request, once per condition. Never raises."""
+    try:
+        _say_outcome(exchange.outcome, path)
+    except Exception:  # a voice that fails must not become the request's failure
+        pass
 
 
-def _remedy_once() -> None:
-    global _remedy_logged
-    if not _remedy_logged:
-        _remedy_logged = True
-        log.warning(
-            "spec_exporter: vLLM answers without per-request speculative-decoding metrics; start it with %s", REMEDY
+def _say_outcome(outcome: Outcome | None, path: str) -> None:
+    if outcome is Outcome.NO_SPEC_METRICS:
+        say_once(
+            ("remedy",),
+            logging.WARNING,
+            "spec_exporter: vLLM answers without per-request speculative-decoding metrics; start it with %s",
+            REMEDY,
         )
+    elif outcome is Outcome.UNREPORTED:
+        say_once(
+            ("unreported",),
+            logging.INFO,
+            "spec_exporter: vLLM reports no per-request speculative-decoding metrics for a request that ends on a "
+            "stop string or has several prompts; such requests are counted outcome=unreported",
+        )
+    elif outcome is Outcome.OTHER_ENDPOINT:
+        say_once(
+            ("endpoint", path),
+            logging.INFO,
+            "spec_exporter: %s answers carry no per-request speculative-decoding metrics; its requests are counted "
+            "outcome=other_endpoint, their draft tokens are the engine's beyond the tap's",
+            path,
+        )
+
+
+def _internal_failure() -> None:
+    say_once(
+        ("internal",),
+        logging.WARNING,
+        "spec_exporter: the tap failed on a request and passed it through untouched (counted in "
+        'spec_tap_errors_total{stage="internal"}; further failures are only counted)',
+    )
+
+
+def route_path(scope: Scope) -> str:
+    """The path vLLM's router matches: without the `--root-path` prefix when the request has it (Starlette's
+    get_route_path)."""
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def _header(headers: Any, name: bytes) -> str | None:
@@ -126,10 +169,18 @@ class SpecDecodeMiddleware:
         if not self._speculative_read and scope.get("type") == "http":
             # On a request, not at lifespan startup: vLLM sets app.state.vllm_config while starting up.
             self._read_speculative_config(scope)
-        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in INSPECTED_PATHS:
+        if scope.get("type") != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        await _Tapped(self, scope, receive, send).run()
+        path = route_path(scope)
+        if path in INSPECTED_PATHS:
+            joined = True
+        elif path in OTHER_GENERATING_PATHS:
+            joined = False
+        else:
+            await self.app(scope, receive, send)
+            return
+        await _Tapped(self, scope, receive, send, path=path, joined=joined).run()
 
     def _read_speculative_config(self, scope: Scope) -> None:
         """Once, from the first request's app (vLLM's config is fixed for the server's life); never raises."""
@@ -143,20 +194,32 @@ class SpecDecodeMiddleware:
                 pass
 
 
+# A body at least this large is parsed in a loop iteration of its own, apart from vLLM's parse of the same body:
+# the event loop's longest stall is then the longer of the two parses, never their sum.
+_OWN_ITERATION_BYTES = 256 * 1024
+_BEHIND_DUE_WORK = 1e-4
+
+
 class _Tapped:
     """One inspected request through the middleware."""
 
-    def __init__(self, mw: SpecDecodeMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, mw: SpecDecodeMiddleware, scope: Scope, receive: Receive, send: Send, *, path: str, joined: bool
+    ) -> None:
         self._mw = mw
         self._scope = scope
         self._receive = receive
         self._send = send
+        self._path = path
+        self._joined = joined
         self._exchange: Exchange | None = None
         self._pending: deque[Message] = deque()
         self._receive_error: Exception | None = None
         self._disconnected = False
         self._started = False
         self._complete = False
+        # The response head, held while the exchange holds an error answer whose body (and length) may change.
+        self._held_start: Message | None = None
         # Set when our own response handling failed: from then on every message goes out as the app sent it.
         self._raw = False
 
@@ -173,6 +236,12 @@ class _Tapped:
         except BaseException:
             if not self._complete:
                 self._end_early()
+            if self._held_start is not None:
+                # The app failed after starting an answer we held: the server must see it started, as it would
+                # have without us (it then drops the connection rather than answering 500).
+                start, self._held_start = self._held_start, None
+                with contextlib.suppress(Exception):
+                    await self._send(start)
             raise
         if not self._complete:
             self._end_early()
@@ -195,6 +264,7 @@ class _Tapped:
                 self._mw.settings,
                 clock=self._mw._clock,
                 server_may_encode=False,
+                joined=self._joined,
                 **_workload_hints(self._mw.settings, scope),
             )
         except Exception:
@@ -230,17 +300,24 @@ class _Tapped:
             if complete and forward is not None and forward != body:
                 rewritten = {**scope, "headers": _with_length(headers, len(forward))}
                 self._pending = deque([{"type": "http.request", "body": forward, "more_body": False}])
-                return rewritten
+                scope = rewritten
         except Exception:
             # The app gets the messages as they came, and the client what the app sends (the exchange may think
             # it injected).
             exchange.fail()
+            _internal_failure()
             self._raw = True
+        if len(body) >= _OWN_ITERATION_BYTES:
+            # A timer, not sleep(0): sleep(0) resumes ahead of the timers and I/O that came due during our parse
+            # (the next step of every stream waiting on them), so vLLM's parse would follow ours with nothing in
+            # between; a timer resumes behind them.
+            await asyncio.sleep(_BEHIND_DUE_WORK)
         return scope
 
     def _internal_error(self) -> None:
         try:
             self._mw.metrics.error(ErrorStage.INTERNAL)
+            _internal_failure()
         except Exception:  # counting the failure must not become one
             pass
 
@@ -259,11 +336,12 @@ class _Tapped:
         out: Message | None = message
         exchange = self._exchange
         if self._raw:
-            self._end_raw(message)
+            out = self._end_raw(message)
         elif (
             exchange is not None
             and self._started
             and not self._complete
+            and self._held_start is None
             and message.get("type") == "http.response.body"
             and message.get("more_body", False)
         ):
@@ -285,12 +363,17 @@ class _Tapped:
                 # Counted once; the rest passes raw, so the failure is neither counted per message nor, for want
                 # of a completed response, folded as vLLM's error.
                 exchange.fail()
+                _internal_failure()
                 self._raw = True
-                self._end_raw(message)
-                out = message
+                out = self._end_raw(message)
         if out is None:
             return
         try:
+            if self._held_start is not None and out.get("type") == "http.response.body":
+                start, self._held_start = self._held_start, None
+                if not out.get("more_body", False):
+                    start = {**start, "headers": _with_length(start.get("headers", []), len(out.get("body", b"")))}
+                await self._send(start)
             await self._send(out)
         except BaseException:
             if exchange is not None and not self._complete:
@@ -298,8 +381,8 @@ class _Tapped:
                 exchange.client_gone()
             raise
 
-    def _end_raw(self, message: Message) -> None:
-        """Fold the failed exchange when the response it gave up on completes."""
+    def _end_raw(self, message: Message) -> Message:
+        """Fold the failed exchange when the response it gave up on completes; the message to send."""
         exchange = self._exchange
         if (
             exchange is not None
@@ -309,9 +392,15 @@ class _Tapped:
         ):
             self._complete = True
             try:
-                exchange.response_end()  # a failed exchange holds nothing back: only the fold
+                if self._disconnected:
+                    exchange.client_gone()
+                # A failed exchange holds nothing back but an error answer's bytes, returned as they came.
+                held = exchange.response_end()
+                if held:
+                    return {**message, "body": held + message.get("body", b"")}
             except Exception:
                 pass
+        return message
 
     def _rewrite(self, exchange: Exchange, message: Message) -> Message | None:
         """The message to send in place of this one; None to send nothing (a chunk wholly withheld)."""
@@ -326,7 +415,10 @@ class _Tapped:
                 content_length=_header(headers, b"content-length") is not None,
             )
             if drop_length:
-                return {**message, "headers": [(k, v) for k, v in headers if k.lower() != b"content-length"]}
+                message = {**message, "headers": [(k, v) for k, v in headers if k.lower() != b"content-length"]}
+            if exchange.holds_error:
+                self._held_start = message
+                return None
             return message
         if kind == "http.response.body" and self._started and not self._complete:
             body = message.get("body", b"")
@@ -334,9 +426,12 @@ class _Tapped:
             out = exchange.response_body(body)
             if not more:
                 self._complete = True
+                if self._disconnected:
+                    # The client left before its request was complete: whatever vLLM answered (a 400 for the
+                    # body cut short), nobody read it.
+                    exchange.client_gone()
                 out += exchange.response_end()
-                if exchange.outcome is Outcome.NO_SPEC_METRICS:
-                    _remedy_once()
+                _note_outcome(exchange, self._path)
             if out is body or out == body:
                 return message
             if not out and more:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from spec_exporter.tap.echo import undo_echo
 from spec_exporter.tap.metrics import ErrorStage, Outcome, TapMetrics
 from spec_exporter.tap.request import NotUnderstood, RequestView, identity_only, read_request
 from spec_exporter.tap.response import SpecResult, parse_json, spec_result
@@ -27,7 +28,9 @@ class Exchange:
     """See the module docstring. `server_may_encode`: whether the server behind this front end might answer
     content-encoded (then usage is only injected for a client that accepts nothing but identity).
     `workload_header`, `workload_route`: the request's class header value and route prefix, when the settings
-    name those sources (the header's value is only ever used as a label value, never logged)."""
+    name those sources (the header's value is only ever used as a label value, never logged). `joined`: False for
+    an endpoint whose answers carry no per-request metrics: the request is read for its model and band (an
+    unreadable body is no error there), nothing is injected or parsed, and it is folded as other_endpoint."""
 
     def __init__(
         self,
@@ -38,7 +41,9 @@ class Exchange:
         server_may_encode: bool,
         workload_header: str | None = None,
         workload_route: str | None = None,
+        joined: bool = True,
     ) -> None:
+        self._joined = joined
         self._metrics = metrics
         self._workload_header = workload_header
         self._workload_route = workload_route
@@ -57,6 +62,8 @@ class Exchange:
         self._client_gone = False
         self._sse: UsageFilter | None = None
         self._copy: bytearray | None = None
+        # The error answer to a request we injected into, held whole to take the injection out of its echo.
+        self._error: bytearray | None = None
         self._first_event_at: float | None = None
         self._last_event_at: float | None = None
         # What the request was folded as, once it is (for the front ends' own logging).
@@ -65,6 +72,13 @@ class Exchange:
     @property
     def injected_usage(self) -> bool:
         return self.view is not None and self.view.injected_usage
+
+    @property
+    def holds_error(self) -> bool:
+        """Whether the front end must hold the response head until `response_end`: the answer is an error to a
+        request the tap added a member to, and its body (and so its Content-Length) may change. vLLM bounds such
+        answers (ten errors of at most 1,000 characters), so holding one whole is cheap."""
+        return self._error is not None
 
     # -- request --------------------------------------------------------------------------------------------
 
@@ -83,13 +97,23 @@ class Exchange:
             # A configured limit, not bad input: counted as not_measurable, with no error.
             self._not_measurable = True
             return body
-        if _encoded(content_encoding):
-            self._unreadable()
-            return body
         may_encode = self._server_may_encode and not identity_only(accept_encoding)
+        if not self._joined:
+            try:
+                view = read_request(body, self._settings.bands, inject_usage=False, may_encode=True)
+            except NotUnderstood:  # a form upload, say: nothing the tap needs to read
+                return body
+            self.view, self._band = view, view.temperature_band
+            return body
         try:
+            # A body labelled with a Content-Encoding is read as it is, as vLLM reads it (it decodes nothing), and
+            # never rewritten.
             view = read_request(
-                body, self._settings.bands, inject_usage=self._settings.inject_usage, may_encode=may_encode
+                body,
+                self._settings.bands,
+                inject_usage=self._settings.inject_usage,
+                may_encode=may_encode,
+                encoded=_encoded(content_encoding),
             )
         except NotUnderstood:
             self._unreadable()
@@ -118,7 +142,10 @@ class Exchange:
     ) -> bool:
         self._status = status
         view = self.view
-        if view is None or status != 200 or self._broken:
+        if view is not None and view.added_member and status != 200 and not self._broken:
+            self._error = bytearray()
+            return False
+        if view is None or status != 200 or self._broken or not self._joined:
             return False
         if _encoded(content_encoding):
             self._not_measurable = True
@@ -142,6 +169,9 @@ class Exchange:
         if sse is None:
             if self._copy is not None:
                 self._keep(chunk)
+            elif self._error is not None:
+                self._error += chunk
+                return b""
             return chunk
         if self._first_event_at is None:
             self._first_event_at = self._clock()
@@ -174,7 +204,14 @@ class Exchange:
         """The response body ended normally: what is still to be sent, and the request is folded."""
         rest = b""
         sse = self._sse
-        if sse is not None:
+        if self._error is not None:
+            held, self._error = bytes(self._error), None
+            try:
+                rest = held if self._broken else undo_echo(held)
+            except Exception:
+                self._fail()
+                rest = held
+        elif sse is not None:
             # The last event arrives right before the end of the body ([DONE] follows it at once).
             self._last_event_at = self._clock()
             held = sse.unreturned()
@@ -207,6 +244,7 @@ class Exchange:
         self._broken = True
         self._sse = None
         self._copy = None
+        # A held error answer stays held (the front end holds its head): response_end returns it as it came.
         try:
             self._metrics.error(ErrorStage.INTERNAL)
         except Exception:  # counting the failure must not become one
@@ -235,12 +273,17 @@ class Exchange:
         result = None
         if self._request_unreadable:
             model, band, outcome = None, UNKNOWN, Outcome.NOT_UNDERSTOOD
+        elif self._client_gone:
+            # Before the answer was complete, whatever its status (vLLM answers a body cut short with a 400).
+            outcome = Outcome.CLIENT_DISCONNECTED
         elif self._status is not None and self._status != 200:
             outcome = Outcome.UPSTREAM_ERROR
-        elif self._client_gone:
-            outcome = Outcome.CLIENT_DISCONNECTED
         elif self._upstream_failed:
             outcome = Outcome.UPSTREAM_ERROR
+        elif not self._joined:
+            outcome = Outcome.OTHER_ENDPOINT
+        elif view is not None and view.several_prompts:
+            outcome = Outcome.UNREPORTED
         elif view is None or self._broken or self._not_measurable:
             outcome = Outcome.NOT_MEASURABLE
         else:
@@ -251,7 +294,8 @@ class Exchange:
             if result is None:
                 outcome = Outcome.NOT_MEASURABLE
             elif result.accepted is None or result.drafted is None:
-                outcome = Outcome.NO_SPEC_METRICS
+                stopped = result.stopped_on_string or (self._sse is not None and self._sse.stopped_on_string)
+                outcome = Outcome.UNREPORTED if stopped else Outcome.NO_SPEC_METRICS
             else:
                 outcome = Outcome.MEASURED
         self.outcome = outcome

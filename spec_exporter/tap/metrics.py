@@ -93,8 +93,14 @@ class Outcome(StrEnum):
     """What became of one completion request: the closed set of `outcome` values."""
 
     MEASURED = "measured"
+    # vLLM answered without per-request metrics and nothing explains it but the missing flag (REMEDY).
     NO_SPEC_METRICS = "no_spec_metrics"
+    # vLLM answered without per-request metrics because it reports none for this request: it stopped on a stop
+    # string (found after the engine finished its part) or the completion had several prompts.
+    UNREPORTED = "unreported"
     NOT_MEASURABLE = "not_measurable"
+    # A generating endpoint whose answers carry no per-request speculative metrics (OTHER_GENERATING_PATHS).
+    OTHER_ENDPOINT = "other_endpoint"
     UPSTREAM_ERROR = "upstream_error"
     CLIENT_DISCONNECTED = "client_disconnected"
     NOT_UNDERSTOOD = "not_understood"

@@ -18,6 +18,8 @@ Judgement calls, each as a normal HTTP server would:
   way, as nginx reports one as a client abort (499); HTTP/1.1 clients do not half-close in practice;
 - `OPTIONS *` is answered 404 by the tap itself: there is no resource to forward it to, and vLLM's own server
   answers it 404 as well;
+- a target in absolute form (`GET http://host/path HTTP/1.1`, RFC 9112 §3.2.2) is served as vLLM's uvicorn serves
+  it: its path and query, byte for byte, go upstream in origin form;
 - request lines up to 64 KiB, header fields up to 64 KiB and up to 512 header fields are accepted (more than
   vLLM's uvicorn needs in practice); beyond, 400, never a hang.
 """
@@ -25,6 +27,7 @@ Judgement calls, each as a normal HTTP server would:
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -38,7 +41,7 @@ from yarl import URL
 
 from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import REMEDY, Outcome, TapMetrics
-from spec_exporter.tap.request import INSPECTED_PATHS
+from spec_exporter.tap.request import INSPECTED_PATHS, OTHER_GENERATING_PATHS
 from spec_exporter.tap.settings import TapSettings
 from spec_exporter.tap.workload import FORWARDED_PREFIX, route_prefix
 
@@ -157,20 +160,19 @@ class TapProxy:
             log.warning("vLLM returns no per-request speculative-decoding metrics", remedy=f"start vLLM with {REMEDY}")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        target = request.raw_path
+        target = _origin_form(request.raw_path)
         # Route as vLLM's uvicorn will: on the percent-decoded path.
-        inspected = request.method == "POST" and unquote(target.partition("?")[0]) in INSPECTED_PATHS
-        exchange = (
-            Exchange(
+        path = unquote(target.partition("?")[0])
+        exchange = None
+        if request.method == "POST" and (path in INSPECTED_PATHS or path in OTHER_GENERATING_PATHS):
+            exchange = Exchange(
                 self._metrics,
                 self._settings,
                 clock=self._clock,
                 server_may_encode=True,
+                joined=path in INSPECTED_PATHS,
                 **workload_hints(self._settings, request.headers),
             )
-            if inspected
-            else None
-        )
         try:
             return await self._forward(request, target, exchange)
         except (ConnectionResetError, asyncio.CancelledError):
@@ -248,6 +250,8 @@ class TapProxy:
         ):
             # Withholding the usage chunk changes the length: let aiohttp frame the body itself then.
             drop = frozenset({"content-length"})
+        if exchange is not None and exchange.holds_error:
+            return await self._relay_error(request, upstream, exchange)
         response = _RelayedResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -280,6 +284,46 @@ class TapProxy:
             upstream.close()
             raise
         return response
+
+    async def _relay_error(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
+    ) -> web.StreamResponse:
+        """An error answer to a request the tap injected into: read whole (vLLM's are small), the injection taken
+        out of its echo of the request, relayed with its length corrected."""
+        try:
+            body = exchange.response_body(await upstream.read())
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+            exchange.upstream_failed()
+            log.warning("tap upstream failed mid-response", error=type(e).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return web.StreamResponse(status=upstream.status)
+        body += exchange.response_end()
+        headers = forwardable(upstream.headers)
+        if "Content-Length" in headers:
+            headers["Content-Length"] = str(len(body))
+        response = _RelayedResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers, upstream_headers=upstream.headers
+        )
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+
+_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+def _origin_form(raw_target: str) -> str:
+    """The request target as an origin-form path and query; an absolute-form target loses its scheme and
+    authority (nothing else: the bytes of its path and query are kept)."""
+    if raw_target.startswith("/"):
+        return raw_target
+    match = _ABSOLUTE_FORM.match(raw_target)
+    if match is None:
+        return raw_target
+    rest = raw_target[match.end() :]
+    return rest if rest.startswith("/") else "/" + rest
 
 
 def create_tap_app(

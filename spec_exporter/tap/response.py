@@ -24,6 +24,9 @@ class SpecResult:
     steps: int | None = None
     # Steps whose draft token at position i was accepted, i = 0..k-1, from vLLM's acceptance_histogram.
     per_position: tuple[int, ...] | None = None
+    # A choice ended on a stop string: vLLM finds those after its engine finished its part, so the engine never
+    # reported the request's speculative numbers.
+    stopped_on_string: bool = False
 
 
 def _number(value: Any) -> float | None:
@@ -57,6 +60,10 @@ def spec_result(obj: Any) -> SpecResult:
         ttft_ms = _number(metrics.get("time_to_first_token_ms"))
         ttft = (ttft_ms + (_number(metrics.get("queue_time_ms")) or 0.0)) / 1000 if ttft_ms is not None else None
         tpot = _tpot_from_metrics(metrics, completion_tokens)
+    choices = obj.get("choices")
+    stopped = isinstance(choices, list) and any(
+        isinstance(c, dict) and isinstance(c.get("stop_reason"), str) for c in choices
+    )
     return SpecResult(
         model=model,
         accepted=accepted,
@@ -66,6 +73,7 @@ def spec_result(obj: Any) -> SpecResult:
         completion_tokens=int(completion_tokens) if completion_tokens is not None else None,
         steps=steps,
         per_position=per_position,
+        stopped_on_string=stopped,
     )
 
 

@@ -19,11 +19,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from spec_exporter.tap.temperature_bands import MAX_TEMPERATURE, TemperatureBands, check_edges
+from spec_exporter.tap.voice import say_once
 from spec_exporter.tap.workload import DEFAULT, MAX_WORKLOAD_CHARS, OTHER, WorkloadClasses, WorkloadSource
 
 ENV_PREFIX = "SPEC_EXPORTER_TAP_"
 
-log = logging.getLogger("spec_exporter.tap")
 
 # An HTTP field name (RFC 9110 §5.1: a token).
 _HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -136,11 +136,18 @@ def settings_from_env(env: Mapping[str, str]) -> TapSettings:
                 field = str(error["loc"][0]) if error["loc"] else ""
                 refused.setdefault(field, error["msg"].removeprefix("Value error, "))
             if not refused.keys() & values.keys():
-                log.warning("spec_exporter: ignoring every SPEC_EXPORTER_TAP_* variable (%s); using defaults", e)
+                say_once(
+                    ("settings", str(e)),
+                    logging.WARNING,
+                    "spec_exporter: ignoring every SPEC_EXPORTER_TAP_* variable (%s); using defaults",
+                    e,
+                )
                 return TapSettings()
             for field, reason in refused.items():
                 if values.pop(field, None) is not None:
-                    log.warning(
+                    say_once(
+                        ("setting", field, raw[field]),
+                        logging.WARNING,
                         "spec_exporter: ignoring %s%s=%r (%s); using the default %r",
                         ENV_PREFIX,
                         field.upper(),

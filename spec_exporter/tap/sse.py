@@ -9,7 +9,9 @@ What asking for usage changes in vLLM 0.32's stream (chat and completions servin
 event with `choices: []`, `usage` and the per-request metrics is added, and the `system_fingerprint` moves from
 the terminal chunk (the one with a `finish_reason`) to that final event. So the filter withholds the usage event
 and puts the fingerprint back where it would have been, holding the terminal chunk until the usage event (which
-vLLM writes right after it) arrives.
+vLLM writes right after it) arrives. With several prompts in one completion each prompt's terminal chunk carries
+the fingerprint, and other prompts' chunks may follow the first one: from the first terminal chunk on, every event
+is held, in order, and each terminal chunk gets its fingerprint back when the usage event arrives.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from spec_exporter.tap.response import parse_json
 
 _CR, _LF = 13, 10
 _FINISHED = b'"finish_reason":"'
+# A choice that ended on a stop string (vLLM's stop_reason is the string; a stop token is a number).
+_STOPPED_ON_STRING = b'"stop_reason":"'
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_FINGERPRINT_SAFE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII without quote or backslash: no JSON escaping
+# The fingerprint as vLLM serialised it into the usage event (compact JSON: a string token, escapes and all), so it
+# goes back into the terminal chunk byte for byte, whatever `--fingerprint-value` holds.
+_FINGERPRINT = re.compile(rb'"system_fingerprint":("(?:[^"\\]|\\.)*")')
 
 
 def event_data(event: bytes) -> bytes | None:
@@ -66,6 +72,7 @@ class UsageFilter:
         self.usage: Any = None
         self.data_events = 0
         self.malformed = 0
+        self.stopped_on_string = False
         self._buf = bytearray()  # the current event, not complete yet
         self._line_start = 0
         self._scan = 0
@@ -73,13 +80,14 @@ class UsageFilter:
         # Where the last complete event went: withheld (usage) or held (terminal); else sent.
         self._withheld_last = False
         self._held_last = False
-        self._terminal: bytes | None = None
+        # Events held from the first terminal chunk on, in order: [bytes, is_terminal].
+        self._held: list[list[Any]] = []
 
     def unreturned(self) -> bytes:
         """The bytes fed but not returned yet."""
         if not self.strip_usage:
             return b""
-        return (self._terminal or b"") + bytes(self._buf)
+        return b"".join(e for e, _ in self._held) + bytes(self._buf)
 
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
@@ -87,16 +95,20 @@ class UsageFilter:
         if (
             not self._buf
             and not self._cr_pending
-            and self._terminal is None
+            and not self._held
             and chunk.endswith(b"\n\n")
             and b'"usage"' not in chunk
-            # vLLM's finish_reason is null or a string; only a chunk with a string one is held.
-            and (not self.strip_usage or _FINISHED not in chunk)
         ):
-            # The common case, token chunks: whole events, none to hold back or parse. Skipping the split and the
-            # copies keeps the per-chunk cost to two substring scans. (Only whether events arrived is used.)
-            self.data_events += 1
-            return chunk
+            # vLLM's finish_reason is null or a string; only a chunk with a string one is held.
+            if _FINISHED not in chunk:
+                # The common case, token chunks: whole events, none to hold back or parse. Skipping the split and
+                # the copies keeps the per-chunk cost to two substring scans. (Only whether events arrived is used.)
+                self.data_events += 1
+                return chunk
+            if not self.strip_usage:
+                self.data_events += 1
+                self.stopped_on_string |= _STOPPED_ON_STRING in chunk
+                return chunk
         held = self.unreturned()
         try:
             return self._feed(chunk)
@@ -117,7 +129,7 @@ class UsageFilter:
                     self._line_start += 1
                     self._scan += 1
                 elif self._held_last:
-                    self._terminal = (self._terminal or b"") + b"\n"
+                    self._held[-1][0] += b"\n"
                 elif not self._withheld_last:
                     out.append(_LF)
         buf += data
@@ -163,7 +175,7 @@ class UsageFilter:
     def finish(self) -> bytes:
         """Whatever is still held when upstream ends (the terminal chunk, a last event without its blank line)."""
         rest = self.unreturned()
-        self._terminal = None
+        self._held.clear()
         self._buf.clear()
         return rest
 
@@ -172,6 +184,10 @@ class UsageFilter:
         self._withheld_last = self._held_last = False
         data = event_data(event)
         if data is None:
+            if self.strip_usage and self._held:
+                self._held.append([event, False])
+                self._held_last = True
+                return b""
             return self._release() + event
         self.data_events += 1
         if b'"usage"' in data:
@@ -181,19 +197,23 @@ class UsageFilter:
                     self.usage = obj
                     if self.strip_usage:
                         self._withheld_last = True
-                        return self._release(obj)
+                        token = _FINGERPRINT.search(data) if isinstance(obj.get("system_fingerprint"), str) else None
+                        return self._release(token[1] if token else None)
                     return b""
             elif self.strip_usage:
                 obj = self._parse(data)
                 if isinstance(obj, dict) and obj.get("usage") is not None:
                     self.strip_usage = False
                     return self._release() + event
-        if self.strip_usage and data.count(b'"finish_reason"') != data.count(b'"finish_reason":null'):
-            # A terminal chunk (a choice with a finish_reason): held until the usage event, unparsed.
-            held = self._release()
-            self._terminal = event
+        terminal = data.count(b'"finish_reason"') != data.count(b'"finish_reason":null')
+        if terminal and _STOPPED_ON_STRING in data:
+            self.stopped_on_string = True
+        if self.strip_usage and (terminal or self._held):
+            # A terminal chunk (a choice with a finish_reason), or any event after one: held until the usage
+            # event, unparsed.
+            self._held.append([event, terminal])
             self._held_last = True
-            return held
+            return b""
         return self._release() + event
 
     def _parse(self, data: bytes) -> Any:
@@ -203,20 +223,20 @@ class UsageFilter:
             self.malformed += 1
             return None
 
-    def _release(self, usage: Any = None) -> bytes:
-        """The held terminal chunk, with the fingerprint vLLM would have put there had usage not been asked for."""
-        event = self._terminal
-        if event is None:
+    def _release(self, fingerprint: bytes | None = None) -> bytes:
+        """The held events, each terminal chunk with the fingerprint (its JSON token) vLLM would have put there had
+        usage not been asked for."""
+        if not self._held:
             return b""
-        self._terminal = None
-        fingerprint = usage.get("system_fingerprint") if isinstance(usage, dict) else None
-        if (
-            isinstance(fingerprint, str)
-            and _FINGERPRINT_SAFE.fullmatch(fingerprint)
-            and b'"system_fingerprint"' not in event
-            and event.count(b"data:") == 1
-        ):
-            # vLLM serialises the field last (model_dump_json, field order), right before the closing brace.
-            end = event.rfind(b"}")
-            return event[:end] + b',"system_fingerprint":"' + fingerprint.encode() + b'"' + event[end:]
-        return event
+        held, self._held = self._held, []
+        if fingerprint is None:
+            return b"".join(e for e, _ in held)
+        out = bytearray()
+        for event, terminal in held:
+            if terminal and b'"system_fingerprint"' not in event and event.count(b"data:") == 1:
+                # vLLM serialises the field last (model_dump_json, field order), right before the closing brace.
+                end = event.rfind(b"}")
+                out += event[:end] + b',"system_fingerprint":' + fingerprint + event[end:]
+            else:
+                out += event
+        return bytes(out)

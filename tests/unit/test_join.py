@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from spec_exporter.tap import exchange as exchange_module
 from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap.echo import undo_echo
 from spec_exporter.tap.exchange import Exchange
 from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.request import identity_only, read_request
@@ -18,7 +19,7 @@ from spec_exporter.tap.settings import TapSettings
 from spec_exporter.tap.sse import UsageFilter, event_data
 from tests.conftest import FakeClock
 from tests.unit.test_join_metrics import samples
-from tests.vllm_answers import STREAM_USAGE, VLLMStandIn, direct, stream_events, usage_event
+from tests.vllm_answers import RESPONSES, STREAM_USAGE, VLLMStandIn, direct, stream_events, usage_event
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}
 
@@ -343,7 +344,7 @@ def test_a_response_over_the_cap_is_not_measured(metrics: TapMetrics, registry: 
     assert counts(registry) == {("tiny", "not_measurable", "0.7-1.0"): 1}
 
 
-def test_a_compressed_request_body_is_not_read(metrics: TapMetrics, registry: CollectorRegistry) -> None:
+def test_a_compressed_request_body_is_not_understood(metrics: TapMetrics, registry: CollectorRegistry) -> None:
     ex = Exchange(metrics, TapSettings(), clock=FakeClock(), server_may_encode=True)
     body = b"\x1f\x8b\x08\x00compressed"
     assert ex.request(body, content_encoding="gzip") == body
@@ -361,3 +362,94 @@ def test_each_exchange_folds_exactly_once(metrics: TapMetrics, registry: Collect
     ex.upstream_failed()
     ex.response_end()
     assert counts(registry) == {("tiny", "client_disconnected", "1.0+"): 1}
+
+
+def test_a_plain_body_labelled_gzip_is_read_as_vllm_reads_it_and_never_rewritten(
+    metrics: TapMetrics, registry: CollectorRegistry
+) -> None:
+    # vLLM decodes no request body: it parses these bytes as they are, and serves the request.
+    ex = Exchange(metrics, TapSettings(), clock=FakeClock(), server_may_encode=False)
+    body = json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode()
+    assert ex.request(body, content_encoding="gzip") == body
+    ex.response_start(200, content_type="text/event-stream", content_encoding=None, content_length=False)
+    for event in stream_events(False, False):
+        ex.response_body(event)
+    ex.response_end()
+    assert counts(registry) == {("tiny", "not_measurable", "0.3-0.5"): 1}
+    assert counts(registry, "spec_tap_errors_total") == {}
+
+
+def test_each_prompts_terminal_chunk_gets_its_fingerprint_back_in_order() -> None:
+    upstream = b"".join(stream_events(include_usage=True, continuous=False, prompts=3))
+    expected = b"".join(stream_events(include_usage=False, continuous=False, prompts=3))
+    assert expected.count(b"system_fingerprint") == 3
+    for cut in range(0, len(upstream) + 1, 13):
+        f = UsageFilter(strip_usage=True)
+        got = f.feed(upstream[:cut]) + f.feed(upstream[cut:]) + f.finish()
+        assert got == expected, cut
+
+
+@pytest.mark.parametrize("fingerprint", ['vllm "custom" \\ fp', "ünïcode-☃", "tab\there", ""])
+def test_a_custom_fingerprint_goes_back_byte_for_byte(fingerprint: str) -> None:
+    # vLLM's --fingerprint-mode custom --fingerprint-value: any string, serialised with JSON escapes.
+    upstream = b"".join(stream_events(include_usage=True, continuous=False, fingerprint=fingerprint))
+    expected = b"".join(stream_events(include_usage=False, continuous=False, fingerprint=fingerprint))
+    f = UsageFilter(strip_usage=True)
+    assert f.feed(upstream) + f.finish() == expected
+
+
+def test_a_completion_with_several_prompts_gets_nothing_injected() -> None:
+    for prompt in (["a", "b"], [[1, 2], [3]]):
+        v = view({"model": "tiny", "prompt": prompt, "stream": True})
+        assert v.several_prompts and not v.injected_usage
+    for prompt in ("a", ["a"], [1, 2, 3], [[1, 2]]):
+        v = view({"model": "tiny", "prompt": prompt, "stream": True})
+        assert not v.several_prompts and v.injected_usage
+
+
+@pytest.mark.parametrize(
+    ("raw", "band"),
+    [
+        # json.loads semantics, which vLLM's FastAPI uses: the last of duplicate keys wins, NaN and 1e400 read.
+        (b'{"temperature": 0.1, "temperature": 0.9}', "0.7-1.0"),
+        (b'{"temperature": NaN}', "invalid"),
+        (b'{"temperature": 1e400}', "invalid"),
+        (b'{"temperature": "0.4", "messages": [{"content": "\\ud800"}]}', "0.3-0.5"),
+        (b"\xef\xbb\xbf" + b'{"temperature": 0}', "0"),
+        ('{"temperature": 0.2}'.encode("utf-32"), "0-0.3"),
+    ],
+)
+def test_the_top_level_reads_as_json_loads_reads_it(raw: bytes, band: str) -> None:
+    assert view(raw).temperature_band == band
+
+
+def test_a_deeply_nested_body_reads_as_json_loads_reads_it() -> None:
+    deep = b'{"temperature": 0.4, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    try:
+        json.loads(deep)
+    except RecursionError:
+        with pytest.raises(Exception, match="not JSON"):
+            view(deep)
+    else:
+        assert view(deep).temperature_band == "0.3-0.5"
+
+
+def test_the_injected_member_is_taken_out_of_vllms_validation_echo() -> None:
+    real = (RESPONSES / "validation_missing_messages.json").read_bytes()  # vLLM's answer to 2 members
+    injected = real.replace(b"<dict of 2 items>", b"<dict of 3 items>")
+    assert undo_echo(injected) == real
+
+
+def test_only_the_bodys_own_summary_is_corrected() -> None:
+    # Captured from vLLM 0.32's handler: the body (3 members + the injected one) lacks messages, and max_tokens is
+    # a dict of 4 items; only the first summary is the body's.
+    answer = (
+        b"{\"error\":{\"message\":\"2 validation errors:\\n  {'type': 'missing', 'loc': 'body.messages', 'msg': "
+        b"'Field required', 'input': '<dict of 4 items>'}\\n  {'type': 'int_type', 'loc': 'body.max_tokens', "
+        b"'msg': 'Input should be a valid integer', 'input': '<dict of 4 items>'}\",\"type\":\"Bad Request\","
+        b'"param":"body.messages","code":400}}'
+    )
+    undone = undo_echo(answer)
+    assert undone == answer.replace(b"<dict of 4 items>", b"<dict of 3 items>", 1)
+    nested = answer.replace(b"'loc': 'body.messages'", b"'loc': 'body.messages.0.role'")
+    assert undo_echo(nested) == nested

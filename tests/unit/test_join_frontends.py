@@ -155,6 +155,44 @@ CASES: dict[str, tuple[str, bytes, tuple[str, str, str]]] = {
         j({**CHAT, "stream_options": {"include_usage": True}}),
         ("tiny", "upstream_error", "1.0+"),
     ),
+    # vLLM's validation error echoes the body's size: the injected member must not show in it.
+    "validation-error-echo": (C, j({"model": "tiny", "stream": True}), ("tiny", "upstream_error", "1.0+")),
+    # Merged into the client's own stream_options: the body keeps its number of members, nothing to take out.
+    "validation-error-echo-with-own-stream-options": (
+        C,
+        j({"model": "tiny", "stream": True, "stream_options": {}}),
+        ("tiny", "upstream_error", "1.0+"),
+    ),
+    "validation-error-echo-of-a-bigger-body": (
+        C,
+        j({"model": "tiny", "stream": True, "temperature": 0.4, "max_tokens": 3, "top_p": 0.5}),
+        ("tiny", "upstream_error", "0.3-0.5"),
+    ),
+    # vLLM finds stop strings after its engine is done with the request: no per-request numbers, flag or not.
+    "stop-string": (C, j({**CHAT, "stop": "og"}), ("tiny", "unreported", "1.0+")),
+    "stop-string-stream": (C, j({**CHAT, "stream": True, "stop": ["og"]}), ("tiny", "unreported", "1.0+")),
+    "stop-string-stream-usage": (
+        P,
+        j({**COMPLETION, "stream": True, "stop": "og", "stream_options": {"include_usage": True}}),
+        ("tiny", "unreported", "1.0+"),
+    ),
+    # Several prompts in one completion: vLLM reports no per-request metrics, and nothing is injected.
+    "several-prompts": (P, j({**COMPLETION, "prompt": ["a", "b"]}), ("tiny", "unreported", "1.0+")),
+    "several-prompts-stream": (
+        P,
+        j({**COMPLETION, "prompt": ["a", "b"], "stream": True}),
+        ("tiny", "unreported", "1.0+"),
+    ),
+    "several-prompts-stream-usage": (
+        P,
+        j({**COMPLETION, "prompt": ["a", "b", "c"], "stream": True, "stream_options": {"include_usage": True}}),
+        ("tiny", "unreported", "1.0+"),
+    ),
+    "one-prompt-of-token-ids": (P, j({**COMPLETION, "prompt": [1, 2, 3]}), ("tiny", "measured", "1.0+")),
+    # json.loads (vLLM's reader) takes UTF-16 and a UTF-8 BOM; nothing is injected into a body not in UTF-8.
+    "utf16-stream": (C, json.dumps({**CHAT, "stream": True}).encode("utf-16"), ("tiny", "not_measurable", "1.0+")),
+    "utf16-json": (C, json.dumps({**CHAT, "temperature": 0.2}).encode("utf-16"), ("tiny", "measured", "0-0.3")),
+    "utf8-bom-stream": (C, b"\xef\xbb\xbf" + j({**CHAT, "stream": True}), ("tiny", "measured", "1.0+")),
     "model-with-lone-surrogate": (
         C,
         j({**CHAT, "model": "bad-\ud800", "stream": True, "n": 2}),

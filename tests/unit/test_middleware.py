@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from spec_exporter.config import TapConfig
 from spec_exporter.tap import asgi as middleware_module
 from spec_exporter.tap import sse as sse_module
+from spec_exporter.tap import voice
 from spec_exporter.tap.asgi import SpecDecodeMiddleware
 from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.settings import TapSettings, settings_from_env
@@ -343,3 +344,188 @@ def test_built_with_the_app_alone_it_registers_in_the_default_registry_once() ->
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+# --- issue 20: disconnects, --root-path, other endpoints, the voice, big bodies --------------------------------
+
+
+async def test_a_client_reset_mid_body_is_a_client_disconnect(registry: CollectorRegistry) -> None:
+    # uvicorn hands the app http.disconnect; FastAPI turns the body it could not read into a 400 that nobody reads.
+    answered: list[int] = []
+
+    async def fastapi_like(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                answered.append(400)
+                await send({"type": "http.response.start", "status": 400, "headers": []})
+                await send({"type": "http.response.body", "body": b'{"detail":"There was an error parsing the body"}'})
+                return
+            if not message.get("more_body"):
+                raise AssertionError("the body was complete")
+
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"model": "tiny", "stream": tr', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(_: Any) -> None:
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": PATH, "headers": [], "root_path": ""}
+    await tapped(fastapi_like, registry)(scope, receive, send)
+    assert answered == [400]
+    assert counts(registry) == {("unknown", "client_disconnected", "unknown"): 1}
+
+
+async def test_behind_a_root_path_the_paths_vllm_routes_are_joined(registry: CollectorRegistry) -> None:
+    body = json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode()
+    for path in ("/api" + PATH, PATH):
+        got = await call(tapped(VLLMApp(), registry), path, body, root_path="/api")
+        assert got.body == direct(PATH, body)
+    assert counts(registry) == {("tiny", "measured", "0.3-0.5"): 2}
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/messages", "/v1/chat/completions/batch", "/api/v1/responses"])
+async def test_other_generating_endpoints_are_counted_and_left_alone(path: str, registry: CollectorRegistry) -> None:
+    app = VLLMApp()
+    body = json.dumps({"model": "tiny", "input": "hi", "stream": True, "temperature": 0.2}).encode()
+    got = await call(tapped(app, registry), path, body, root_path="/api")
+    assert got.header("x-upstream") == "vllm" and got.body == b'{"object":"list"}'
+    assert app.standin.received == [] and app.scopes[0]["path"] == path
+    assert counts(registry) == {("tiny", "other_endpoint", "0-0.3"): 1}
+    assert counts(registry, "spec_tap_errors_total") == {}
+
+
+async def test_a_form_upload_to_a_transcription_endpoint_is_counted_without_an_error(
+    registry: CollectorRegistry,
+) -> None:
+    headers = [(b"content-type", b"multipart/form-data; boundary=x")]
+    await call(tapped(VLLMApp(), registry), "/v1/audio/transcriptions", b"--x\r\n\r\nRIFF--x--", headers=headers)
+    assert counts(registry) == {("unknown", "other_endpoint", "unknown"): 1}
+    assert counts(registry, "spec_tap_errors_total") == {}
+
+
+async def test_the_corrected_validation_error_keeps_a_true_content_length(registry: CollectorRegistry) -> None:
+    # Nine members, ten with the injected one: the undone answer is a byte shorter than vLLM's.
+    body = json.dumps({"model": "tiny", "stream": True, **{f"x{i}": i for i in range(7)}}).encode()
+    got = await call(tapped(VLLMApp(), registry), PATH, body)
+    assert got.status == 400 and got.body == direct(PATH, body)
+    assert b"<dict of 9 items>" in got.body and got.header("content-length") == str(len(got.body))
+    assert [m["type"] for m in got.messages] == ["http.response.start", "http.response.body"]
+
+
+@pytest.fixture
+def vllm_log(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """vLLM's logging as vllm/logger.py configures it: a handler on the "vllm" logger, which does not propagate."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    vllm = logging.getLogger("vllm")
+    handler = Keep(logging.INFO)
+    monkeypatch.setattr(vllm, "propagate", False)
+    monkeypatch.setattr(voice, "_said", set())
+    level = vllm.level
+    vllm.setLevel(logging.INFO)
+    vllm.addHandler(handler)
+    yield records
+    vllm.removeHandler(handler)
+    vllm.setLevel(level)
+
+
+async def test_the_middleware_speaks_through_vllms_log_once_per_condition(
+    vllm_log: list[Any], registry: CollectorRegistry
+) -> None:
+    no_flag = VLLMStandIn()
+    no_flag_app = VLLMApp(standin=no_flag)
+    plain = json.loads(direct(PATH, json.dumps(CHAT).encode()))
+    plain["metrics"] = None
+    secret = "the secret prompt"
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": secret}]}).encode()
+    headers = [(b"authorization", b"Bearer sk-secret"), (b"content-length", str(len(body)).encode())]
+
+    async def answer_without_metrics(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        payload = json.dumps(plain).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+    for _ in range(3):
+        await call(tapped(answer_without_metrics, registry), PATH, body, headers=headers)
+        await call(tapped(no_flag_app, registry), PATH, json.dumps({**CHAT, "stop": "og"}).encode())
+        await call(tapped(no_flag_app, registry), "/v1/responses", b"{}")
+    settings_from_env({"SPEC_EXPORTER_TAP_MAX_MODELS": "many"})
+    settings_from_env({"SPEC_EXPORTER_TAP_MAX_MODELS": "many"})
+    said = [(r.name, r.levelname, r.getMessage()) for r in vllm_log]
+    assert [m.split(";")[0] for _, _, m in said] == [
+        "spec_exporter: vLLM answers without per-request speculative-decoding metrics",
+        "spec_exporter: vLLM reports no per-request speculative-decoding metrics for a request that ends on a stop "
+        "string or has several prompts",
+        "spec_exporter: /v1/responses answers carry no per-request speculative-decoding metrics",
+        "spec_exporter: ignoring SPEC_EXPORTER_TAP_MAX_MODELS='many' (Input should be a valid integer, unable to parse "
+        "string as an integer)",
+    ]
+    assert {name for name, _, _ in said} == {"vllm.spec_exporter"}
+    assert not any(secret in m or "sk-secret" in m for _, _, m in said)
+
+
+async def test_a_big_body_is_read_in_a_loop_iteration_apart_from_vllms(registry: CollectorRegistry) -> None:
+    # The event loop's longest stall is then the longer of the two parses, not their sum.
+    loop = asyncio.get_running_loop()
+    ticked: list[bool] = []
+    big = json.dumps({**CHAT, "stream": True, "pad": "x" * 300_000}).encode()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        ticked.append(bool(marks))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    marks: list[int] = []
+    bodies = [json.dumps(CHAT).encode(), big]
+
+    async def receive() -> dict[str, Any]:
+        # Like a stream's timer coming due during the parse: its callback wakes the stream's task, which runs an
+        # iteration later. vLLM's parse must wait for that task too.
+        loop.call_soon(loop.call_soon, marks.append, 1)
+        return {"type": "http.request", "body": bodies[len(ticked)], "more_body": False}
+
+    async def send(_: Any) -> None:
+        pass
+
+    for _ in bodies:
+        marks.clear()
+        scope = {"type": "http", "method": "POST", "path": PATH, "headers": []}
+        await tapped(app, registry)(scope, receive, send)
+    assert ticked == [False, True]
+
+
+async def test_an_app_failing_after_starting_a_held_error_answer_still_starts_it(registry: CollectorRegistry) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"99")]})
+        raise RuntimeError("vLLM failed mid-answer")
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": json.dumps({"model": "tiny", "stream": True}).encode()}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": PATH, "headers": []}
+    with pytest.raises(RuntimeError, match="mid-answer"):
+        await tapped(app, registry)(scope, receive, send)
+    assert [(m["type"], m["status"]) for m in sent] == [("http.response.start", 400)]
+    assert counts(registry) == {("tiny", "upstream_error", "1.0+"): 1}

@@ -403,3 +403,65 @@ async def test_nothing_of_prompts_completions_or_credentials_reaches_the_logs(ta
     for secret in (secret_prompt, "sk-SECRET", completion_text, "Authorization"):
         assert secret not in dumped
     assert tap.upstream.requests[0]["headers"]["Authorization"] == secret_key  # forwarded, just never logged
+
+
+# --- issue 20 ----------------------------------------------------------------------------------------------------
+
+
+async def folded(tap: Tap) -> dict[tuple[str, ...], float]:
+    """The tap's counts once it has folded a request (the handler finishes after the client saw its answer)."""
+    for _ in range(500):
+        if counts(tap.registry):
+            break
+        await asyncio.sleep(0.01)
+    return counts(tap.registry)
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [
+        ("http://vllm.example:8000/echo?a=%2F", "/echo?a=%2F"),
+        ("HTTP://vllm.example/echo/caf%C3%A9", "/echo/caf%C3%A9"),
+    ],
+)
+async def test_an_absolute_form_target_is_forwarded_in_origin_form(tap: Tap, target: str, forwarded: str) -> None:
+    answer = await tap.raw(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["raw_path"] == forwarded
+
+
+async def test_an_absolute_form_completion_is_joined(tap: Tap) -> None:
+    body = json.dumps({**CHAT, "stream": True, "temperature": 0.4}).encode()
+    answer = await tap.raw(
+        b"POST http://vllm.example/v1/chat/completions HTTP/1.1\r\nHost: vllm.example\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    assert answer.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in answer and b'"usage"' not in answer
+    assert await folded(tap) == {("tiny", "measured", "0.3-0.5"): 1}
+
+
+async def test_a_client_reset_mid_body_is_a_client_disconnect(tap: Tap) -> None:
+    _, writer = await asyncio.open_connection(tap.host, tap.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"model": "tiny", "stream": tr'
+    )
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close = RST
+    writer.transport.abort()
+    assert await folded(tap) == {("unknown", "client_disconnected", "unknown"): 1}
+
+
+async def test_another_generating_endpoint_is_counted_and_forwarded_exactly(tap: Tap) -> None:
+    body = json.dumps({"model": "tiny", "input": "hi", "temperature": 0.9}).encode()
+    status, received, _ = await tap.post("/v1/responses", body)
+    assert status == 200 and json.loads(received)["sha256"] == hashlib.sha256(body).hexdigest()
+    assert await folded(tap) == {("tiny", "other_endpoint", "0.7-1.0"): 1}
+
+
+async def test_the_corrected_validation_error_keeps_a_true_content_length(tap: Tap) -> None:
+    body = json.dumps({"model": "tiny", "stream": True, **{f"x{i}": i for i in range(7)}}).encode()
+    status, received, headers = await tap.post("/v1/chat/completions", body)
+    assert status == 400 and received == direct("/v1/chat/completions", body)
+    assert headers["Content-Length"] == str(len(received))

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from spec_exporter.tap import asgi as asgi_module
+from spec_exporter.tap import voice
 from spec_exporter.tap.asgi import SpecDecodeMiddleware
 from spec_exporter.tap.metrics import TapMetrics
 from spec_exporter.tap.proxy import create_tap_app
@@ -187,7 +187,7 @@ async def test_the_class_header_value_never_reaches_a_log(
     aiohttp_server: Any, unused_tcp_port: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(asgi_module, "_remedy_logged", False)
+    monkeypatch.setattr(voice, "_said", set())
     secret = (b"x-workload", SECRET.encode())
     s = TapSettings(workload_header="x-workload", max_workloads=1)
     registry = CollectorRegistry()
