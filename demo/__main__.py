@@ -52,8 +52,8 @@ DEMO_PARAMS = Params(
     min_band_draft_tokens_per_second=0.2,
     exporter_job_selector='job="spec-exporter"',
 )
-# Temperature and share of requests: mostly greedy, so the engine's average looks healthy (about 0.67 with the
-# trained pair, docs/models.md) while the hot bands accept 0.35 and 0.17, below the net-negative line: the
+# Temperature and share of requests: mostly greedy, so the engine's average looks healthy (about 0.75 with the
+# shipped pair, docs/models.md) while the hot bands accept about 0.36 and 0.2, below the net-negative line: the
 # mixed-workload case the band alert is for.
 MIX = ((0.0, 0.9), (0.4, 0.04), (0.8, 0.06))
 
