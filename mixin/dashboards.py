@@ -348,7 +348,7 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             [
                 _target(
                     "max by (cluster, namespace, pod, model_name, temperature_band, source) "
-                    f'(spec_decode_request_expected_speedup{{{TAP}, window="$window"}})',
+                    f'(spec_decode_request_expected_speedup{{{TAP}, workload=~"$workload", window="$window"}})',
                     "{{pod}} {{temperature_band}} ({{source}})",
                     "A",
                 )
@@ -527,6 +527,49 @@ def overview(p: Params | None = None) -> dict[str, Any]:
             ],
             unit="reqps",
             runbooks=("SpecDecodeTapWithoutPerRequestMetrics",),
+        ),
+        12,
+    )
+
+    g.add(
+        _panel(
+            "timeseries",
+            "Which workload pays: acceptance by workload and band",
+            "Draft acceptance of each request class (the tap's workload label) in each temperature band, a ratio of "
+            "sums across pods from vLLM's own /metrics (base layer, no sidecar): a code endpoint at low temperature "
+            "and a hot chat share one verification pass but not one number.",
+            [
+                _target(
+                    f'{n["workload_acceptance"]}{{{BASE_BAND}, workload=~"$workload"}}',
+                    "{{model_name}} {{workload}} {{temperature_band}}",
+                    "A",
+                )
+            ],
+            unit="percentunit",
+            min_=0,
+            max_=1,
+            thresholds=ACCEPTANCE_STEPS,
+            runbooks=("SpecDecodeTemperatureBandNetNegative",),
+        ),
+        12,
+    )
+    g.add(
+        _panel(
+            "timeseries",
+            "Which workload pays: speedup by workload and band at the current load",
+            "Each class's own acceptance length per band over the engine's step cost at its load (exporter layer): "
+            "below 1, speculation costs that workload more than it gains; route it to a pool without it or lower k.",
+            [
+                _target(
+                    "max by (cluster, namespace, pod, model_name, workload, temperature_band, source) "
+                    f'(spec_decode_request_expected_speedup{{{TAP}, workload=~"$workload", window="$window"}})',
+                    "{{pod}} {{workload}} {{temperature_band}} ({{source}})",
+                    "A",
+                )
+            ],
+            unit="x",
+            thresholds=_thresholds((None, "red"), (1, "green")),
+            runbooks=("SpecDecodeSlowdownAtLoad",),
         ),
         12,
     )
@@ -866,6 +909,13 @@ def overview(p: Params | None = None) -> dict[str, Any]:
                     "temperature_band",
                     "Temperature band",
                     f'label_values(spec_tap_requests_total{{{VLLM}, model_name=~"$model_name"}}, temperature_band)',
+                ),
+                _query_var(
+                    "workload",
+                    "Workload",
+                    f'label_values(spec_tap_requests_total{{{VLLM}, model_name=~"$model_name"}}, workload)',
+                    description="The tap's request class (tap.workload_header, the model alias or the route prefix; "
+                    "default when none, other for classes beyond the configured set).",
                 ),
                 _query_var(
                     "window",

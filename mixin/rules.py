@@ -59,6 +59,8 @@ class By:
         self.pod = f"{c}, namespace, {p.pod_label}, model_name"
         self.engine = f"{self.pod}, engine"
         self.band = f"{self.model}, temperature_band"
+        # Per request class (the tap's `workload`): which workload pays, within each band.
+        self.workload = f"{self.model}, workload, temperature_band"
         self.position = f"{self.model}, position"
         # The exporter's series: in sidecar mode `pod` is vLLM's pod; a central exporter tells targets apart.
         self.exporter_engine = f"{c}, namespace, {p.pod_label}, target, model_name, engine"
@@ -94,6 +96,9 @@ def names(p: Params) -> dict[str, str]:
         "tap_accepted_rate": f"model_name_temperature_band:spec_tap_accepted_tokens:{w}",
         "tap_acceptance": f"model_name_temperature_band:spec_tap_acceptance:ratio_{w}",
         "tap_requests": f"model_name_temperature_band:spec_tap_requests:{w}",
+        "workload_draft_rate": f"model_name_workload_temperature_band:spec_tap_draft_tokens:{w}",
+        "workload_accepted_rate": f"model_name_workload_temperature_band:spec_tap_accepted_tokens:{w}",
+        "workload_acceptance": f"model_name_workload_temperature_band:spec_tap_acceptance:ratio_{w}",
         "tap_share": f"model_name_temperature_band:spec_tap_requests:share_{w}",
         "tap_buckets": f"model_name_temperature_band_le:spec_tap_request_acceptance_rate_bucket:{w}",
         "tap_p10": f"model_name_temperature_band:spec_tap_request_acceptance_rate:p10_{w}",
@@ -198,6 +203,9 @@ def base_recording_rules(p: Params) -> list[dict[str, Any]]:
         (n["tap_accepted_rate"], rate("spec_tap_accepted_tokens_total", by.band)),
         (n["tap_acceptance"], f"{n['tap_accepted_rate']} / ({n['tap_draft_rate']} > 0)"),
         (n["tap_requests"], rate("spec_tap_requests_total", by.band)),
+        (n["workload_draft_rate"], rate("spec_tap_draft_tokens_total", by.workload)),
+        (n["workload_accepted_rate"], rate("spec_tap_accepted_tokens_total", by.workload)),
+        (n["workload_acceptance"], f"{n['workload_accepted_rate']} / ({n['workload_draft_rate']} > 0)"),
         (
             n["tap_share"],
             f"{n['tap_requests']} / on ({by.model}) group_left () (sum by ({by.model}) ({n['tap_requests']}) > 0)",

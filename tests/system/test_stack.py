@@ -54,6 +54,7 @@ DASHBOARD_VARS = {
     "$pod": ".*",
     "$model_name": ".*",
     "$temperature_band": ".*",
+    "$workload": ".*",
     "$window": "10s",
     "$__rate_interval": "15s",
 }
@@ -301,6 +302,7 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         "Acceptance P10 / P50 / P90 by band",
         "Acceptance by band",
         "Requests through the tap",
+        "Which workload pays: acceptance by workload and band",
     }, middleware_only
     assert empty == []
 

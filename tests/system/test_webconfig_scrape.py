@@ -11,7 +11,6 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.unit import test_webconfig
 from tests.unit.test_webconfig import (
     HASH,
     PASSWORD,
@@ -19,9 +18,6 @@ from tests.unit.test_webconfig import (
     tls_section,
     web_config,
 )
-
-# The unit tests' fixture, shared.
-pki = test_webconfig.pki
 
 
 def test_prometheus_scrapes_the_exporter_over_tls_only_with_the_right_password(pki: PKI, tmp_path: Path) -> None:

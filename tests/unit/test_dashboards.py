@@ -266,6 +266,28 @@ ALL = {"cluster": ".*", "job": ".*", "namespace": ".*", "pod": ".*", "model_name
 
 def _grafana(expr: str, **values: str) -> str:
     """The query Grafana sends: variables substituted, $__rate_interval a concrete window."""
-    for name, value in {**ALL, "temperature_band": ".*", "window": "5m", **values}.items():
+    for name, value in {**ALL, "temperature_band": ".*", "workload": ".*", "window": "5m", **values}.items():
         expr = expr.replace(f"${name}", value)
     return expr.replace("$__rate_interval", "5m")
+
+
+def test_the_workload_variable_selects_the_tap_classes_on_every_panel_that_has_them() -> None:
+    """The request class (issue 21) is a variable read from the tap's own series, and every query of a series that
+    carries `workload` narrows by it: the "which workload pays" panels, from the base layer and the exporter."""
+    from mixin.rules import names
+
+    dashboard = overview()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    workload = variables["workload"]
+    assert "spec_tap_requests_total" in workload["query"]["query"] and workload["query"]["query"].endswith("workload)")
+    assert workload["includeAll"] and workload["allValue"] == ".*"
+    by_class = names(Params())["workload_acceptance"]
+    exprs = {t["expr"] for p in panels(dashboard) for t in p["targets"]}
+    classed = [e for e in exprs if by_class in e or "spec_decode_request_expected_speedup" in e]
+    assert any(by_class in e for e in classed) and any("request_expected_speedup" in e for e in classed)
+    assert all('workload=~"$workload"' in e for e in classed), classed
+    titles = {p["title"] for p in panels(dashboard)}
+    assert {t for t in titles if t.startswith("Which workload pays")} == {
+        "Which workload pays: acceptance by workload and band",
+        "Which workload pays: speedup by workload and band at the current load",
+    }
