@@ -8,7 +8,7 @@ the build context comes from .dockerignore, the build stage's COPY lines stage f
 lines run there (container paths rewritten to the scratch root), then everything the final stage does not COPY
 --from the build stage is deleted, and the ENTRYPOINT starts with the final stage's ENV, as its USER when this runs
 as root. The final stage's own RUN lines change the base image (users, pip) and are listed, not replayed. The
-HEALTHCHECK command runs against the started process. tests/test_image.py asserts on the returned report.
+HEALTHCHECK command runs against the started process. tests/unit/test_image.py asserts on the returned report.
 """
 
 from __future__ import annotations

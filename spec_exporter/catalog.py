@@ -602,7 +602,7 @@ def _workload_bound() -> list[str]:
 
 
 def markdown() -> str:
-    """docs/metrics.md, generated from this catalogue (tests/test_docs.py keeps the file in sync)."""
+    """docs/metrics.md, generated from this catalogue (tests/unit/test_docs.py keeps the file in sync)."""
     lines = [
         "# Exported metrics",
         "",

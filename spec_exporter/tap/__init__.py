@@ -12,6 +12,6 @@ One core and two front ends:
   in front of a vLLM whose command line cannot change).
 
 Everything here but `proxy` imports only the standard library, prometheus_client, pydantic and this package, so
-vLLM can load the middleware inside its API server (tests/test_tap_package.py checks it). Importing this package
+vLLM can load the middleware inside its API server (tests/unit/test_tap_package.py checks it). Importing this package
 imports none of its modules.
 """
