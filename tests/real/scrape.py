@@ -4,6 +4,8 @@ the exporter's next polls."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
@@ -66,3 +68,15 @@ def settle(exporter: str) -> None:
     for _ in range(2):
         seen = polls()
         until(lambda s=seen: polls() != s, POLL_BUDGET, "the exporter's next poll", lambda s=seen: f"last at {s}")
+
+
+def probe(*args: str, timeout: float = 600) -> tuple[dict[str, Any], str]:
+    """`spec-exporter probe ... --output json` as a user runs it: its document, and its stdout as printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "spec_exporter", "probe", *args, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout)), result.stdout

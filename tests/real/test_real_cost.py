@@ -7,8 +7,6 @@ prediction comes to the baseline at the same concurrency (a benchmark: recorded,
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +18,28 @@ from harness.processes import exporter_cmd, running
 from harness.vllm import MODEL_NAME, running_vllm
 from spec_exporter.config import settings_from_mapping
 from spec_exporter.derive.cost import interpolate
-from tests.real.scrape import http, samples, settle
+from tests.real.scrape import http, probe, samples, settle
 
 pytestmark = pytest.mark.real
 
 CONCURRENCY = (1, 2, 4)
 
 
-def probe(spec: str, plain: str, concurrency: str, *extra: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spec_exporter",
-            "probe",
-            "--target",
-            spec,
-            "--baseline-target",
-            plain,
-            "--concurrency",
-            concurrency,
-            "--temperatures",
-            "0",
+def probe_at(spec: str, plain: str, concurrency: str, *extra: str) -> dict[str, Any]:
+    doc, _ = probe(
+        *("--target", spec, "--baseline-target", plain, "--concurrency", concurrency, "--temperatures", "0"),
+        *(
             "--requests",
             "12",
             "--max-tokens",
             "48",
             "--prompts",
             str(Path(__file__).parents[2] / "harness" / "prompts.txt"),
-            "--output",
-            "json",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
+        ),
+        *extra,
         timeout=900,
     )
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
+    return doc
 
 
 def sample(s: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
@@ -71,7 +53,7 @@ def test_a_probe_profile_prices_the_exporters_step_at_the_live_load(tmp_path: Pa
         running_vllm(tmp_path / "spec.log") as spec,
         running_vllm(tmp_path / "plain.log", speculative=False) as plain,
     ):
-        doc = probe(spec.url, plain.url, ",".join(map(str, CONCURRENCY)), "--write-profile", str(profile_path))
+        doc = probe_at(spec.url, plain.url, ",".join(map(str, CONCURRENCY)), "--write-profile", str(profile_path))
         (tmp_path / "probe.json").write_text(json.dumps(doc, indent=2))
         profile = settings_from_mapping(
             {"targets": [{"name": "vllm", "url": spec.url}], "speculation": {"cost_profile": str(profile_path)}}
@@ -99,7 +81,7 @@ def test_a_probe_profile_prices_the_exporters_step_at_the_live_load(tmp_path: Pa
 
         # A separate sweep at one concurrency: the measured speedup against the baseline there, beside what the
         # profile predicts from that sweep's own acceptance length.
-        separate = probe(spec.url, plain.url, "2")
+        separate = probe_at(spec.url, plain.url, "2")
     window = {"target": "vllm", "model_name": MODEL_NAME, "engine": "0", "window": "10m"}
     calibrated = {**window, "source": "calibration"}
     load = sample(seen, "spec_decode_load_running_requests", **window)

@@ -25,7 +25,7 @@ import pytest
 
 from harness.vllm import VLLM, running_vllm
 from tests.real.scrape import Samples, samples, total
-from tests.real.test_real_middleware import MIDDLEWARE, ON_PATH, START_TIMEOUT
+from tests.real.test_real_middleware import MIDDLEWARE, ON_PATH
 
 pytestmark = pytest.mark.real
 
@@ -113,10 +113,9 @@ def around(got: bytes, want: bytes) -> tuple[bytes, bytes]:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VLLM, VLLM]]:
     logs = tmp_path_factory.mktemp("differential")
     with (
-        running_vllm(logs / "plain.log", timeout=START_TIMEOUT, extra_args=COMMON) as plain,
+        running_vllm(logs / "plain.log", extra_args=COMMON) as plain,
         running_vllm(
             logs / "tapped.log",
-            timeout=START_TIMEOUT,
             api_servers=2,
             extra_args=(*MIDDLEWARE, *COMMON, "--root-path", ROOT_PATH),
             env={**ON_PATH, **GARBAGE},

@@ -9,8 +9,6 @@ drafted (1 for a lone request with speculation on at batch 1, 0 when the schedul
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from harness.vllm import MODEL_NAME, running_vllm
 from spec_exporter.derive.load import effective_k, load_band, speculated_share
 from spec_exporter.types import LatencyMetric, SpecCounters
 from spec_exporter.vllm.parse import parse_exposition
-from tests.real.scrape import http, settle
+from tests.real.scrape import http, probe, settle
 
 
 def chat(url: str, max_tokens: int = 24) -> dict[str, Any]:
@@ -88,36 +86,12 @@ def test_probe_sweeps_against_a_baseline_and_vllm_serves_with_the_schedule_it_su
         assert delta.drafts > 0
         assert speculated_share(delta.drafts, itl) == 1.0
         assert effective_k(delta) == 3
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "spec_exporter",
-                "probe",
-                "--target",
-                spec.url,
-                "--baseline-target",
-                plain.url,
-                "--concurrency",
-                "1,2",
-                "--temperatures",
-                "0,1.0",
-                "--requests",
-                "4",
-                "--max-tokens",
-                "16",
-                "--output",
-                "json",
-                "--report",
-                str(tmp_path / "probe.html"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+        doc, printed = probe(
+            *("--target", spec.url, "--baseline-target", plain.url, "--concurrency", "1,2"),
+            *("--temperatures", "0,1.0", "--requests", "4", "--max-tokens", "16"),
+            *("--report", str(tmp_path / "probe.html")),
         )
-        assert result.returncode == 0, result.stderr
-        (tmp_path / "probe.json").write_text(result.stdout)
-    doc = json.loads(result.stdout)
+        (tmp_path / "probe.json").write_text(printed)
     assert [(c["concurrency"], c["temperature"]) for c in doc["cells"]] == [(1, 0.0), (1, 1.0), (2, 0.0), (2, 1.0)]
     for c in doc["cells"]:
         where = (c["concurrency"], c["temperature"])

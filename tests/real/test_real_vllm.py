@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from harness.vllm import VLLM, running_vllm, stop
 from harness.wait import until
 from mixin.generate import render_rules
 from spec_exporter.vllm.parse import parse_exposition
-from tests.real.scrape import BAND_ALERT_BUDGET, BAND_PARAMS, POLL_BUDGET, http, samples, settle, total
+from tests.real.scrape import BAND_ALERT_BUDGET, BAND_PARAMS, POLL_BUDGET, http, probe, samples, settle, total
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "def dedent(text):"}], "max_tokens": 24}
 
@@ -168,31 +166,11 @@ def test_a_client_without_include_usage_gets_no_usage_chunk_and_is_still_measure
 
 def test_probe_reports_its_temperatures_and_agrees_with_the_per_request_metrics(real: RealStack) -> None:
     before = vllm_counters(real.vllm.url)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spec_exporter",
-            "probe",
-            "--target",
-            real.vllm.url,
-            "--temperatures",
-            "0,0.4,1.0",
-            "--requests",
-            "5",
-            "--max-tokens",
-            "32",
-            "--prompts",
-            str(PROMPTS_FILE),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
+    doc, _ = probe(
+        *("--target", real.vllm.url, "--temperatures", "0,0.4,1.0", "--requests", "5", "--max-tokens", "32"),
+        *("--prompts", str(PROMPTS_FILE)),
         timeout=300,
     )
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
     after = vllm_counters(real.vllm.url)
     assert [t["temperature"] for t in doc["cells"]] == [0.0, 0.4, 1.0]
     assert all(t["acceptance_source"] == "per-request metrics" and t["failed"] == 0 for t in doc["cells"])

@@ -26,7 +26,6 @@ from tests.real.test_real_middleware import (
     ON_PATH,
     REQUESTS,
     SELF_DRAFT,
-    START_TIMEOUT,
     VLLM_ACCEPTED,
     VLLM_DRAFTED,
     consistent,
@@ -77,7 +76,7 @@ def both_at_once(url: str) -> None:
 def classified(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLM]:
     log = tmp_path_factory.mktemp("workload") / "vllm.log"
     env = {**ON_PATH, **CLASSES}
-    with running_vllm(log, timeout=START_TIMEOUT, models=SELF_DRAFT, extra_args=MIDDLEWARE, env=env) as vllm:
+    with running_vllm(log, models=SELF_DRAFT, extra_args=MIDDLEWARE, env=env) as vllm:
         yield vllm
 
 
