@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from spec_exporter.commands.probe_load import CLIENT_TPOT, VLLM_TPOT, PhaseResult, ProbeSettings
 from spec_exporter.derive import cost as cost_model
 from spec_exporter.derive.acceptance import acceptance, sum_spec
@@ -239,6 +241,7 @@ def cost_profile(
             "speculation.num_speculative_tokens"
         )
     points = []
+    implausible = []
     for concurrency in sorted({c.concurrency for c in cells}):
         spec = [c for c in cells if c.concurrency == concurrency]
         base = [c for c in baseline if c.concurrency == concurrency]
@@ -250,8 +253,8 @@ def cost_profile(
         assert length is not None  # drafts > 0
         s_tpot = pct([v for c in spec for v in c.tpots(source)], 0.5)
         b_tpot = pct([v for c in base for v in c.tpots(source)], 0.5)
-        points.append(
-            CostPoint(
+        try:
+            point = CostPoint(
                 batch_size=concurrency,
                 step_cost_ratio=length / speedup,
                 acceptance_length=length,
@@ -259,6 +262,21 @@ def cost_profile(
                 tpot_baseline_seconds=b_tpot,
                 requests=sum(len(c.ok) for c in spec),
             )
+        except ValidationError:
+            # A starved client reads a whole stream in one burst and its own clock's TPOT collapses; a profile
+            # with such a level would price every step at the exporter, so none is written.
+            implausible.append(
+                f"concurrency {concurrency}: rho {length / speedup:.3g} from TPOT {_ms(s_tpot)} (speculative) / "
+                f"{_ms(b_tpot)} (baseline), {source}"
+            )
+            continue
+        points.append(point)
+    if implausible:
+        raise ProfileError(
+            "implausible step costs, not a profile: "
+            + "; ".join(implausible)
+            + ". Re-run on a quieter machine, with more --requests, or with --enable-per-request-metrics on both "
+            "pools (vLLM's own TPOT)"
         )
     if not points:
         raise ProfileError("no concurrency level measured both acceptance and TPOT on both pools: no profile")
@@ -272,3 +290,7 @@ def cost_profile(
         created=created,
         points=tuple(points),
     )
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1000:.3g} ms"

@@ -77,7 +77,7 @@ def _valid(value: str) -> bool:
 class WorkloadClasses:
     """The closed set of class label values of one process (thread-safe; the front ends share one)."""
 
-    def __init__(self, allowed: tuple[str, ...] = (), max_workloads: int = 8) -> None:
+    def __init__(self, allowed: tuple[str, ...], max_workloads: int) -> None:
         self._allowed = frozenset(allowed)
         self._max = max_workloads
         self._seen: set[str] = set()

@@ -306,7 +306,7 @@ def test_check_prints_best_k_per_workload_and_band(capsys: pytest.CaptureFixture
     from spec_exporter.tap.workload import WorkloadClasses
 
     registry = CollectorRegistry()
-    metrics = TapMetrics(registry, workloads=WorkloadClasses(("code", "chat")))
+    metrics = TapMetrics(registry, workloads=WorkloadClasses(("code", "chat"), 8))
     before = sample(V032_IDLE) + generate_latest(registry).decode()
     for _ in range(4):
         metrics.request(

@@ -377,7 +377,7 @@ async def test_two_workload_classes_in_one_band_get_their_own_acceptance_speedup
     from spec_exporter.tap.workload import WorkloadClasses
 
     tap_registry = CollectorRegistry()
-    metrics = TapMetrics(tap_registry, workloads=WorkloadClasses(("code", "chat")))
+    metrics = TapMetrics(tap_registry, workloads=WorkloadClasses(("code", "chat"), 8))
     before = scale_counters(sample(V032_LOAD), 0.0) + generate_latest(tap_registry).decode()
     for _ in range(4):
         metrics.request(

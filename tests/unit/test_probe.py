@@ -365,3 +365,34 @@ def test_bad_workload_flags_are_refused(tmp_path: Any) -> None:
     ok.write_text("hi\n")
     with pytest.raises(ConfigError, match="each NAME once"):
         probe_settings(cli_probe_args(["--target", "http://x", "--workload", f"a={ok}", "--workload", f"a={ok}"]))
+
+
+async def test_an_implausible_step_cost_writes_no_profile_and_says_which_level(
+    aiohttp_server: Any, tmp_path: Any
+) -> None:
+    """A baseline TPOT that collapses at one level (a starved client reading a stream in one burst) gives a rho far
+    outside any hardware's: the sweep's document still comes out, and the profile is refused with a sentence naming
+    the level and its TPOTs, never a traceback."""
+    from spec_exporter.commands.probe import probe_main as main
+
+    spec = await aiohttp_server(
+        ScenarioVLLM("m", acceptance_by_temperature=by_temperature, mean_itl_ms_at=spec_itl).app()
+    )
+    collapsing = await aiohttp_server(
+        ScenarioVLLM("m", spec_enabled=False, mean_itl_ms_at=lambda n: 8.0 if n == 1 else 0.001).app()
+    )
+    path = tmp_path / "profile.yaml"
+    settings = ProbeSettings(
+        target=str(spec.make_url("")),
+        baseline_target=str(collapsing.make_url("")),
+        requests=4,
+        temperatures=(0.0, 0.8),
+        concurrency=(1, 4),
+        write_profile=str(path),
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert await main(settings, "json", out=out, err=err) == 1
+    doc = json.loads(out.getvalue())
+    assert doc["calibration_profile"] is None and len(doc["cells"]) == 4
+    assert "implausible step costs" in err.getvalue() and "concurrency 4: rho" in err.getvalue()
+    assert "concurrency 1" not in err.getvalue() and not path.exists()

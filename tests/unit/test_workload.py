@@ -63,7 +63,7 @@ def test_sources_are_taken_in_order_header_model_route() -> None:
 
 
 def test_a_configured_list_keeps_only_its_classes() -> None:
-    kept = WorkloadClasses(("code", "chat"))
+    kept = WorkloadClasses(("code", "chat"), 8)
     assert kept.label("code") == ("code", None)
     assert kept.label(None) == (DEFAULT, None)
     assert kept.label("tenant-42") == (OTHER, FoldReason.NOT_LISTED)
@@ -71,13 +71,13 @@ def test_a_configured_list_keeps_only_its_classes() -> None:
 
 
 def test_without_a_list_the_first_values_are_kept_up_to_the_cap() -> None:
-    kept = WorkloadClasses(max_workloads=2)
+    kept = WorkloadClasses((), max_workloads=2)
     got = [kept.label(v) for v in ("a", "b", "c", "a")]
     assert got == [("a", None), ("b", None), (OTHER, FoldReason.OVER_CAP), ("a", None)]
     assert kept.label("x" * 65) == (OTHER, FoldReason.INVALID)
     assert kept.label("new\nline") == (OTHER, FoldReason.INVALID)
     # A client cannot pose as the reserved values.
-    assert WorkloadClasses(max_workloads=5).label("default") == (OTHER, FoldReason.INVALID)
+    assert WorkloadClasses((), max_workloads=5).label("default") == (OTHER, FoldReason.INVALID)
 
 
 def test_settings_from_the_environment_and_their_validation() -> None:

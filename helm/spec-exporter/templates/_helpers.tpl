@@ -254,23 +254,23 @@ PYTHONPATH `value` in vllm.env keeps its entries after it), and the middleware's
 {{- $path = printf "%s:%s" $path .value }}
 {{- end }}
 {{- end }}
+{{- /* Only what the values set: every default lives in TapSettings, read by the middleware itself. */}}
 {{- $tap := .Values.exporter.config.tap | default dict }}
-{{- $bands := list }}
-{{- range ($tap.temperature_bands | default (list 0.3 0.5 0.7 1.0)) }}
-{{- $bands = append $bands (toString .) }}
+{{- $settings := dict }}
+{{- range $key, $value := $tap }}
+{{- if not (has $key (list "listen_address" "target" "upstream_url")) }}
+{{- $env := printf "SPEC_EXPORTER_TAP_%s" (upper $key) }}
+{{- if kindIs "slice" $value }}
+{{- $items := list }}
+{{- range $value }}{{ $items = append $items (toString .) }}{{ end }}
+{{- $_ := set $settings $env (join "," $items) }}
+{{- else if eq $key "max_inspect_bytes" }}
+{{- $_ := set $settings $env (include "spec-exporter.bytes" $value) }}
+{{- else if not (kindIs "invalid" $value) }}
+{{- $_ := set $settings $env (toString $value) }}
 {{- end }}
-{{- $settings := dict
-  "SPEC_EXPORTER_TAP_TEMPERATURE_BANDS" (join "," $bands)
-  "SPEC_EXPORTER_TAP_DEFAULT_TEMPERATURE" (toString (ternary 1.0 $tap.default_temperature (kindIs "invalid" $tap.default_temperature)))
-  "SPEC_EXPORTER_TAP_MAX_MODELS" (toString ($tap.max_models | default 20))
-  "SPEC_EXPORTER_TAP_MAX_INSPECT_BYTES" (include "spec-exporter.bytes" ($tap.max_inspect_bytes | default "8MiB"))
-  "SPEC_EXPORTER_TAP_INJECT_USAGE" (toString (ternary true $tap.inject_usage (kindIs "invalid" $tap.inject_usage)))
-  "SPEC_EXPORTER_TAP_WORKLOAD_HEADER" (toString ($tap.workload_header | default ""))
-  "SPEC_EXPORTER_TAP_WORKLOAD_FROM_MODEL" (toString ($tap.workload_from_model | default false))
-  "SPEC_EXPORTER_TAP_WORKLOAD_FROM_ROUTE" (toString ($tap.workload_from_route | default false))
-  "SPEC_EXPORTER_TAP_WORKLOADS" (join "," ($tap.workloads | default list))
-  "SPEC_EXPORTER_TAP_MAX_WORKLOADS" (toString ($tap.max_workloads | default 8))
-}}
+{{- end }}
+{{- end }}
 - name: PYTHONPATH
   value: {{ $path | quote }}
 {{- range $name := keys $settings | sortAlpha }}
