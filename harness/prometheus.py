@@ -40,6 +40,8 @@ class ScrapeJob:
     targets: Sequence[str]
     # Target labels, as a ServiceMonitor's relabelling would add them (e.g. namespace).
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Labels of single targets on top of `labels`, by target, as a PodMonitor adds each pod's own (e.g. pod).
+    target_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # More of the job's scrape_config: scheme, tls_config, basic_auth.
     settings: Mapping[str, Any] = field(default_factory=dict)
 
@@ -84,6 +86,11 @@ class PrometheusStack:
         active = _get_json(f"{self.prometheus}/api/v1/targets")["data"]["activeTargets"]
         return {t["labels"]["job"]: t for t in active}
 
+    def rules(self) -> list[dict[str, Any]]:
+        """The loaded rule groups, each with its rules' health and its evaluation times."""
+        groups: list[dict[str, Any]] = _get_json(f"{self.prometheus}/api/v1/rules")["data"]["groups"]
+        return groups
+
     def alerts(self) -> list[dict[str, Any]]:
         """Prometheus' pending and firing alerts."""
         alerts: list[dict[str, Any]] = _get_json(f"{self.prometheus}/api/v1/alerts")["data"]["alerts"]
@@ -110,9 +117,9 @@ class PrometheusStack:
         return sorted(out)
 
 
-def _rules_loaded(prometheus: str, groups: int) -> bool:
+def _rules_loaded(prometheus: PrometheusStack, groups: int) -> bool:
     try:
-        return len(_get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]) >= groups
+        return len(prometheus.rules()) >= groups
     except OSError:
         return False
 
@@ -141,7 +148,8 @@ def prometheus_stack(
 
     `rules` maps file name to rule-file text (mixin.generate.render_rules); promtool (and amtool for the
     Alertmanager configuration) checks them first, so a broken file fails here with promtool's message rather than
-    as an alert that never fires. Scrapes and evaluations every `interval`; the scrape timeout just under it."""
+    as an alert that never fires. Scrapes and evaluations every `interval`; the scrape timeout just under it. The
+    TSDB is `work/tsdb`: blocks backfilled there beforehand are served."""
     work.mkdir(parents=True, exist_ok=True)
     for name, text in rules.items():
         (work / name).write_text(text)
@@ -160,9 +168,7 @@ def prometheus_stack(
         "scrape_configs": [
             {
                 "job_name": job.name,
-                "static_configs": [
-                    {"targets": list(job.targets), **({"labels": dict(job.labels)} if job.labels else {})}
-                ],
+                "static_configs": _static_configs(job),
                 **job.settings,
             }
             for job in jobs
@@ -194,12 +200,21 @@ def prometheus_stack(
             )
         )
         url = f"http://{prom}"
+        started = PrometheusStack(url, f"http://{am}" if am else None, work)
         groups = sum(len(yaml.safe_load(text)["groups"]) for text in rules.values())
         tail = lambda: log.read_text()[-3000:]  # noqa: E731
-        until(lambda: _rules_loaded(url, groups), timeout, f"Prometheus to load its {groups} rule groups", tail)
+        until(lambda: _rules_loaded(started, groups), timeout, f"Prometheus to load its {groups} rule groups", tail)
         if am is not None:
             until(lambda: _alertmanager_discovered(url), timeout, "Prometheus to discover its Alertmanager", tail)
-        yield PrometheusStack(url, f"http://{am}" if am else None, work)
+        yield started
+
+
+def _static_configs(job: ScrapeJob) -> list[dict[str, Any]]:
+    """One group of the targets that share the job's labels, and one per target with labels of its own."""
+    shared = [t for t in job.targets if t not in job.target_labels]
+    groups = [(shared, dict(job.labels))] if shared else []
+    groups += [([t], {**job.labels, **job.target_labels[t]}) for t in job.targets if t in job.target_labels]
+    return [{"targets": targets, **({"labels": labels} if labels else {})} for targets, labels in groups]
 
 
 def _check(cmd: list[str]) -> None:

@@ -1,28 +1,23 @@
 """Run a throwaway real Prometheus on backfilled data and ask it PromQL questions.
 
 Backfilling (`promtool tsdb create-blocks-from openmetrics`) instead of scraping means the data is queryable as
-soon as the server is ready: no scrape interval and no initial scrape delay to wait for.
+soon as the server is ready: no scrape interval and no initial scrape delay to wait for. The server is the
+harness's (harness.prometheus.prometheus_stack with no rules and no jobs), started on the TSDB `backfill` writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 
-from harness.ports import free_port
-
-READY_TIMEOUT_S = 30.0
-POLL_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 10.0
 
 # Loopback only: an `http_proxy` set in CI must not capture requests to 127.0.0.1.
@@ -63,7 +58,8 @@ def format_float(value: float) -> str:
 
 
 def backfill(promtool: str, lines: Iterable[str], workdir: Path) -> Path:
-    """Write the samples as OpenMetrics text and turn them into a TSDB block; returns the TSDB directory."""
+    """Write the samples as OpenMetrics text and turn them into a TSDB block in `workdir/tsdb`, the TSDB that
+    prometheus_stack(workdir, ...) serves; returns the TSDB directory."""
     source = workdir / "samples.om"
     source.write_text("".join(f"{line}\n" for line in lines) + "# EOF\n")
     tsdb = workdir / "tsdb"
@@ -82,74 +78,6 @@ def backfill(promtool: str, lines: Iterable[str], workdir: Path) -> Path:
 def _get_json(url: str) -> dict:
     with _OPENER.open(url, timeout=HTTP_TIMEOUT_S) as response:
         return json.load(response)
-
-
-def _is_ready(base_url: str) -> bool:
-    try:
-        with _OPENER.open(f"{base_url}/-/ready", timeout=1.0) as response:
-            return response.status == 200
-    except OSError:  # refused while starting, 503 while the TSDB opens
-        return False
-
-
-def _start_once(prometheus: str, tsdb: Path, workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    config = workdir / "prometheus.yml"
-    # No scrape configs: the only data is the backfilled block, and nothing lands in the head to confuse queries.
-    config.write_text("global:\n  evaluation_interval: 1m\n")
-    log = workdir / f"prometheus-{port}.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tsdb}",
-                # Retention is relative to the newest block, but a generous value removes any doubt that the
-                # old backfilled block could be deleted before we query it.
-                "--storage.tsdb.retention.time=100y",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-        )
-    return process, log
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def running_prometheus(prometheus: str, tsdb: Path, workdir: Path, attempts: int = 3) -> Iterator[str]:
-    """Serve `tsdb` with a real Prometheus on a free loopback port; yields its base URL and stops it afterwards.
-
-    Retries on a fresh port if the process dies before becoming ready, since the port we picked may have been
-    taken in between.
-    """
-    failures: list[str] = []
-    for _ in range(attempts):
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        process, log = _start_once(prometheus, tsdb, workdir, port)
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while process.poll() is None and time.monotonic() < deadline:
-                if _is_ready(base_url):
-                    yield base_url
-                    return
-                time.sleep(POLL_INTERVAL_S)
-            state = "exited" if process.poll() is not None else f"not ready after {READY_TIMEOUT_S}s"
-        finally:
-            _stop(process)
-        failures.append(f"port {port}: {state}\n{log.read_text(errors='replace')}")
-    raise RuntimeError("Prometheus did not start:\n" + "\n".join(failures))
 
 
 def query_vector(base_url: str, promql: str, at_s: int) -> list[tuple[dict[str, str], float]]:

@@ -20,8 +20,6 @@ from spec_exporter.config import settings_from_mapping
 from spec_exporter.derive.cost import interpolate
 from tests.real.scrape import http, probe, samples, settle
 
-pytestmark = pytest.mark.real
-
 CONCURRENCY = (1, 2, 4)
 
 

@@ -27,8 +27,6 @@ from harness.vllm import VLLM, running_vllm
 from tests.real.scrape import Samples, samples, total
 from tests.real.test_real_middleware import MIDDLEWARE, ON_PATH
 
-pytestmark = pytest.mark.real
-
 ROOT_PATH = "/api"
 FINGERPRINT = 'spec "exporter" \\ fp-ü'
 # Both servers alike but for the middleware's options. Without the prefix cache, the same greedy request computes

@@ -32,8 +32,6 @@ from tests.real.test_real_middleware import (
     delta,
 )
 
-pytestmark = pytest.mark.real
-
 CLASSES = {"SPEC_EXPORTER_TAP_WORKLOAD_HEADER": "x-workload", "SPEC_EXPORTER_TAP_WORKLOADS": "code,chat"}
 CODE_PROMPTS = ["def fibonacci(n):", "for i in range(10):", "class Stack:\n    def push(self, item):", "import os\n"]
 CHAT_PROMPTS = [

@@ -6,20 +6,15 @@ and squeeze alerts name those pods, nothing else fires, and every base-layer das
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from harness.ports import free_port
-from harness.processes import binary, prometheus_cmd, running
+from harness.prometheus import PrometheusStack, ScrapeJob, prometheus_stack
+from harness.wait import until
 from mixin.dashboards import dashboards
 from mixin.generate import render_rules
 from mixin.params import Params
@@ -30,8 +25,6 @@ from tests.system.scenario_vllm import ScenarioVLLM
 from tests.system.test_stack import DASHBOARD_VARS, _LoopThread, _serve
 from tests.tap_folds import measured
 from tests.unit.test_dashboards import base_layer_queries
-
-pytestmark = pytest.mark.system
 
 PODS = 50
 MODEL = "llama-3.1-8b"
@@ -92,29 +85,14 @@ class FleetPod(ScenarioVLLM):
 
 @dataclass
 class Fleet:
-    prometheus: str
+    prometheus: PrometheusStack
     pods: dict[tuple[str, str], FleetPod]
 
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.prometheus}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]
-
     def query(self, expr: str) -> list[dict[str, Any]]:
-        return self.api("query", query=expr)["result"]
+        return self.prometheus.query(expr)
 
     def firing(self) -> list[dict[str, str]]:
-        return [a["labels"] for a in self.api("alerts")["alerts"] if a["state"] == "firing"]
-
-
-def _until(condition: Any, timeout: float, what: str, seen: Any) -> None:
-    """Poll `condition` until it holds; on timeout say what was last seen."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; last seen: {seen()}"
-        time.sleep(1)
+        return [a["labels"] for a in self.prometheus.alerts() if a["state"] == "firing"]
 
 
 @pytest.fixture(scope="module")
@@ -137,41 +115,25 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         runner, address = background.run(_serve(pod.app()))
         runners.append(runner)
         addresses[key] = address
-    rules = render_rules(PARAMS, "base")
-    for name, text in rules.items():
-        (work / name).write_text(text)
-    prom = f"127.0.0.1:{free_port()}"
-    config = {
-        "global": {"scrape_interval": SCRAPE, "evaluation_interval": "2s", "scrape_timeout": "1900ms"},
-        "rule_files": [str(work / n) for n in rules],
-        "scrape_configs": [
-            {
-                # A job name no default would guess: the base layer matches vLLM's series whatever it is.
-                "job_name": "llm-d-decode",
-                "static_configs": [
-                    {"targets": [address], "labels": {"cluster": cluster, "namespace": "llm", "pod": pod}}
-                    for (cluster, pod), address in addresses.items()
-                ],
-            }
-        ],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    # A job name no default would guess: the base layer matches vLLM's series whatever it is.
+    job = ScrapeJob(
+        "llm-d-decode",
+        list(addresses.values()),
+        {"namespace": "llm"},
+        target_labels={address: {"cluster": cluster, "pod": pod} for (cluster, pod), address in addresses.items()},
+    )
     try:
-        with running(
-            prometheus_cmd(work / "prometheus.yml", work / "tsdb", prom, binary("prometheus")),
-            f"http://{prom}/-/ready",
-            work / "prometheus.log",
-        ):
-            f = Fleet(f"http://{prom}", pods)
+        with prometheus_stack(work, rules=render_rules(PARAMS, "base"), jobs=[job], interval=SCRAPE) as prometheus:
+            f = Fleet(prometheus, pods)
             # Every pod scraped, then both alerts firing: events, each with a generous budget on a busy box.
-            _until(
+            until(
                 lambda: len(f.query('up{job="llm-d-decode"} == 1')) == PODS,
                 120,
                 "all 50 pods up",
                 lambda: len(f.query('up{job="llm-d-decode"} == 1')),
             )
             wanted = {"SpecDecodePodAcceptanceOutlier", "SpecDecodeKVCacheSqueeze"}
-            _until(
+            until(
                 lambda: wanted <= {a["alertname"] for a in f.firing()},
                 240,
                 "the outlier and squeeze alerts to fire",
@@ -229,17 +191,17 @@ def test_rule_groups_evaluate_cleanly_and_report_their_time(fleet: Fleet) -> Non
     seen: dict[tuple[str, str], float] = {}
 
     def sample() -> bool:
-        for group in fleet.api("rules")["groups"]:
+        for group in fleet.prometheus.rules():
             assert all(r["health"] == "ok" for r in group["rules"]), [r for r in group["rules"] if r["health"] != "ok"]
             seen[(group["name"], group["lastEvaluation"])] = float(group["evaluationTime"])
         counts = {name for name, _ in seen}
         return len(counts) == 2 and all(sum(1 for n, _ in seen if n == name) >= 10 for name in counts)
 
-    _until(sample, 120, "ten evaluations of each group", lambda: sorted({n for n, _ in seen}))
+    until(sample, 120, "ten evaluations of each group", lambda: sorted({n for n, _ in seen}))
     for name in sorted({n for n, _ in seen}):
         times = sorted(t for (n, _), t in seen.items() if n == name)
         median, worst = times[len(times) // 2] * 1000, times[-1] * 1000
         print(f"{name}: {len(times)} evaluations, median {median:.1f} ms, max {worst:.1f} ms")
-    rules = [r for g in fleet.api("rules")["groups"] for r in g["rules"]]
+    rules = [r for g in fleet.prometheus.rules() for r in g["rules"]]
     for rule in sorted(rules, key=lambda r: -float(r["evaluationTime"]))[:5]:
         print(f"  {rule.get('name')}: {float(rule['evaluationTime']) * 1000:.1f} ms")

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.prometheus import prometheus_stack
 from spec_exporter.collector import SpecDecodeCollector
 from spec_exporter.derive import latency
 from spec_exporter.derive.health import derive_target
@@ -33,7 +34,6 @@ from tests.promql_helpers import (
     openmetrics_line,
     query_vector,
     require_binaries,
-    running_prometheus,
 )
 
 METRIC = "test_bucket"
@@ -250,11 +250,13 @@ def sample_lines() -> list[str]:
 
 @pytest.fixture(scope="session")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    promtool, prometheus = require_binaries("promtool", "prometheus")
+    promtool, _ = require_binaries("promtool", "prometheus")
     workdir: Path = tmp_path_factory.mktemp("prometheus")
-    tsdb = backfill(promtool, sample_lines(), workdir)
-    with running_prometheus(prometheus, tsdb, workdir) as url:
-        yield url
+    backfill(promtool, sample_lines(), workdir)
+    # No rules and no scrape jobs: the only data is the backfilled block, and nothing lands in the head to confuse
+    # queries. Time retention counts back from the newest block, so the old backfilled block stays.
+    with prometheus_stack(workdir, rules={}, jobs=[]) as prometheus:
+        yield prometheus.prometheus
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,9 @@ def test_the_units_command_line_and_configuration_are_what_the_exporter_accepts(
     assert "2" in service["RestartPreventExitStatus"].split()
 
 
-def test_prometheus_scrapes_what_the_unit_and_vllm_serve_and_loads_the_rules(tmp_path: Path) -> None:
+def test_the_recipes_prometheus_config_passes_promtool_with_every_rule_file_and_targets_the_unit_and_vllm(
+    tmp_path: Path,
+) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: install Debian's prometheus package"
     config = yaml.safe_load((BARE_METAL / "prometheus.yml").read_text())
