@@ -766,6 +766,47 @@ def overview(p: Params | None = None) -> dict[str, Any]:
         18,
     )
 
+    g.add(
+        _panel(
+            "table",
+            "Speculative configuration by pod",
+            "What decides acceptance besides temperature, as vLLM runs it: the speculative method (draft model, "
+            "EAGLE, MTP, n-gram), k, the draft model, and how drafts are sampled and verified. The middleware reads "
+            "vLLM's speculative_config once (no vLLM metric carries it); two pods of one model that differ here "
+            "will not accept alike.",
+            [
+                _target(
+                    "max by (cluster, namespace, pod, method, num_speculative_tokens, draft_model, "
+                    "draft_sample_method, rejection_sample_method) "
+                    f"(spec_tap_speculative_config_info{{{VLLM}}})",
+                    "",
+                    "A",
+                    instant=True,
+                    format="table",
+                )
+            ],
+            options={"showHeader": True},
+            transformations=[
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Value": True},
+                        "renameByName": {
+                            "pod": "Pod",
+                            "method": "Method",
+                            "num_speculative_tokens": "k",
+                            "draft_model": "Draft model",
+                            "draft_sample_method": "Draft sampling",
+                            "rejection_sample_method": "Verification",
+                        },
+                    },
+                }
+            ],
+            runbooks=("SpecDecodePodAcceptanceOutlier",),
+        ),
+        24,
+    )
+
     g.row("Tap and exporter health")
     g.add(
         _panel(

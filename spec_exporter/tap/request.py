@@ -140,7 +140,7 @@ def _injected_body(body: bytes, present: bool, options: Any) -> bytes | None:
     """The client's bytes with `stream_options.include_usage: true` added, or None if that cannot be done safely.
 
     Only the one member is added; every other byte reaches vLLM as the client sent it. Without stream_options it
-    goes first (INJECTED_MEMBER: the body then has one member more, which join/echo.py takes out of vLLM's
+    goes first (INJECTED_MEMBER: the body then has one member more, which tap/echo.py takes out of vLLM's
     validation echo); with one, a merged copy goes last, where json.loads (which vLLM's FastAPI uses for the body)
     lets the last of duplicate keys win, and the body keeps its number of members.
     """

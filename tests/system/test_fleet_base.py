@@ -63,6 +63,16 @@ class FleetPod(ScenarioVLLM):
         super().__post_init__()
         self._registry = CollectorRegistry()
         self._tap = TapMetrics(self._registry)
+        # As the middleware reads it from vLLM's speculative_config on the first request.
+        self._tap.speculative_config(
+            {
+                "method": "draft_model",
+                "num_speculative_tokens": "3",
+                "draft_model": "llama-3.2-1b",
+                "draft_sample_method": "greedy",
+                "rejection_sample_method": "standard",
+            }
+        )
 
     def exposition(self) -> str:
         t = self._elapsed()

@@ -303,6 +303,7 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         "Acceptance by band",
         "Requests through the tap",
         "Which workload pays: acceptance by workload and band",
+        "Speculative configuration by pod",
     }, middleware_only
     assert empty == []
 

@@ -291,3 +291,16 @@ def test_the_workload_variable_selects_the_tap_classes_on_every_panel_that_has_t
         "Which workload pays: acceptance by workload and band",
         "Which workload pays: speedup by workload and band at the current load",
     }
+
+
+def test_the_speculative_configuration_is_shown_per_pod() -> None:
+    """What decides acceptance besides temperature (issue 21): the method, k, draft and verification, per pod, from
+    the middleware's info series on vLLM's /metrics (base layer: no sidecar), every label a column."""
+    from spec_exporter.tap import speculative
+
+    table = panel(overview(), "Speculative configuration by pod")
+    (target,) = table["targets"]
+    assert "spec_tap_speculative_config_info" in target["expr"] and target["format"] == "table"
+    assert all(label in target["expr"] for label in speculative.LABELS)
+    (organize,) = [t for t in table["transformations"] if t["id"] == "organize"]
+    assert set(speculative.LABELS) <= organize["options"]["renameByName"].keys()
