@@ -148,7 +148,11 @@ def vllm_command(
         spec.update(speculative_extra or {})
         cmd += ["--speculative-config", json.dumps(spec)]
         if per_request:
-            cmd += ["--per-request-spec-decode-metrics", "summary", "--enable-per-request-metrics"]
+            cmd += ["--per-request-spec-decode-metrics", "summary"]
+    if per_request:
+        # vLLM's own per-request TPOT (mean_itl_ms) on both pools: a probe then compares server-side times, never
+        # its own clock, which a starved client skews by reading a whole stream in one burst.
+        cmd += ["--enable-per-request-metrics"]
     return cmd
 
 
