@@ -103,8 +103,8 @@ def test_probe_sweeps_against_a_baseline_and_vllm_serves_with_the_schedule_it_su
             assert all(side[m][q] is not None for m in ("ttft_seconds", "tpot_seconds") for q in ("p50", "p99")), where
             assert side["output_tokens_per_second"] > 0, where
         assert c["throughput_ratio"] > 0 and c["tpot_speedup"] > 0, where
-        # The plain pool sends no per-request metrics: both sides are timed on the probe's clock.
-        assert c["tpot_source"] == "measured by the probe", where
+        # Both pools run with --enable-per-request-metrics: both sides are vLLM's own TPOT, not the probe's clock.
+        assert c["tpot_source"] == "vLLM per-request metrics", where
     assert [x["temperature"] for x in doc["crossover"]] == [0.0, 1.0]
     assert all(x["measured_concurrencies"] == [1, 2] for x in doc["crossover"])
     assert "<svg" in (tmp_path / "probe.html").read_text()
