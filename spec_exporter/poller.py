@@ -111,7 +111,8 @@ class Poller:
         self._pairs = settings.comparison_pairs()
         self._compared = {name for pair in self._pairs for name in pair}
         self._recosted = {spec for spec, _ in self._pairs}
-        self._params = {t.name: settings.derive_params(t) for t in settings.targets}
+        # Each target's params as its runtime holds them (built once: derive_params may read a cost profile).
+        self._params = {rt.config.name: rt.params for rt in self._targets}
         # Each target's health as derived from its own scrapes, before any re-costing with a baseline.
         self._derived: dict[str, TargetHealth | None] = {}
 
